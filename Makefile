@@ -1,0 +1,29 @@
+# Every target creates and uses .venv itself, so a fresh machine needs only python3.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+EXTRAS ?= test
+
+.PHONY: install run test bench clean
+
+install: $(VENV)/.installed-$(EXTRAS)
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+# The main job: a small AutoIF run end to end.
+run: install
+	$(VENV)/bin/autoif run --demo
+
+# pytest exits 5 when it collects nothing; that is not a failure of the suite.
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+bench: install
+	for b in pool client overlap scale; do $(PY) -m bench.$$b --quick || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs
