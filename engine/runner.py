@@ -1,0 +1,239 @@
+"""StreamRunner: streams items through a chain of stages with two-way backpressure.
+
+Each stage gets a bounded input queue and a fixed number of worker tasks. A worker takes
+one item, awaits the stage (which awaits the LLM client and/or the sandbox pool), and puts
+every output on the next queue at once: no barrier between stages, so the K samples of one
+query are being verified while other queries are still generating.
+
+Backpressure both ways, never an unbounded queue:
+- a slow pool keeps workers of the verifying stage waiting -> its queue fills -> the
+  generating stage's puts block -> no new requests go to the server;
+- a slow server keeps generating workers waiting -> the pool simply idles.
+The client's own in-flight limit caps server load independently of stage concurrency.
+
+Shutdown is ordered: `stop()` stops taking new source items and lets what is in flight
+drain; `stop(abort=True)` (a second Ctrl-C) cancels in-flight work. Either way the sink
+sees every finished item exactly once, and the summary is still produced.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterable, Callable, Iterable, Sequence
+
+from engine.metrics import RunMetrics
+from engine.stage import Context, Stage
+
+log = logging.getLogger("autoif.runner")
+
+_DONE = object()  # end-of-stream marker, one per downstream worker
+
+
+@dataclass
+class StageSpec:
+    """A stage plus how many items it may work on at once."""
+
+    stage: Stage
+    concurrency: int = 16
+
+
+@dataclass
+class RunSummary:
+    wall_s: float
+    source_items: int
+    sink_items: int
+    stopped: str                    # "completed" | "drained" | "aborted"
+    funnel: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"wall_s": round(self.wall_s, 3), "source_items": self.source_items,
+                "sink_items": self.sink_items, "stopped": self.stopped,
+                "funnel": self.funnel, "stages": self.stages}
+
+
+Sink = Callable[[Any], Any]  # sync or async; receives each output of the last stage
+
+
+class StreamRunner:
+    def __init__(self, stages: Sequence[Stage | StageSpec], ctx: Context, *,
+                 queue_size: int = 64, sink: Sink | None = None,
+                 metrics: RunMetrics | None = None) -> None:
+        if not stages:
+            raise ValueError("StreamRunner needs at least one stage")
+        self.specs = [s if isinstance(s, StageSpec) else StageSpec(s) for s in stages]
+        self.ctx = ctx
+        self.queue_size = queue_size
+        self.sink = sink
+        self.metrics = metrics or RunMetrics()
+        self.queues: list[asyncio.Queue] = []
+        self.source_items = 0
+        self.sink_items = 0
+        self.source_total: int | None = None
+        self.in_flight = [0] * len(self.specs)
+        self._stopping = False
+        self._aborted = False
+        self._tasks: list[asyncio.Task] = []
+        self._errors_logged = 0
+        for i, spec in enumerate(self.specs):
+            self.metrics.gauge(f"autoif_queue_depth_{_metric_name(spec.stage.name)}",
+                               f"Items waiting for stage {spec.stage.name}",
+                               lambda i=i: self.queues[i].qsize() if self.queues else 0)
+
+    # -- control -------------------------------------------------------------------
+    def stop(self, abort: bool = False) -> None:
+        """Stop taking source items; with abort, also cancel what is in flight."""
+        self._stopping = True
+        if abort and not self._aborted:
+            self._aborted = True
+            for t in self._tasks:
+                t.cancel()
+
+    def install_signal_handlers(self) -> None:
+        """First SIGINT/SIGTERM drains, the second aborts."""
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if self._stopping:
+                log.warning("second interrupt: aborting in-flight work")
+                self.stop(abort=True)
+            else:
+                log.warning("interrupt: no new work; draining in-flight items (Ctrl-C again to abort)")
+                self.stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+
+    def queue_depths(self) -> dict[str, int]:
+        return {spec.stage.name: q.qsize() for spec, q in zip(self.specs, self.queues)}
+
+    # -- running -------------------------------------------------------------------
+    async def run(self, source: Iterable | AsyncIterable, total: int | None = None) -> RunSummary:
+        t0 = time.perf_counter()
+        self.source_total = total if total is not None else _len_or_none(source)
+        self.queues = [asyncio.Queue(self.queue_size) for _ in range(len(self.specs) + 1)]
+        stage_groups: list[list[asyncio.Task]] = []
+        for i, spec in enumerate(self.specs):
+            stage_groups.append([asyncio.create_task(self._worker(i), name=f"{spec.stage.name}-{w}")
+                                 for w in range(spec.concurrency)])
+        feeder = asyncio.create_task(self._feed(source), name="feeder")
+        closers = [asyncio.create_task(self._close_after(i, group), name=f"close-{i}")
+                   for i, group in enumerate(stage_groups)]
+        drain = asyncio.create_task(self._drain_sink(), name="sink")
+        self._tasks = [feeder, drain, *closers, *(t for g in stage_groups for t in g)]
+        try:
+            await asyncio.gather(feeder, *closers, drain, return_exceptions=False)
+        except asyncio.CancelledError:
+            if not self._aborted:
+                raise
+        finally:
+            for t in self._tasks:
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        stopped = "aborted" if self._aborted else ("drained" if self._stopping else "completed")
+        return RunSummary(wall_s=time.perf_counter() - t0, source_items=self.source_items,
+                          sink_items=self.sink_items, stopped=stopped,
+                          funnel=self.ctx.funnel.to_dict(), stages=self.metrics.summary())
+
+    async def _feed(self, source: Iterable | AsyncIterable) -> None:
+        q = self.queues[0]
+        try:
+            if hasattr(source, "__aiter__"):
+                async for item in source:  # type: ignore[union-attr]
+                    if self._stopping:
+                        break
+                    await q.put(item)
+                    self.source_items += 1
+            else:
+                for item in source:  # type: ignore[union-attr]
+                    if self._stopping:
+                        break
+                    await q.put(item)
+                    self.source_items += 1
+        finally:
+            for _ in range(self.specs[0].concurrency):
+                await q.put(_DONE)
+
+    async def _close_after(self, i: int, group: list[asyncio.Task]) -> None:
+        await asyncio.gather(*group, return_exceptions=True)
+        nxt = self.queues[i + 1]
+        n_next = self.specs[i + 1].concurrency if i + 1 < len(self.specs) else 1
+        for _ in range(n_next):
+            await nxt.put(_DONE)
+
+    async def _worker(self, i: int) -> None:
+        spec = self.specs[i]
+        name = spec.stage.name
+        q_in, q_out = self.queues[i], self.queues[i + 1]
+        funnel, items, latency = self.ctx.funnel, self.metrics.items, self.metrics.latency
+        while True:
+            item = await q_in.get()
+            if item is _DONE:
+                return
+            funnel.count_in(name)
+            items.labels(name, "in").inc()
+            self.in_flight[i] += 1
+            t = time.perf_counter()
+            try:
+                outs = await spec.stage.process(item, self.ctx)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one bad item never stops the run; it is a counted drop
+                reason = getattr(exc, "reason", None) or f"error:{type(exc).__name__}"
+                funnel.drop(name, str(reason))
+                items.labels(name, "error").inc()
+                self._log_error(name, exc)
+                outs = []
+            finally:
+                self.in_flight[i] -= 1
+                latency.labels(name).observe(time.perf_counter() - t)
+            if outs:
+                funnel.count_kept(name)
+                funnel.count_out(name, len(outs))
+                items.labels(name, "kept").inc()
+                items.labels(name, "out").inc(len(outs))
+                for out in outs:
+                    await q_out.put(out)
+            else:
+                items.labels(name, "dropped").inc()
+
+    async def _drain_sink(self) -> None:
+        q = self.queues[-1]
+        while True:
+            item = await q.get()
+            if item is _DONE:
+                return
+            if self.sink is not None:
+                r = self.sink(item)
+                if inspect.isawaitable(r):
+                    await r
+            self.sink_items += 1
+
+    def _log_error(self, stage: str, exc: BaseException) -> None:
+        self._errors_logged += 1
+        if self._errors_logged <= 5:
+            log.warning("stage %s: %s: %s\n%s", stage, type(exc).__name__, exc,
+                        "".join(traceback.format_exception(exc)[-3:]).rstrip())
+        elif self._errors_logged == 6:
+            log.warning("further stage errors are counted in the funnel, not logged")
+
+
+def _len_or_none(source: Any) -> int | None:
+    try:
+        return len(source)
+    except TypeError:
+        return None
+
+
+def _metric_name(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
