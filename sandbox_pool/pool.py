@@ -1,0 +1,581 @@
+"""The asyncio-facing pool: dispatches jobs to pre-started sandbox workers.
+
+The event loop never blocks on a worker: each worker's socket is non-blocking and
+registered with loop.add_reader/add_writer, and frames are assembled here in the
+same format multiprocess' Connection uses on the worker side. Per job the main
+process does one precheck lookup (cached), one send and one receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import shutil
+import socket
+import tempfile
+import time
+import weakref
+from collections import deque
+from typing import Iterable, Sequence
+
+import orjson
+
+from .channel import header, split_frames
+from .outcome import (CODE_TO_STATUS, C_OK, OK_FALSE, OK_NONE, OK_TRUE, REJECTED, STATUSES,
+                      JobResult, Outcome)
+from .precheck import DEFAULT_ALLOWED_MODULES, precheck
+
+log = logging.getLogger("sandbox_pool")
+
+LAYERS = ("pid_namespace", "net_namespace", "landlock_fs", "landlock_net", "landlock_scope",
+          "setuid", "fork_limit", "env_scrub", "scratch_quota")
+DISABLEABLE = ("pid_namespace", "net_namespace", "landlock", "setuid", "env_scrub", "scratch_quota")
+_CONSEQUENCE = {
+    "pid_namespace": "leftover job processes are killed by process group/uid sweep instead of "
+                     "namespace teardown",
+    "net_namespace": "jobs share the host network stack",
+    "landlock_fs": "jobs may read and write wherever their uid may",
+    "landlock_net": "TCP is not blocked by Landlock",
+    "landlock_scope": "jobs may signal processes / use abstract sockets of their uid",
+    "setuid": "jobs run with the pool's own uid (as root if the pool is root)",
+    "fork_limit": "no RLIMIT_NPROC fork-bomb bound (only the wall-clock limit)",
+    "env_scrub": "jobs can read the pool's environment variables",
+    "scratch_quota": "scratch files are bounded per file (max_file_mb) and by the clock, not in total",
+}
+_TAG_OUTCOME = {"T": OK_TRUE, "F": OK_FALSE, "N": OK_NONE}
+
+
+class _Job:
+    __slots__ = ("id", "payload", "n", "future", "started")
+
+    def __init__(self, job_id: int, payload: list, n: int, future: asyncio.Future):
+        self.id = job_id
+        self.payload = payload
+        self.n = n
+        self.future = future
+        self.started = 0.0
+
+
+class _Worker:
+    __slots__ = ("index", "proc", "conn", "fd", "rbuf", "wbuf", "inflight", "ready", "host_pid",
+                 "uid", "layers", "why", "dead", "writing")
+
+    def __init__(self, index: int, proc, conn):
+        self.index = index
+        self.proc = proc
+        self.conn = conn
+        self.fd = conn.fileno()
+        self.rbuf = bytearray()
+        self.wbuf = bytearray()
+        self.inflight: deque[_Job] = deque()
+        self.ready = False
+        self.host_pid: int | None = None
+        self.uid: int | None = None
+        self.layers: dict = {}
+        self.why: dict = {}
+        self.dead = False
+        self.writing = False
+
+
+class SandboxPool:
+    """A pool of pre-started sandbox workers that run untrusted `evaluate(response)` code."""
+
+    def __init__(self, workers: int | None = None, timeout_s: float = 2.0, memory_mb: int = 512, *,
+                 cpu_s: int | None = None, max_procs: int = 16, max_output_bytes: int = 4096,
+                 max_file_mb: int = 16, max_scratch_mb: int = 64, max_scratch_files: int = 4096,
+                 max_open_files: int = 64, max_value_chars: int = 1024,
+                 allowed_modules: Iterable[str] | None = None, sandbox_uid_base: int = 61000,
+                 scratch_root: str | None = None, disable_layers: Iterable[str] = (),
+                 pipeline_depth: int = 2, start_method: str = "forkserver",
+                 start_timeout_s: float = 60.0):
+        if timeout_s <= 0 or memory_mb <= 0:
+            raise ValueError("timeout_s and memory_mb must be positive")
+        unknown = set(disable_layers) - set(DISABLEABLE)
+        if unknown:
+            raise ValueError(f"unknown layers {sorted(unknown)}; choose from {DISABLEABLE}")
+        self.n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+        self.timeout_s = float(timeout_s)
+        self.allowed_modules = frozenset(DEFAULT_ALLOWED_MODULES if allowed_modules is None else allowed_modules)
+        self._cfg = {
+            "timeout_s": self.timeout_s,
+            "memory_mb": int(memory_mb),
+            "cpu_s": int(cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1),
+            "max_procs": int(max_procs),
+            "max_output_bytes": int(max_output_bytes),
+            "max_file_mb": int(max_file_mb),
+            "max_scratch_mb": int(max_scratch_mb),
+            "max_scratch_files": int(max_scratch_files),
+            "max_open_files": int(max_open_files),
+            "max_value_chars": int(max_value_chars),
+            "allowed_modules": sorted(self.allowed_modules),
+            "sandbox_uid_base": int(sandbox_uid_base),
+            "disable_layers": sorted(set(disable_layers)),
+        }
+        self._scratch_parent = scratch_root
+        self._depth = max(1, int(pipeline_depth))
+        self._start_method = start_method
+        self._start_timeout_s = start_timeout_s
+        self._workers: list[_Worker] = []
+        self._queue: deque[_Job] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ctx = None
+        self._started = False
+        self._closing = False
+        self._next_id = 0
+        self._ready_waiter: asyncio.Future | None = None
+        self._fatal: str | None = None
+        self._start_failures = 0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._scratch_root: str | None = None
+        self._isolation: dict[str, bool] = {}
+        self._why: dict[str, str] = {}
+        self._counts = dict.fromkeys(STATUSES, 0)
+        self._jobs = self._checks = self._dispatched = self._restarts = 0
+        self._busy_s = 0.0
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "SandboxPool":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        from .launcher import context
+
+        self._loop = asyncio.get_running_loop()
+        self._ctx, self._process_cls = context(self._start_method)
+        self._scratch_root = tempfile.mkdtemp(prefix="sandbox_pool-", dir=self._scratch_parent)
+        os.chmod(self._scratch_root, 0o711)  # job uids must traverse it to reach their dirs
+        self._cfg["scratch_root"] = self._scratch_root
+        # Safety net for a pool that is never closed (interrupted run, forgotten close()).
+        self._finalizer = weakref.finalize(self, _abandon, self._workers, self._scratch_root)
+        self._ready_waiter = self._loop.create_future()
+        self._started = True
+        try:
+            for i in range(self.n_workers):
+                self._workers.append(self._spawn(i))
+            await asyncio.wait_for(asyncio.shield(self._ready_waiter), self._start_timeout_s)
+        except BaseException:
+            await self.close()
+            raise
+        self._report_isolation()
+        self._arm_watchdog()
+
+    def _spawn(self, index: int) -> _Worker:
+        from .worker import worker_main
+
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._process_cls(target=worker_main, args=(self._cfg, child, index),
+                                 name=f"sandbox-worker-{index}", daemon=True)
+        proc.start()
+        child.close()
+        w = _Worker(index, proc, parent)
+        os.set_blocking(w.fd, False)
+        _widen_send_buffer(w.fd)
+        self._loop.add_reader(w.fd, self._on_readable, w)
+        return w
+
+    async def close(self) -> None:
+        if self._closing or not self._started:
+            return
+        self._closing = True
+        if self._watchdog:
+            self._watchdog.cancel()
+        err = RuntimeError("SandboxPool closed")
+        for job in self._queue:
+            if not job.future.done():
+                job.future.set_exception(err)
+        self._queue.clear()
+        for w in self._workers:
+            for job in w.inflight:
+                if not job.future.done():
+                    job.future.set_exception(err)
+            w.inflight.clear()
+            self._detach(w)
+            try:
+                w.proc.kill()  # the supervisor follows via its parent-death signal
+            except Exception:
+                pass
+        for w in self._workers:
+            await self._reap(w.proc)
+        if self._ready_waiter and not self._ready_waiter.done():
+            self._ready_waiter.cancel()
+        if self._scratch_root:
+            shutil.rmtree(self._scratch_root, ignore_errors=True)
+        self._finalizer.detach()
+
+    async def _reap(self, proc, patience_s: float = 5.0) -> None:
+        deadline = time.monotonic() + patience_s
+        try:
+            while proc.exitcode is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            if proc.exitcode is not None:
+                proc.close()
+        except ValueError:  # already closed by an earlier reap
+            pass
+
+    # ---- public API --------------------------------------------------------------------------
+
+    async def evaluate(self, code: str, inputs: Sequence) -> JobResult:
+        """Run `code`'s evaluate() on each input in one sandboxed job; one Outcome per input."""
+        fut = self._enqueue([self._prepare(code, inputs)])[0]
+        self._dispatch()
+        return await fut
+
+    async def evaluate_many(self, jobs: Iterable[tuple[str, Sequence]]) -> list[JobResult]:
+        """Run many (code, inputs) jobs spread over all workers; results in job order."""
+        encoded: dict = {}  # the engine often sends one inputs list with many verifiers
+        prepared = [self._prepare(code, inputs, encoded) for code, inputs in jobs]  # may raise: nothing queued
+        futs = self._enqueue(prepared)
+        self._dispatch()
+        return list(await asyncio.gather(*futs))
+
+    def stats(self) -> dict:
+        isolation = dict(self._isolation)
+        return {
+            "jobs": self._jobs,
+            "checks": self._checks,
+            **self._counts,
+            "dispatched": self._dispatched,
+            "busy_s": self._busy_s,
+            "workers": self.n_workers,
+            "restarts": self._restarts,
+            "pids": [w.proc.pid for w in self._workers if not w.dead],
+            "uids": [w.uid for w in self._workers if not w.dead],
+            "isolation": isolation,
+            "degraded": [k for k in LAYERS if not isolation.get(k, False)],
+        }
+
+    # ---- submission and dispatch -----------------------------------------------------------
+
+    def _prepare(self, code: str, inputs: Sequence, encoded: dict | None = None):
+        """Precheck and encode one job: a JobResult when it needs no worker, else (id, payload, n)."""
+        if not self._started or self._closing:
+            raise RuntimeError("SandboxPool is not running: use 'async with SandboxPool(...)'")
+        if self._fatal:
+            raise RuntimeError(f"SandboxPool is broken: {self._fatal}")
+        if type(inputs) is not list and type(inputs) is not tuple:
+            inputs = list(inputs)  # any iterable; only real lists/tuples are worth caching by id
+        hit = encoded.get(id(inputs)) if encoded is not None else None
+        if hit is not None and hit[0] is inputs:
+            n, data = hit[1], hit[2]
+        else:
+            data = None
+            n = len(inputs)
+        reason = precheck(code, self.allowed_modules)
+        if reason is not None:
+            return JobResult([Outcome(REJECTED, None, reason)] * n)
+        if n == 0:
+            return JobResult()
+        if data is None:
+            data = _dumps(inputs)
+            if encoded is not None:
+                encoded[id(inputs)] = (inputs, n, data)  # holding `inputs` keeps its id unique
+        self._next_id += 1
+        # [id, n, code] newline inputs: the supervisor passes the inputs on without decoding them.
+        payload = [b"[%d,%d," % (self._next_id, n), _dumps(code), b"]\n", data]
+        return self._next_id, payload, n
+
+    def _enqueue(self, prepared: list) -> list[asyncio.Future]:
+        futs = []
+        for item in prepared:
+            fut = self._loop.create_future()
+            self._jobs += 1
+            if type(item) is JobResult:
+                self._checks += len(item)
+                self._counts[REJECTED] += len(item) if item and item[0].status == REJECTED else 0
+                fut.set_result(item)
+            else:
+                job_id, payload, n = item
+                self._queue.append(_Job(job_id, payload, n, fut))
+            futs.append(fut)
+        return futs
+
+    def _dispatch(self) -> None:
+        queue = self._queue
+        while queue:
+            best = None
+            for w in self._workers:
+                if w.ready and not w.dead and len(w.inflight) < self._depth:
+                    if best is None or len(w.inflight) < len(best.inflight):
+                        best = w
+                        if not w.inflight:
+                            break
+            if best is None:
+                return
+            job = queue.popleft()
+            if job.future.done():  # caller gave up (cancelled) before it was sent
+                continue
+            if not best.inflight:
+                job.started = time.monotonic()
+            best.inflight.append(job)
+            self._dispatched += 1
+            self._send(best, job.payload)
+
+    def _send(self, w: _Worker, parts: list) -> None:
+        n = sum(map(len, parts))
+        head = header(n)
+        if w.wbuf:  # already backed up: queue behind what is pending
+            w.wbuf += head
+            for p in parts:
+                w.wbuf += p
+            return
+        try:
+            sent = os.writev(w.fd, [head, *parts])  # no joining copy of a large inputs payload
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            self._worker_died(w, f"connection lost ({e.strerror})")
+            return
+        if sent < len(head) + n:
+            w.wbuf += memoryview(b"".join([head, *parts]))[sent:]
+            self._flush(w)
+
+    def _flush(self, w: _Worker) -> None:
+        try:
+            while w.wbuf:
+                sent = os.write(w.fd, w.wbuf)
+                del w.wbuf[:sent]
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            self._worker_died(w, f"connection lost ({e.strerror})")
+            return
+        if w.wbuf and not w.writing:
+            self._loop.add_writer(w.fd, self._flush, w)
+            w.writing = True
+        elif not w.wbuf and w.writing:
+            self._loop.remove_writer(w.fd)
+            w.writing = False
+
+    # ---- receiving ---------------------------------------------------------------------------
+
+    def _on_readable(self, w: _Worker) -> None:
+        try:
+            data = os.read(w.fd, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._worker_died(w, f"connection lost ({e.strerror})")
+            return
+        if not data:
+            self._worker_died(w, self._exit_reason(w))
+            return
+        buf = w.rbuf
+        buf += data
+        frames, used = split_frames(buf)
+        try:
+            for frame in frames:
+                self._on_message(w, orjson.loads(frame))
+                if w.dead:
+                    return
+        finally:
+            for frame in frames:
+                frame.release()
+        del buf[:used]
+        self._dispatch()
+
+    def _on_message(self, w: _Worker, msg) -> None:
+        if type(msg) is list:
+            self._on_result(w, msg)
+        elif "hello" in msg:
+            w.ready = True
+            w.host_pid = msg["hello"]
+            w.uid = msg.get("uid")
+            w.layers = msg["layers"]
+            w.why = msg["why"]
+            self._start_failures = 0
+            if not self._isolation:
+                self._isolation = dict(w.layers)
+                self._why = dict(w.why)
+            else:  # a replacement must not silently run with less isolation
+                for k, v in w.layers.items():
+                    if not v and self._isolation.get(k):
+                        self._isolation[k] = False
+                        self._why[k] = w.why.get(k, "")
+                        log.warning("sandbox_pool: isolation layer %r lost on a restarted worker: %s",
+                                    k, self._why[k])
+            if self._ready_waiter and not self._ready_waiter.done() and all(x.ready for x in self._workers):
+                self._ready_waiter.set_result(None)
+        elif "fatal" in msg:
+            log.error("sandbox_pool: worker %d failed: %s", w.index, msg["fatal"])
+            self._worker_died(w, "worker failed: " + msg["fatal"].strip().splitlines()[-1])
+
+    def _on_result(self, w: _Worker, msg: list) -> None:
+        job_id, tags, recs, output, elapsed, busy = msg
+        job = w.inflight.popleft()
+        if w.inflight:
+            w.inflight[0].started = time.monotonic()
+        assert job.id == job_id, "worker answered out of order"
+        self._busy_s += busy
+        self._checks += len(tags)
+        counts = self._counts
+        counts["ok"] += len(tags) - len(recs)
+        outcomes = list(map(_TAG_OUTCOME.get, tags))  # bare True/False/None verdicts; None for "R"
+        if recs:
+            shared: dict = {}
+            it = iter(recs)
+            for i, tag in enumerate(tags):
+                if tag != "R":
+                    continue
+                code, value, detail = next(it)
+                if code == C_OK:
+                    o = Outcome("ok", _special(value) if type(value) is dict else value, "")
+                else:
+                    key = (code, detail)
+                    o = shared.get(key)
+                    if o is None:
+                        o = shared[key] = Outcome(CODE_TO_STATUS[code], None, detail)
+                counts[o.status] += 1
+                outcomes[i] = o
+        if not job.future.done():
+            job.future.set_result(JobResult(outcomes, output, elapsed))
+
+    # ---- failures ----------------------------------------------------------------------------
+
+    def _exit_reason(self, w: _Worker) -> str:
+        code = w.proc.exitcode
+        if code is None:
+            return "worker process died"
+        return f"worker process died (exit status {code})"
+
+    def _detach(self, w: _Worker) -> None:
+        if w.dead:
+            return
+        w.dead = True
+        try:
+            self._loop.remove_reader(w.fd)
+            if w.writing:
+                self._loop.remove_writer(w.fd)
+        except Exception:
+            pass
+        try:
+            w.conn.close()
+        except Exception:
+            pass
+
+    def _worker_died(self, w: _Worker, reason: str) -> None:
+        if w.dead:
+            return
+        was_ready = w.ready
+        self._detach(w)
+        try:
+            w.proc.kill()
+        except Exception:
+            pass
+        self._loop.create_task(self._reap(w.proc, patience_s=30.0))
+        inflight = list(w.inflight)
+        w.inflight.clear()
+        if inflight:  # the job it was running is lost; the ones queued behind it are not
+            head = inflight[0]
+            self._checks += head.n
+            self._counts["crashed"] += head.n
+            if not head.future.done():
+                crashed = Outcome("crashed", None, reason)
+                head.future.set_result(JobResult([crashed] * head.n, "", 0.0))
+            self._queue.extendleft(reversed(inflight[1:]))
+        if self._closing:
+            return
+        if not was_ready:
+            self._start_failures += 1
+            if self._start_failures >= 3:
+                self._break(f"workers keep failing to start ({reason})")
+                return
+        self._restarts += 1
+        log.warning("sandbox_pool: worker %d replaced: %s", w.index, reason)
+        try:
+            self._workers[self._workers.index(w)] = self._spawn(w.index)
+        except Exception as e:
+            self._break(f"could not start a replacement worker: {e}")
+            return
+        self._dispatch()
+
+    def _break(self, reason: str) -> None:
+        self._fatal = reason
+        log.error("sandbox_pool: %s", reason)
+        err = RuntimeError(f"SandboxPool is broken: {reason}")
+        if self._ready_waiter and not self._ready_waiter.done():
+            self._ready_waiter.set_exception(err)
+        for job in self._queue:
+            if not job.future.done():
+                job.future.set_exception(err)
+        self._queue.clear()
+
+    def _arm_watchdog(self) -> None:
+        # Safety net only: supervisors enforce deadlines themselves, so this fires just when a
+        # supervisor is wedged; then the worker is replaced and its job counts as crashed.
+        period = max(0.5, self.timeout_s)
+        self._watchdog = self._loop.call_later(period, self._check_wedged)
+
+    def _check_wedged(self) -> None:
+        now = time.monotonic()
+        limit = 2 * self.timeout_s + 10.0
+        for w in list(self._workers):
+            if not w.dead and w.inflight and now - w.inflight[0].started > limit:
+                self._worker_died(w, f"worker unresponsive for {limit:g} s")
+        if not self._closing:
+            self._arm_watchdog()
+
+    def _report_isolation(self) -> None:
+        for layer in LAYERS:
+            if not self._isolation.get(layer, False):
+                log.warning("sandbox_pool: isolation layer %r unavailable (%s): %s", layer,
+                            self._why.get(layer, "unknown"), _CONSEQUENCE[layer])
+
+
+def _abandon(workers: list, scratch_root: str) -> None:
+    for w in workers:
+        try:
+            w.proc.kill()
+        except Exception:
+            pass
+    shutil.rmtree(scratch_root, ignore_errors=True)
+
+
+def _widen_send_buffer(fd: int) -> None:
+    # A job carrying a few hundred responses is ~0.2-1 MB; let it go out in one write.
+    sock = socket.socket(fileno=fd)
+    try:
+        for opt in (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+                break
+            except OSError:
+                continue
+    finally:
+        sock.detach()
+
+
+def _dumps(obj) -> bytes:
+    """orjson, except that lone surrogates (possible in decoded LLM text) become U+FFFD."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_unsurrogate(obj))  # still raises for what JSON cannot carry
+
+
+def _unsurrogate(obj):
+    if type(obj) is str:
+        return obj.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(obj, (list, tuple)):
+        return [_unsurrogate(x) for x in obj]
+    if isinstance(obj, dict):
+        return {_unsurrogate(k): _unsurrogate(v) for k, v in obj.items()}
+    return obj
+
+
+def _special(value: dict):
+    """Decode the tagged forms used for non-finite floats and integers beyond 64 bits."""
+    if "f" in value:
+        return float(value["f"])
+    try:
+        return int(value["i"])
+    except ValueError:
+        return value["i"]

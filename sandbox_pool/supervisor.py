@@ -1,0 +1,365 @@
+"""The per-worker supervisor: warms up, prepares confinement, talks to the pool.
+
+It runs in a freshly exec'd interpreter (see worker.py), imports the allowed
+modules, builds the Landlock ruleset, then forks the zygote (PID 1 of the worker's
+PID namespace), which forks one disposable job process per job. For each job the
+supervisor writes the inputs into a memfd, hands the zygote a small request,
+reads back how the job ended, parses the job's verdicts from shared memory and
+answers the pool. Untrusted code never runs in this process or in the zygote.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import importlib
+import mmap
+import os
+import pkgutil
+import pwd
+import select
+import signal
+import socket
+import sys
+import sysconfig
+import time
+import traceback
+from collections import OrderedDict
+
+import orjson
+
+from . import isolation, verdicts, zygote
+from .channel import Channel
+from .outcome import C_CRASHED, C_OK, C_TIMEOUT
+from .runner import one_line
+
+_COMPILE_CACHE = 256
+_UID_LOCK_DIR = "/run/lock/sandbox_pool"
+_UID_LOCK_FALLBACK = "/tmp/sandbox_pool-uid-locks"
+# Imported lazily by allowed modules or str methods (codecs for str.encode, strptime...).
+_LAZY_STDLIB = ("_strptime", "calendar", "locale", "stringprep", "encodings.idna", "encodings.punycode",
+                "encodings.ascii", "encodings.latin_1", "encodings.cp1252", "encodings.utf_16",
+                "encodings.utf_16_le", "encodings.utf_16_be", "encodings.utf_32", "encodings.utf_32_le",
+                "encodings.utf_32_be", "encodings.utf_8_sig", "encodings.unicode_escape",
+                "encodings.raw_unicode_escape", "encodings.charmap")
+# Read-only places a confined job may need: the interpreter, stdlib, site-packages and
+# shared libraries. Deliberately not /proc, /home, /root or the project checkout.
+_SYSTEM_READ_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/localtime",
+                      "/etc/ld.so.cache", "/dev/urandom", "/dev/zero")
+
+
+def boot(args: dict) -> None:
+    """Run a supervisor on the pool connection fd given in `args`; never returns."""
+    channel = Channel(args["fd"])
+    try:
+        sup = Supervisor(args["cfg"], channel, args["index"], dict(args["layers"]), dict(args["why"]))
+        sup.setup()
+    except BaseException:
+        try:
+            channel.send_bytes(orjson.dumps({"fatal": traceback.format_exc(limit=8)}))
+        finally:
+            os._exit(1)
+    sup.serve()
+    os._exit(0)
+
+
+def _claim_uid(base: int, index: int) -> tuple[int, int]:
+    """An unused uid at or above base + index, held for this worker's lifetime via an flock.
+
+    Pools in other processes on the host (tests, benchmarks, the engine) would otherwise share
+    uids: one RLIMIT_NPROC budget, and -- without a PID namespace -- one another's kill sweeps.
+    The lock fd is inherited by the zygote (not by jobs), so it is released when both are gone.
+    """
+    lock_dir = _UID_LOCK_DIR if os.path.isdir(os.path.dirname(_UID_LOCK_DIR)) else _UID_LOCK_FALLBACK
+    os.makedirs(lock_dir, mode=0o755, exist_ok=True)
+    for uid in range(base + index, base + 65536):
+        try:
+            pwd.getpwuid(uid)
+            continue  # a real account: its processes must never be swept
+        except KeyError:
+            pass
+        fd = os.open(os.path.join(lock_dir, f"uid-{uid}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return uid, fd
+        except BlockingIOError:
+            os.close(fd)
+    raise RuntimeError(f"no free sandbox uid at or above {base}")
+
+
+def _try_import(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except BaseException:
+        pass
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+class Supervisor:
+    def __init__(self, cfg: dict, conn: Channel, index: int, layers: dict, why: dict):
+        self.cfg = cfg
+        self.conn = conn
+        self.index = index
+        self.layers = layers  # layer name -> bool, what is really in force
+        self.why = why  # layer name -> reason it is not
+        self.disabled = set(cfg["disable_layers"])
+        self.ruleset_fd: int | None = None
+        self.uid: int | None = None
+        self.code_ids: OrderedDict[str, int] = OrderedDict()  # mirrors the zygote's compiled cache
+        self.next_code_id = 0
+        self.seq = 0
+
+    # ---- startup -------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        for fd in (0, 1, 2):  # pipes must never land on 0-2, which the job re-points
+            try:
+                os.fstat(fd)
+            except OSError:
+                os.open("/dev/null", os.O_RDWR)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the pool's business
+        os.chdir("/")
+        if "env_scrub" in self.disabled:
+            self._set("env_scrub", False, "disabled by configuration")
+        else:  # exec'd with an empty environment already; this also clears what Python set itself
+            self._set("env_scrub", isolation.scrub_environment(), "could not locate the environment block")
+        self._preimport()
+
+        if "setuid" in self.disabled:
+            self._set("setuid", False, "disabled by configuration")
+        elif os.geteuid() != 0:
+            self._set("setuid", False, "not running as root: jobs keep the pool's uid")
+        else:
+            self.uid, self.uid_lock = _claim_uid(self.cfg["sandbox_uid_base"], self.index)
+            self._set("setuid", True)
+        # RLIMIT_NPROC counts every process of the uid, so it is only meaningful for our own uid.
+        self._set("fork_limit", self.uid is not None, "needs a dedicated uid (setuid layer)")
+
+        self.scratch = os.path.join(self.cfg["scratch_root"], f"w{self.index}")
+        os.makedirs(self.scratch, mode=0o711, exist_ok=True)
+        os.chmod(self.scratch, 0o711)
+        self._build_landlock()
+
+        # Inputs go to the job through one memfd, verdicts come back through another.
+        self.job_fd = os.memfd_create("sandbox-job", os.MFD_CLOEXEC)
+        self.verdict_fd = os.memfd_create("sandbox-verdicts", os.MFD_CLOEXEC)
+        self.vsize = 0
+        self.vmap: mmap.mmap | None = None
+        self._start_zygote()
+        self._probe()
+
+    def _set(self, layer: str, ok: bool, reason: str = "") -> None:
+        self.layers[layer] = bool(ok)
+        if ok:
+            self.why.pop(layer, None)
+        else:
+            self.why[layer] = reason
+
+    def _preimport(self) -> None:
+        """Import allowed modules now, plus what they import lazily.
+
+        Besides speed this matters for correctness: the job's uid may be unable to read the
+        stdlib at all (e.g. a pyenv Python under /root), so a lazy import inside a job fails.
+        """
+        stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
+        for name in sorted(self.cfg["allowed_modules"]):
+            try:
+                mod = importlib.import_module(name)
+            except BaseException:
+                continue  # allowed but not installed: importing it in a job is an ordinary error
+            # Submodules of allowed stdlib packages (json.decoder, html.parser, collections.abc...).
+            path = getattr(mod, "__path__", None)
+            if path and os.path.realpath(getattr(mod, "__file__", "") or "").startswith(stdlib):
+                for info in pkgutil.iter_modules(path, name + "."):
+                    if info.name.rsplit(".", 1)[-1] not in ("__main__", "tool", "tests", "test"):
+                        _try_import(info.name)
+        for name in _LAZY_STDLIB:
+            _try_import(name)
+
+    def _read_paths(self) -> set[str]:
+        paths = set(_SYSTEM_READ_PATHS)
+        paths.update({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix})
+        for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+            try:
+                paths.add(sysconfig.get_paths()[key])
+            except KeyError:
+                pass
+        # Allowed packages installed somewhere unusual (editable installs, user site).
+        allowed = self.cfg["allowed_modules"]
+        for name, mod in list(sys.modules.items()):
+            if name.split(".", 1)[0] in allowed:
+                f = getattr(mod, "__file__", None)
+                if isinstance(f, str):
+                    paths.add(os.path.dirname(os.path.abspath(f)))
+        return {p for p in paths if p and os.path.exists(p)}
+
+    def _build_landlock(self) -> None:
+        abi = isolation.landlock_abi()
+        if "landlock" in self.disabled:
+            reason = "disabled by configuration"
+        elif abi <= 0:
+            reason = "kernel has no Landlock (or it is disabled)"
+        else:
+            reason = ""
+        if reason:
+            for layer in ("landlock_fs", "landlock_net", "landlock_scope"):
+                self._set(layer, False, reason)
+            return
+        fd, extras = isolation.create_ruleset(abi, restrict_net=True, restrict_scope=True)
+        for path in self._read_paths():
+            isolation.add_path_rule(fd, path, isolation.FS_READ_RIGHTS, abi)
+        isolation.add_path_rule(fd, "/dev/null", isolation.FS_READ_RIGHTS | isolation.FS_WRITE_FILE
+                                | isolation.FS_TRUNCATE, abi)
+        # Everything beneath this worker's scratch dir; DAC confines the job to its own job dir.
+        isolation.add_path_rule(fd, self.scratch, isolation.handled_fs_rights(abi), abi)
+        self.ruleset_fd = fd
+        self._set("landlock_fs", True)
+        self._set("landlock_net", extras["landlock_net"], f"Landlock ABI {abi} < 4: no TCP rules")
+        self._set("landlock_scope", extras["landlock_scope"], f"Landlock ABI {abi} < 6: no signal/socket scoping")
+
+    def _start_zygote(self) -> None:
+        ours, theirs = socket.socketpair()
+        self.ctl = ours.detach()
+        zfd = theirs.detach()
+        devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        pid_ns = self.layers.get("pid_namespace", False)
+        gc.collect()
+        gc.freeze()  # keeps forked jobs from dirtying copy-on-write pages during GC
+        pid = os.fork()  # in a fresh PID namespace this child is its PID 1
+        if pid == 0:
+            try:
+                isolation.set_parent_death_signal(signal.SIGKILL)
+                os.close(self.ctl)
+                os.close(self.conn.fd)  # the pool's connection stays with the supervisor
+                zygote.Zygote(self.cfg, zfd, self.job_fd, self.verdict_fd, devnull, self.scratch,
+                              self.ruleset_fd, self.uid, pid_ns).serve()
+            finally:
+                os._exit(1)
+        os.close(zfd)
+        os.close(devnull)
+        self.zygote_pid = pid
+        if pid_ns and pid != 1 and os.readlink(f"/proc/{pid}/ns/pid") == os.readlink("/proc/self/ns/pid"):
+            self._set("pid_namespace", False, "zygote did not land in a new PID namespace")
+
+    def _probe(self) -> None:
+        """Run one trivial job through the full confinement; drop a layer that cannot be applied."""
+        flags = 0
+        for _ in range(3):
+            tags, recs, output, _, setup_error = self.run_job("def evaluate(x):\n    return x\n", 1, b"[7]", flags)
+            if tags == "R" and recs[0] == [C_OK, 7, ""]:
+                return
+            layer = (setup_error or {}).get("layer")
+            reason = (setup_error or {}).get("setup_error")
+            if layer == "landlock_fs":
+                flags |= zygote.FLAG_DROP_LANDLOCK
+                for name in ("landlock_fs", "landlock_net", "landlock_scope"):
+                    self._set(name, False, f"restricting failed: {reason}")
+            elif layer == "setuid":
+                flags |= zygote.FLAG_DROP_SETUID
+                self.uid = None
+                self._set("setuid", False, f"switching uid failed: {reason}")
+                self._set("fork_limit", False, "needs a dedicated uid (setuid layer)")
+            else:
+                raise RuntimeError(f"sandbox self-test failed: {recs} {reason or ''} {output!r}")
+        raise RuntimeError("sandbox self-test did not converge")
+
+    # ---- serving -------------------------------------------------------------------------
+
+    def hello(self) -> bytes:
+        return orjson.dumps({"hello": os.getpid(), "uid": self.uid, "layers": self.layers, "why": self.why})
+
+    def serve(self) -> None:
+        self.conn.send_bytes(self.hello())
+        # While idle, also watch the zygote: if it dies, say so now rather than on the next job.
+        idle = select.poll()
+        idle.register(self.conn.fd, select.POLLIN)
+        idle.register(self.ctl, select.POLLIN)
+        while True:
+            if any(fd == self.ctl for fd, _ in idle.poll()):
+                self.conn.send_bytes(orjson.dumps({"fatal": "zygote process died"}))
+                return
+            try:
+                frame = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                return  # the pool went away
+            t0 = time.monotonic()
+            # [job_id, n, code] then a newline then the inputs' JSON, which only the job decodes.
+            cut = frame.index(b"\n")
+            job_id, n, code = orjson.loads(memoryview(frame)[:cut])
+            try:
+                tags, recs, output, elapsed, _ = self.run_job(code, n, memoryview(frame)[cut + 1:])
+            except (EOFError, ConnectionError):  # the zygote is gone: let the pool replace this worker
+                self.conn.send_bytes(orjson.dumps({"fatal": "zygote process died"}))
+                return
+            except Exception as e:  # e.g. scratch dir could not be created: fail the job, not the worker
+                recs = [[C_CRASHED, None, one_line(f"supervisor error: {type(e).__name__}: {e}")]] * n
+                tags, output, elapsed = "R" * n, "", time.monotonic() - t0
+            busy = time.monotonic() - t0
+            self.conn.send_bytes(orjson.dumps([job_id, tags, recs, output, elapsed, busy]))
+
+    # ---- one job ----------------------------------------------------------------------------
+
+    def _code_id(self, code: str) -> tuple[int, int, bytes]:
+        """(id, id to evict or -1, source to send if the zygote lacks it)."""
+        cid = self.code_ids.get(code)
+        if cid is not None:
+            self.code_ids.move_to_end(code)
+            return cid, -1, b""
+        cid = self.next_code_id
+        self.next_code_id += 1
+        self.code_ids[code] = cid
+        evict = -1
+        if len(self.code_ids) > _COMPILE_CACHE:
+            evict = self.code_ids.popitem(last=False)[1]
+        return cid, evict, code.encode("utf-8", "surrogatepass")
+
+    def run_job(self, code: str, n: int, inputs_json, flags: int = 0):
+        # Fresh, zero-filled verdict file (truncating frees the previous job's pages).
+        need = verdicts.region_size(n, self.cfg["max_value_chars"])
+        if need > self.vsize:
+            self.vsize = need
+            if self.vmap is not None:
+                self.vmap.close()
+            self.vmap = None
+        os.ftruncate(self.verdict_fd, 0)
+        os.ftruncate(self.verdict_fd, self.vsize)
+        if self.vmap is None:
+            self.vmap = mmap.mmap(self.verdict_fd, self.vsize)
+        os.ftruncate(self.job_fd, 0)  # the job must not find an earlier job's inputs either
+        os.pwrite(self.job_fd, inputs_json, 0)
+
+        cid, evict, source = self._code_id(code)
+        zygote.write_all(self.ctl, zygote.REQUEST.pack(self.seq, cid, evict, len(source), n, flags) + source)
+        self.seq += 1
+        status, timed_out, cpu, elapsed, out_total, out_len = zygote.REPLY.unpack(
+            zygote.read_exact(self.ctl, zygote.REPLY.size))
+        out = zygote.read_exact(self.ctl, out_len) if out_len else b""
+
+        tags, recs, problem, setup_error = verdicts.parse(self.vmap, n, need)
+        missing = n - len(tags)
+        if missing:
+            tags += b"R" * missing
+            recs.extend([self._why_incomplete(status, cpu, timed_out, problem)] * missing)
+        output = out.decode("utf-8", "replace")
+        if out_total > len(out):
+            output += f"\n[output truncated: {out_total} bytes written, first {len(out)} kept]"
+        return tags.decode("ascii"), recs, output, elapsed, setup_error
+
+    def _why_incomplete(self, status: int, cpu: float, timed_out: int, problem: str | None):
+        cfg = self.cfg
+        if timed_out:
+            return [C_TIMEOUT, None, f"job exceeded the {cfg['timeout_s']:g} s wall-clock limit"]
+        if problem and (not os.WIFSIGNALED(status) or problem.startswith("sandbox")):
+            return [C_CRASHED, None, problem]
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= cfg["cpu_s"]):
+                return [C_TIMEOUT, None, f"job exceeded the {cfg['cpu_s']} s CPU-time limit"]
+            return [C_CRASHED, None, f"killed by {_signal_name(sig)}"]
+        return [C_CRASHED, None, f"exited with code {os.waitstatus_to_exitcode(status)}"]

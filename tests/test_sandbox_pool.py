@@ -1,0 +1,222 @@
+"""Pool behaviour: API and value semantics, pre-forked reuse, isolation between jobs, worker loss."""
+
+import asyncio
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+import pytest_asyncio
+
+from sandbox_pool import DEFAULT_ALLOWED_MODULES, JobResult, Outcome, SandboxPool
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+HOSTILE = DEFAULT_ALLOWED_MODULES | {"os", "sys", "time", "builtins"}
+TIMEOUT = 1.0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pool():
+    async with SandboxPool(workers=2, timeout_s=TIMEOUT, allowed_modules=HOSTILE) as p:
+        yield p
+
+
+async def test_values_and_types(pool):
+    code = (
+        "def evaluate(x):\n"
+        "    return {'t': True, 'f': False, 'i': 7, 'fl': 2.5, 's': 'yes', 'n': None,\n"
+        "            'big': 10**30, 'nan': float('nan'), 'inf': float('-inf')}[x]\n"
+    )
+    keys = ["t", "f", "i", "fl", "s", "n", "big", "nan", "inf"]
+    res = await pool.evaluate(code, keys)
+    assert isinstance(res, JobResult) and isinstance(res, list) and len(res) == len(keys)
+    assert all(isinstance(o, Outcome) and o.ok and o.status == "ok" for o in res), res
+    values = [o.value for o in res]
+    assert values[:6] == [True, False, 7, 2.5, "yes", None]
+    assert [type(v) for v in values[:6]] == [bool, bool, int, float, str, type(None)]
+    assert values[6] == 10**30 and type(values[6]) is int
+    assert math.isnan(values[7]) and values[8] == float("-inf")
+    assert isinstance(res.elapsed_s, float) and 0 < res.elapsed_s < TIMEOUT
+    with pytest.raises(Exception):
+        res[0].status = "error"  # frozen
+
+
+async def test_inputs_are_json_values(pool):
+    code = "def evaluate(x):\n    return type(x).__name__ + ':' + str(x)\n"
+    res = await pool.evaluate(code, (i for i in ["a\ud800b", 3, None, (1, 2), {"k": 1.5}]))  # any iterable
+    assert [o.value for o in res] == ["str:a\ufffdb", "int:3", "NoneType:None", "list:[1, 2]", "dict:{'k': 1.5}"]
+    with pytest.raises(TypeError):
+        await pool.evaluate(code, [object()])  # not JSON: refused before anything is queued
+
+
+async def test_bad_returns_never_touch_the_object(pool):
+    code = (
+        "class Evil:\n"
+        "    def __bool__(self): raise RuntimeError('bool called')\n"
+        "    def __eq__(self, other): raise RuntimeError('eq called')\n"
+        "    __hash__ = None\n"
+        "class S(str):\n"
+        "    def __eq__(self, other): raise RuntimeError('eq called')\n"
+        "def evaluate(x):\n"
+        "    return {'evil': Evil(), 'list': [True], 'sub': S('a'), 'tuple': (1,)}[x]\n"
+    )
+    res = await pool.evaluate(code, ["evil", "list", "sub", "tuple"])
+    assert [o.status for o in res] == ["bad_return"] * 4
+    assert "Evil" in res[0].detail and "list" in res[1].detail and "S" in res[2].detail
+    assert "called" not in " ".join(o.detail for o in res)
+
+
+async def test_errors_are_one_line(pool):
+    code = (
+        "class Mute(Exception):\n"
+        "    def __str__(self): raise RuntimeError('no str')\n"
+        "def evaluate(x):\n"
+        "    if x == 'value': raise ValueError('bad\\nvalue')\n"
+        "    if x == 'mute': raise Mute()\n"
+        "    if x == 'exit': raise SystemExit(3)\n"
+        "    if x == 'kbd': raise KeyboardInterrupt\n"
+        "    return x\n"
+    )
+    res = await pool.evaluate(code, ["value", "mute", "exit", "kbd", "fine"])
+    assert [o.status for o in res] == ["error"] * 4 + ["ok"]
+    assert res[0].detail == "ValueError: bad value"
+    assert res[1].detail.startswith("Mute")
+    assert "SystemExit" in res[2].detail and "KeyboardInterrupt" in res[3].detail
+    assert all("\n" not in o.detail for o in res)
+
+
+async def test_long_strings_truncated_and_output_captured(pool):
+    code = "def evaluate(x):\n    print('seen', x)\n    return 'z' * 100000\n"
+    res = await pool.evaluate(code, ["a", "b"])
+    assert all(o.ok and o.value == "z" * 1024 for o in res)
+    assert res.output == "seen a\nseen b\n"
+
+
+async def test_load_time_failure_fails_every_input(pool):
+    res = await pool.evaluate("x = 1 / 0\ndef evaluate(r):\n    return True\n", [1, 2])
+    assert [o.status for o in res] == ["error", "error"]
+    assert "ZeroDivisionError" in res[0].detail
+
+
+async def test_partial_results_survive_a_timeout(pool):
+    code = "def evaluate(x):\n    while x == 'hang':\n        pass\n    return x\n"
+    res = await pool.evaluate(code, ["a", "b", "hang", "c"])
+    assert [o.status for o in res] == ["ok", "ok", "timeout", "timeout"]
+    assert [o.value for o in res[:2]] == ["a", "b"]
+
+
+async def test_workers_are_prestarted_and_reused(pool):
+    pids = pool.stats()["pids"]
+    assert len(pids) == 2
+    # Modules are already imported in the worker: the job does not import difflib, yet it is there.
+    warm = "import sys\ndef evaluate(x):\n    return 'difflib' in sys.modules and 'statistics' in sys.modules\n"
+    assert (await pool.evaluate(warm, [0]))[0].value is True
+
+    empty = "def evaluate(x):\n    return True\n"
+    await pool.evaluate(empty, [0])
+    times = []
+    for _ in range(50):
+        t0 = time.perf_counter()
+        res = await pool.evaluate(empty, [0])
+        times.append(time.perf_counter() - t0)
+        assert res[0].value is True
+    assert pool.stats()["pids"] == pids  # same processes after 50 jobs: nothing was respawned
+
+    starts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import re, json"], check=True)
+        starts.append(time.perf_counter() - t0)
+    job, start = statistics.median(times), statistics.median(starts)
+    assert job < start / 2, f"per-job {job * 1e3:.2f} ms vs interpreter start {start * 1e3:.2f} ms"
+
+
+async def test_no_state_leaks_between_jobs():
+    mutate = (
+        "import re, json, builtins, collections\n"
+        "def evaluate(x):\n"
+        "    re.search = lambda *a, **k: 'hijacked'\n"
+        "    builtins.len = lambda o: -1\n"
+        "    json.dumps = None\n"
+        "    collections.Counter = None\n"
+        "    builtins.sorted = None\n"
+        "    return re.search('q', 'a') == 'hijacked' and len('abc') == -1\n"
+    )
+    check = (
+        "import re, json, collections\n"
+        "def evaluate(x):\n"
+        "    return (re.search('q', 'a') is None and len('abc') == 3 and json.dumps(1) == '1'\n"
+        "            and collections.Counter('aa')['a'] == 2 and sorted([2, 1]) == [1, 2])\n"
+    )
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE) as solo:
+        assert (await solo.evaluate(mutate, [0]))[0].value is True  # the mutation did happen in its job
+        res = await solo.evaluate(check, [0, 1])  # same (only) worker
+        assert [o.value for o in res] == [True, True], res
+
+
+async def test_batch_spreads_over_workers(pool):
+    code = "import os, time\ndef evaluate(x):\n    time.sleep(0.25)\n    return os.readlink('/proc/self/ns/pid')\n"
+    t0 = time.perf_counter()
+    results = await pool.evaluate_many([(code, [i]) for i in range(4)])
+    wall = time.perf_counter() - t0
+    namespaces = {r[0].value for r in results}
+    assert all(r[0].ok for r in results)
+    assert len(namespaces) == 2  # both workers' PID namespaces served the batch
+    assert wall < 4 * 0.25  # concurrent, not one after another
+    # Order is preserved even when jobs differ in duration.
+    codes = [(f"import time\ndef evaluate(x):\n    time.sleep({0.05 * (i % 3)})\n    return {i}\n", [0])
+             for i in range(8)]
+    assert [r[0].value for r in await pool.evaluate_many(codes)] == list(range(8))
+
+
+async def test_stats_shape(pool):
+    s = pool.stats()
+    for key in ("jobs", "checks", "busy_s", "workers", "restarts", "isolation", "degraded",
+                "ok", "timeout", "memory", "error", "crashed", "rejected", "bad_return"):
+        assert key in s
+    assert s["workers"] == 2 and s["checks"] >= s["jobs"] > 0 and s["busy_s"] > 0
+    assert s["degraded"] == [k for k, v in s["isolation"].items() if not v]
+
+
+async def test_killed_worker_is_replaced_and_its_job_crashes():
+    async with SandboxPool(workers=2, timeout_s=5.0, allowed_modules=HOSTILE) as p:
+        old = p.stats()["pids"]
+        slow = asyncio.ensure_future(p.evaluate("import time\ndef evaluate(x):\n    time.sleep(3)\n", [0, 1]))
+        await asyncio.sleep(0.3)
+        for pid in old:  # one of them runs the job
+            os.kill(pid, signal.SIGKILL)
+        t0 = time.perf_counter()
+        res = await asyncio.wait_for(slow, 2.0)
+        assert time.perf_counter() - t0 < 1.0
+        assert [o.status for o in res] == ["crashed", "crashed"] and "worker" in res[0].detail
+        res = await asyncio.wait_for(p.evaluate("def evaluate(x):\n    return x + 1\n", [1]), 10)
+        assert res[0].value == 2
+        s = p.stats()
+        assert s["restarts"] == 2 and s["crashed"] == 2
+        assert len(s["pids"]) == 2 and not set(s["pids"]) & set(old)
+
+        # The same when the zygote (PID 1 of a worker's namespace, the jobs' parent) is killed.
+        for _ in range(200):  # until both replacements have started their zygotes
+            children = [open(f"/proc/{pid}/task/{pid}/children").read().split() for pid in s["pids"]]
+            if all(children):
+                break
+            await asyncio.sleep(0.05)
+        zygotes = [int(c[0]) for c in children]
+        slow = asyncio.ensure_future(p.evaluate("import time\ndef evaluate(x):\n    time.sleep(3)\n", [0]))
+        await asyncio.sleep(0.3)
+        for pid in zygotes:
+            os.kill(pid, signal.SIGKILL)
+        res = await asyncio.wait_for(slow, 2.0)
+        assert res[0].status == "crashed"
+        for _ in range(100):  # the idle worker reports its dead zygote without being asked
+            if p.stats()["restarts"] == 4:
+                break
+            await asyncio.sleep(0.05)
+        assert p.stats()["restarts"] == 4
+        res = await asyncio.wait_for(p.evaluate("def evaluate(x):\n    return x + 1\n", [2]), 10)
+        assert res[0].value == 3
