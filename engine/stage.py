@@ -79,10 +79,10 @@ class Funnel:
                 self.drop(stage, reason, n)
 
     def format(self) -> str:
-        lines = [f"{'stage':<16}{'in':>8}{'kept':>8}{'out':>8}  dropped"]
+        lines = [f"{'stage':<24}{'in':>8}{'kept':>8}{'out':>8}  dropped"]
         for stage, row in self.to_dict().items():
             why = ", ".join(f"{r}={n}" for r, n in row["dropped"].items()) or "-"
-            lines.append(f"{stage:<16}{row['in']:>8}{row['kept']:>8}{row['out']:>8}  {why}")
+            lines.append(f"{stage:<24}{row['in']:>8}{row['kept']:>8}{row['out']:>8}  {why}")
         return "\n".join(lines)
 
 

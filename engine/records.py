@@ -1,0 +1,324 @@
+"""The typed records that flow between pipeline stages.
+
+Every record has a deterministic `id` derived from its content, so a resumed run that
+recomputes a record gets the same id and `INSERT OR IGNORE` never stores it twice.
+`to_dict()` returns plain JSON types (orjson-friendly); `from_dict()` inverts it.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+import orjson
+
+
+def content_id(*parts: Any) -> str:
+    """A short stable hash of JSON-serializable parts (16 hex digits)."""
+    blob = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def normalize_instruction(text: str) -> str:
+    """What makes two instruction texts "the same" for ids: case and spacing do not count."""
+    return " ".join(text.split()).lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    text: str
+    source: str = "seed"                 # "seed" | "augment" | "input"
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", content_id("instruction", normalize_instruction(self.text)))
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "text": self.text, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Instruction:
+        return cls(text=d["text"], source=d.get("source", "seed"), id=d.get("id", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class SeedBatch:
+    """One self-instruct prompt: the seeds shown to the LLM, plus seeds to emit unchanged.
+
+    Each seed is in exactly one batch's `passthrough`, so seeds reach the output once.
+    """
+
+    index: int
+    shown: tuple[Instruction, ...]
+    passthrough: tuple[Instruction, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return content_id("seedbatch", self.index, [s.id for s in self.shown],
+                          [s.id for s in self.passthrough])
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "index": self.index,
+                "shown": [s.to_dict() for s in self.shown],
+                "passthrough": [s.to_dict() for s in self.passthrough]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> SeedBatch:
+        return cls(index=d["index"], shown=tuple(Instruction.from_dict(s) for s in d["shown"]),
+                   passthrough=tuple(Instruction.from_dict(s) for s in d.get("passthrough", ())))
+
+
+@dataclass(frozen=True, slots=True)
+class Verifier:
+    """A Python verification function (`def evaluate(response) -> bool`)."""
+
+    code: str
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", content_id("verifier", self.code))
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "code": self.code}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Verifier:
+        return cls(code=d["code"], id=d.get("id", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """A test case: a candidate response and whether it should satisfy the instruction."""
+
+    input: str
+    expected: bool
+
+    @property
+    def id(self) -> str:
+        return content_id("case", self.input, self.expected)
+
+    def to_dict(self) -> dict:
+        return {"input": self.input, "expected": self.expected}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Case:
+        return cls(input=d["input"], expected=bool(d["expected"]))
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierDraft:
+    """An instruction with the (unvalidated) functions and cases the LLM proposed for it."""
+
+    instruction: Instruction
+    functions: tuple[Verifier, ...]
+    cases: tuple[Case, ...]
+
+    @property
+    def id(self) -> str:
+        return content_id("draft", self.instruction.id, [f.id for f in self.functions],
+                          [c.id for c in self.cases])
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "instruction": self.instruction.to_dict(),
+                "functions": [f.to_dict() for f in self.functions],
+                "cases": [c.to_dict() for c in self.cases]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> VerifierDraft:
+        return cls(instruction=Instruction.from_dict(d["instruction"]),
+                   functions=tuple(Verifier.from_dict(f) for f in d["functions"]),
+                   cases=tuple(Case.from_dict(c) for c in d["cases"]))
+
+
+@dataclass(frozen=True, slots=True)
+class BackTranslation:
+    """The instruction an LLM wrote back from one function's code, and the NLI verdict."""
+
+    verifier_id: str
+    text: str
+    label: str                           # "entailment" | "neutral" | "contradiction"
+
+    @property
+    def id(self) -> str:
+        return content_id("backtranslation", self.verifier_id, self.text, self.label)
+
+    def to_dict(self) -> dict:
+        return {"verifier_id": self.verifier_id, "text": self.text, "label": self.label}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> BackTranslation:
+        return cls(verifier_id=d["verifier_id"], text=d["text"], label=d["label"])
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedInstruction:
+    """An instruction whose functions and cases survived cross-validation.
+
+    `functions` pairs each kept function with its accuracy on the kept cases.
+    `back_translations` is filled by the back-translation stage (empty before it).
+    """
+
+    instruction: Instruction
+    functions: tuple[tuple[Verifier, float], ...]
+    cases: tuple[Case, ...]
+    back_translations: tuple[BackTranslation, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return content_id("verified", self.instruction.id, [f.id for f, _ in self.functions],
+                          [c.id for c in self.cases])
+
+    @property
+    def verifiers(self) -> tuple[Verifier, ...]:
+        return tuple(f for f, _ in self.functions)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "instruction": self.instruction.to_dict(),
+                "functions": [{**f.to_dict(), "accuracy": acc} for f, acc in self.functions],
+                "cases": [c.to_dict() for c in self.cases],
+                "back_translations": [b.to_dict() for b in self.back_translations]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> VerifiedInstruction:
+        return cls(instruction=Instruction.from_dict(d["instruction"]),
+                   functions=tuple((Verifier.from_dict(f), float(f["accuracy"])) for f in d["functions"]),
+                   cases=tuple(Case.from_dict(c) for c in d["cases"]),
+                   back_translations=tuple(BackTranslation.from_dict(b)
+                                           for b in d.get("back_translations", ())))
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A user request from the query set."""
+
+    text: str
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", content_id("query", self.text.strip()))
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "text": self.text}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Query:
+        return cls(text=d["text"], id=d.get("id", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class QueryTask:
+    """A verified instruction joined to one user query; `prompt` is the user turn sent."""
+
+    instruction: VerifiedInstruction
+    query_id: str
+    query: str
+    prompt: str
+
+    @property
+    def id(self) -> str:
+        return content_id("task", self.instruction.id, self.query_id)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "instruction": self.instruction.to_dict(),
+                "query_id": self.query_id, "query": self.query, "prompt": self.prompt}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> QueryTask:
+        return cls(instruction=VerifiedInstruction.from_dict(d["instruction"]),
+                   query_id=d["query_id"], query=d["query"], prompt=d["prompt"])
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionResult:
+    """What one verification function said about one response."""
+
+    verifier_id: str
+    status: str                          # the sandbox Outcome status
+    value: bool | None                   # the returned bool; None when not a bool or not "ok"
+
+    @property
+    def id(self) -> str:
+        return content_id("functionresult", self.verifier_id, self.status, self.value)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "ok" and self.value is True
+
+    def to_dict(self) -> dict:
+        return {"verifier_id": self.verifier_id, "status": self.status, "value": self.value}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> FunctionResult:
+        return cls(verifier_id=d["verifier_id"], status=d["status"], value=d.get("value"))
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRecord:
+    """One sampled response, its verification and (after scoring) its quality score."""
+
+    text: str
+    pass_rate: float
+    results: tuple[FunctionResult, ...] = ()
+    passed: bool = False                 # pass_rate above the threshold and not truncated
+    finish_reason: str = "stop"
+    score: int | None = None             # None: not scored; 0: the judge gave no readable score
+
+    @property
+    def id(self) -> str:
+        return content_id("response", self.text)
+
+    def with_score(self, score: int | None) -> ResponseRecord:
+        return replace(self, score=score)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "text": self.text, "pass_rate": self.pass_rate,
+                "results": [r.to_dict() for r in self.results], "passed": self.passed,
+                "finish_reason": self.finish_reason, "score": self.score}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> ResponseRecord:
+        return cls(text=d["text"], pass_rate=float(d["pass_rate"]),
+                   results=tuple(FunctionResult.from_dict(r) for r in d.get("results", ())),
+                   passed=bool(d.get("passed", False)), finish_reason=d.get("finish_reason", "stop"),
+                   score=d.get("score"))
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """All K responses sampled for one QueryTask (failing ones too: they make DPO rejects)."""
+
+    task: QueryTask
+    responses: tuple[ResponseRecord, ...] = field(default_factory=tuple)
+    model: str = ""
+
+    @property
+    def id(self) -> str:
+        return content_id("result", self.task.id, [r.id for r in self.responses])
+
+    @property
+    def passed(self) -> tuple[ResponseRecord, ...]:
+        return tuple(r for r in self.responses if r.passed)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "task": self.task.to_dict(), "model": self.model,
+                "responses": [r.to_dict() for r in self.responses]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> QueryResult:
+        return cls(task=QueryTask.from_dict(d["task"]), model=d.get("model", ""),
+                   responses=tuple(ResponseRecord.from_dict(r) for r in d["responses"]))
+
+
+# kind name -> class, so the state store can persist any record and read it back
+RECORD_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (Instruction, SeedBatch, Verifier, Case, VerifierDraft, BackTranslation,
+                VerifiedInstruction, Query, QueryTask, FunctionResult, ResponseRecord, QueryResult)
+}
+
+
+def record_from_dict(kind: str, d: Mapping) -> Any:
+    return RECORD_TYPES[kind].from_dict(d)

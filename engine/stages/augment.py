@@ -1,0 +1,175 @@
+"""Augment: self-instruct new atomic instructions from samples of the seeds.
+
+Each SeedBatch is one prompt showing a sample of seeds. Proposed instructions are parsed,
+de-duplicated against everything seen so far (seeds included), and kept only if the LLM says a
+Python function can check them. Seeds pass through unchanged (each in one batch's passthrough).
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Sequence
+
+import orjson
+
+from engine.config import Config
+from engine.dedup import Deduper
+from engine.parsing import parse_instruction_list, parse_yes_no
+from engine.prompting import packaged_file, render
+from engine.records import Instruction, SeedBatch, normalize_instruction
+from engine.stage import Context
+from engine.stages.base import ask, settings, tally
+
+
+def load_seed_instructions(path: str | Path | None = None,
+                           on_error: Callable[[str], None] | None = None) -> list[Instruction]:
+    """Seeds from JSONL lines {"instruction": ...} (or "text"); exact duplicates removed.
+
+    A bad line raises ValueError naming file and line, unless `on_error` takes the message.
+    """
+    path = Path(path) if path else packaged_file("seed_instructions.jsonl")
+    seen: set[str] = set()
+    seeds: list[Instruction] = []
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+                text = row.get("instruction") or row.get("text") if isinstance(row, dict) else None
+                if not isinstance(text, str) or not text.strip():
+                    raise ValueError("no 'instruction' string")
+            except ValueError as exc:
+                message = f"{path}:{lineno}: {exc}"
+                if on_error is None:
+                    raise ValueError(message) from None
+                on_error(message)
+                continue
+            key = normalize_instruction(text)
+            if key not in seen:
+                seen.add(key)
+                seeds.append(Instruction(text=text.strip(), source="seed"))
+    return seeds
+
+
+def make_seed_batches(seeds: Sequence[Instruction], batches: int, shown: int, seed: int = 0) -> list[SeedBatch]:
+    """`batches` prompts, each showing a random sample of `shown` seeds; seeds spread over passthroughs.
+
+    With batches == 0 there is one batch that only passes the seeds through (no LLM call).
+    """
+    if batches <= 0:
+        return [SeedBatch(index=0, shown=(), passthrough=tuple(seeds))]
+    out = []
+    for i in range(batches):
+        rng = random.Random(f"{seed}:{i}")           # stable per batch: resumed runs ask the same prompts
+        sample = rng.sample(list(seeds), min(shown, len(seeds)))
+        out.append(SeedBatch(index=i, shown=tuple(sample), passthrough=tuple(seeds[i::batches])))
+    return out
+
+
+def format_examples(seeds: Sequence[Instruction]) -> str:
+    return "\n".join(f"{i}. {s.text}" for i, s in enumerate(seeds, 1))
+
+
+class InOrder:
+    """Lets step i run only after steps 0..i-1 finished (or failed).
+
+    Augment answers arrive in whatever order the server finishes them; running the dedup step
+    in batch order makes which near-duplicate survives independent of timing, so a resumed run
+    (answers replayed from the cache at once) keeps exactly the instructions of the first run.
+    """
+
+    def __init__(self) -> None:
+        self._done: set[int] = set()
+        self._next = 0
+        self._changed = asyncio.Condition()
+
+    async def wait_turn(self, i: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._next >= i)
+
+    async def finish(self, i: int) -> None:
+        async with self._changed:
+            self._done.add(i)
+            while self._next in self._done:
+                self._next += 1
+            self._changed.notify_all()
+
+
+class AugmentStage:
+    """SeedBatch -> Instruction*: the batch's passthrough seeds plus new checkable instructions.
+
+    `seeds`: every seed of the run, indexed in the deduper up front so a proposal that repeats a
+    seed is dropped whichever batch finishes first. One AugmentStage holds one deduper for the run.
+    """
+
+    name = "augment"
+
+    def __init__(self, seeds: Sequence[Instruction] = (), deduper: Deduper | None = None) -> None:
+        self.seeds = tuple(seeds)
+        self._deduper = deduper
+        self._seeded = False
+        self._order = InOrder()
+
+    def deduper(self, cfg: Config) -> Deduper:
+        if self._deduper is None:
+            self._deduper = Deduper(threshold=cfg.dedup_threshold, ngram=cfg.dedup_ngram)
+        if not self._seeded:
+            for s in self.seeds:
+                self._deduper.add(s.text)
+            self._seeded = True
+        return self._deduper
+
+    async def process(self, batch: SeedBatch, ctx: Context) -> list[Instruction]:
+        cfg = settings(ctx)
+        dedup = self.deduper(cfg)
+        for s in batch.passthrough:
+            dedup.add(s.text)
+        out: list[Instruction] = list(batch.passthrough)
+        try:
+            if batch.shown:
+                out += await self._propose(batch, ctx, cfg, dedup)
+        finally:
+            await self._order.finish(batch.index)   # also when the LLM call failed
+        if not out:
+            ctx.funnel.drop(self.name, "no_new_instructions")
+        return out
+
+    async def _propose(self, batch: SeedBatch, ctx: Context, cfg: Config, dedup: Deduper) -> list[Instruction]:
+        prompt = render("augment", seeds=format_examples(batch.shown), count=cfg.augment_per_prompt)
+        answers = await ask(ctx, prompt, n=cfg.augment_samples,
+                            temperature=cfg.augment_temperature, max_tokens=cfg.augment_max_tokens)
+        await self._order.wait_turn(batch.index)
+        dropped: Counter[str] = Counter()
+        fresh: list[str] = []
+        unreadable = Counter()
+        for answer in answers:
+            proposed = parse_instruction_list(answer.text)
+            if not proposed:
+                unreadable["no_list"] += 1
+            for text in proposed:
+                reason = dedup.check(text)
+                if reason:
+                    dropped[reason] += 1
+                else:
+                    fresh.append(text)
+        tally(ctx, f"{self.name}.answer", len(answers) - unreadable["no_list"], unreadable)
+        await self._order.finish(batch.index)   # dedup done: the next batch may dedup now
+        kept = fresh
+        if cfg.checkable_filter and fresh:
+            verdicts = await asyncio.gather(*(self._checkable(ctx, cfg, t) for t in fresh))
+            kept = []
+            for text, verdict in zip(fresh, verdicts):
+                if verdict is True:
+                    kept.append(text)
+                else:
+                    dropped["not_checkable" if verdict is False else "unparsable_checkable"] += 1
+        tally(ctx, f"{self.name}.candidate", len(kept), dropped)
+        return [Instruction(text=t, source="augment") for t in kept]
+
+    async def _checkable(self, ctx: Context, cfg: Config, text: str) -> bool | None:
+        answers = await ask(ctx, render("checkable", instruction=text), n=1,
+                            temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens)
+        return parse_yes_no(answers[0].text) if answers else None

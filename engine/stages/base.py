@@ -1,0 +1,50 @@
+"""Small helpers every stage shares: reading the config, asking the LLM, reading sandbox outcomes,
+and counting sub-items (answers, cases, responses) in their own funnel rows."""
+from __future__ import annotations
+
+import ast
+from collections import Counter
+from typing import Any
+
+from engine.config import Config
+from engine.llm import Completion, SamplingParams
+from engine.prompting import user_message
+from engine.stage import Context
+
+
+def settings(ctx: Context) -> Config:
+    """The run's Config (defaults when the context carries none)."""
+    return ctx.config if isinstance(ctx.config, Config) else Config()
+
+
+async def ask(ctx: Context, prompt: str, *, n: int, temperature: float, max_tokens: int) -> list[Completion]:
+    """One chat request with `n` samples of the same prompt (the server's prefix cache is shared)."""
+    params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
+    return await ctx.llm.chat(user_message(prompt), n=n, params=params)
+
+
+def outcome_bool(outcome: Any) -> bool | None:
+    """The bool a function returned, or None when it errored, timed out or returned a non-bool."""
+    value = getattr(outcome, "value", None)
+    if getattr(outcome, "status", None) == "ok" and type(value) is bool:
+        return value
+    return None
+
+
+def code_key(code: str) -> str:
+    """Two functions that differ only in comments or layout are the same function."""
+    try:
+        return ast.dump(ast.parse(code))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return "\n".join(line.rstrip() for line in code.strip().splitlines())
+
+
+def tally(ctx: Context, row: str, kept: int, dropped: Counter) -> None:
+    """Count sub-items of one item in funnel row `row` ("<stage>.<unit>"): in = kept + dropped."""
+    ctx.funnel.count_in(row, kept + sum(dropped.values()))
+    ctx.funnel.count_kept(row, kept)
+    if hasattr(ctx.funnel, "count_out"):      # a sub-item row emits what it keeps
+        ctx.funnel.count_out(row, kept)
+    for reason, n in dropped.items():
+        if n:
+            ctx.funnel.drop(row, reason, n)

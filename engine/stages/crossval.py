@@ -1,0 +1,105 @@
+"""Cross-validation of functions against cases (the AutoIF filtering rules).
+
+All functions x all cases of one instruction run in ONE executor batch. Then:
+- a function whose outcomes are all "rejected" did not compile / failed the precheck: removed;
+- a case is kept when MORE than `case_agreement` of the compiling functions return its expected bool;
+- a function is kept when its accuracy on the kept cases is MORE than `function_accuracy`;
+- the instruction survives with at least `min_cases` cases and `min_functions` functions.
+An error, a timeout or a non-bool return counts as a wrong answer.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
+
+from engine.records import Case, Verifier, VerifiedInstruction, VerifierDraft
+from engine.stage import Context
+from engine.stages.base import code_key, outcome_bool, settings, tally
+
+
+@dataclass
+class CrossValVerdict:
+    """What cross-validation decided for one instruction (reason set when it is dropped)."""
+
+    functions: list[tuple[Verifier, float]]
+    cases: list[Case]
+    function_drops: Counter
+    case_drops: Counter
+    reason: str | None = None
+
+
+def _distinct(draft: VerifierDraft) -> tuple[list[Verifier], list[Case], int, int]:
+    funcs: dict[str, Verifier] = {}
+    cases: dict[tuple[str, bool], Case] = {}
+    for f in draft.functions:
+        funcs.setdefault(code_key(f.code), f)
+    for c in draft.cases:
+        cases.setdefault((c.input, c.expected), c)
+    return (list(funcs.values()), list(cases.values()),
+            len(draft.functions) - len(funcs), len(draft.cases) - len(cases))
+
+
+def judge(functions: Sequence[Verifier], cases: Sequence[Case], results: Sequence[Sequence],
+          case_agreement: float, function_accuracy: float,
+          min_functions: int = 1, min_cases: int = 1) -> CrossValVerdict:
+    """Apply the rules to executor results (results[i][j]: function i on case j)."""
+    fdrops: Counter[str] = Counter()
+    cdrops: Counter[str] = Counter()
+    answers: list[tuple[Verifier, list[bool | None]]] = []
+    for f, outcomes in zip(functions, results):
+        if not outcomes or all(getattr(o, "status", None) == "rejected" for o in outcomes):
+            fdrops["not_compiling"] += 1
+        else:
+            answers.append((f, [outcome_bool(o) for o in outcomes]))
+    if not answers:
+        cdrops["no_function_compiles"] += len(cases)
+        return CrossValVerdict([], [], fdrops, cdrops, "no_function_compiles")
+
+    kept_cases: list[int] = []
+    for j, case in enumerate(cases):
+        agree = sum(1 for _, vals in answers if vals[j] is not None and vals[j] == case.expected)
+        if agree / len(answers) > case_agreement:
+            kept_cases.append(j)
+        else:
+            cdrops["low_agreement"] += 1
+    if len(kept_cases) < min_cases:
+        fdrops["no_kept_cases"] += len(answers)
+        return CrossValVerdict([], [], fdrops, cdrops, "no_case_agreed")
+
+    kept_functions: list[tuple[Verifier, float]] = []
+    for f, vals in answers:
+        right = sum(1 for j in kept_cases if vals[j] is not None and vals[j] == cases[j].expected)
+        accuracy = right / len(kept_cases)
+        if accuracy > function_accuracy:
+            kept_functions.append((f, accuracy))
+        else:
+            fdrops["low_accuracy"] += 1
+    reason = "no_function_accurate" if len(kept_functions) < min_functions else None
+    return CrossValVerdict(kept_functions, [cases[j] for j in kept_cases], fdrops, cdrops, reason)
+
+
+class CrossValStage:
+    """VerifierDraft -> VerifiedInstruction (kept functions with their accuracy, kept cases)."""
+
+    name = "crossval"
+
+    async def process(self, item: VerifierDraft, ctx: Context) -> list[VerifiedInstruction]:
+        cfg = settings(ctx)
+        functions, cases, dup_functions, dup_cases = _distinct(item)
+        if not functions or not cases:
+            ctx.funnel.drop(self.name, "no_functions" if not functions else "no_cases")
+            return []
+        inputs = [c.input for c in cases]
+        results = await ctx.executor.evaluate_many([(f.code, inputs) for f in functions])
+        verdict = judge(functions, cases, results, cfg.case_agreement, cfg.function_accuracy,
+                        cfg.min_functions, cfg.min_cases)
+        verdict.function_drops["duplicate"] += dup_functions
+        verdict.case_drops["duplicate"] += dup_cases
+        tally(ctx, f"{self.name}.function", len(verdict.functions), verdict.function_drops)
+        tally(ctx, f"{self.name}.case", len(verdict.cases), verdict.case_drops)
+        if verdict.reason:
+            ctx.funnel.drop(self.name, verdict.reason)
+            return []
+        return [VerifiedInstruction(instruction=item.instruction, functions=tuple(verdict.functions),
+                                    cases=tuple(verdict.cases))]

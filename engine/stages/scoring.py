@@ -1,0 +1,54 @@
+"""Scoring: the LLM rates how well each kept response serves the query under the instruction
+(1-10, "Score: N" on the last line). Responses below `score_min` are not used for SFT;
+a result with no response at or above it is dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from engine.config import Config
+from engine.parsing import parse_score
+from engine.prompting import render
+from engine.records import QueryResult, QueryTask, ResponseRecord
+from engine.stage import Context
+from engine.stages.base import ask, settings, tally
+
+UNSCORED = 0   # stored score when the judge's answer had no readable score
+
+
+class ScoreStage:
+    """QueryResult -> QueryResult with `score` set on every passed response."""
+
+    name = "scoring"
+
+    async def process(self, item: QueryResult, ctx: Context) -> list[QueryResult]:
+        cfg = settings(ctx)
+        if not cfg.scoring:
+            return [item]
+        passed = [i for i, r in enumerate(item.responses) if r.passed]
+        scores = await asyncio.gather(*(self.score(ctx, cfg, item.task, item.responses[i]) for i in passed))
+        responses = list(item.responses)
+        dropped: Counter[str] = Counter()
+        kept = 0
+        for i, score in zip(passed, scores):
+            responses[i] = responses[i].with_score(UNSCORED if score is None else score)
+            if score is None:
+                dropped["unparsable_score"] += 1
+            elif score < cfg.score_min:
+                dropped["low_score"] += 1
+            else:
+                kept += 1
+        tally(ctx, f"{self.name}.response", kept, dropped)
+        if not kept:
+            reason = "unparsable_score" if dropped["unparsable_score"] == len(passed) and passed else "low_score"
+            ctx.funnel.drop(self.name, reason)
+            return []
+        return [QueryResult(task=item.task, responses=tuple(responses), model=item.model)]
+
+    async def score(self, ctx: Context, cfg: Config, task: QueryTask, response: ResponseRecord) -> int | None:
+        """The judge's 1-10 score of one response, None when unreadable."""
+        prompt = render("score", instruction=task.instruction.instruction.text, query=task.query,
+                        response=response.text)
+        answers = await ask(ctx, prompt, n=1, temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens)
+        return parse_score(answers[0].text) if answers else None

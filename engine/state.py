@@ -1,0 +1,158 @@
+"""The run's persistent state: one SQLite database (WAL) in the run directory.
+
+- llm_cache: LLM answers by request hash (engine.cache.CachedLLM), so a resumed run re-asks nothing;
+- progress: per record and stage, the outcome ("kept" or the drop reason), so a resumed run
+  can skip what a stage already decided;
+- records: final records by deterministic id, INSERT OR IGNORE, so nothing is stored twice;
+- funnel: snapshots of the funnel counts;
+- meta: small key/values (config hash, model).
+
+Calls are short synchronous statements; a lock makes one store safe to share between the
+event loop and worker threads.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+from engine.records import RECORD_TYPES
+
+DB_NAME = "state.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS llm_cache (key TEXT PRIMARY KEY, value BLOB NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS progress (
+    record_id TEXT NOT NULL, stage TEXT NOT NULL, outcome TEXT NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (record_id, stage));
+CREATE TABLE IF NOT EXISTS records (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, stage TEXT NOT NULL, data BLOB NOT NULL, created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS records_by_kind ON records (kind, stage);
+CREATE TABLE IF NOT EXISTS funnel (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class StateStore:
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if path.is_dir() or not path.suffix:
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / DB_NAME
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")    # WAL + NORMAL: durable at checkpoints, fast
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    def _all(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # ------------------------------------------------------------ LLM cache
+
+    def cache_get(self, key: str) -> Any | None:
+        rows = self._all("SELECT value FROM llm_cache WHERE key = ?", (key,))
+        return orjson.loads(rows[0][0]) if rows else None
+
+    def cache_put(self, key: str, value: Any) -> None:
+        self._exec("INSERT OR REPLACE INTO llm_cache (key, value, created) VALUES (?, ?, ?)",
+                   (key, orjson.dumps(value), time.time()))
+
+    def cache_size(self) -> int:
+        return self._all("SELECT COUNT(*) FROM llm_cache")[0][0]
+
+    # ------------------------------------------------------------ per-record progress
+
+    def mark(self, record_id: str, stage: str, outcome: str) -> None:
+        """Record what `stage` decided for a record: "kept" or a drop reason."""
+        self._exec("INSERT OR REPLACE INTO progress (record_id, stage, outcome, updated) VALUES (?, ?, ?, ?)",
+                   (record_id, stage, outcome, time.time()))
+
+    def outcome(self, record_id: str, stage: str) -> str | None:
+        rows = self._all("SELECT outcome FROM progress WHERE record_id = ? AND stage = ?", (record_id, stage))
+        return rows[0][0] if rows else None
+
+    def outcomes(self, stage: str) -> dict[str, str]:
+        return dict(self._all("SELECT record_id, outcome FROM progress WHERE stage = ?", (stage,)))
+
+    # ------------------------------------------------------------ records
+
+    def put_record(self, record: Any, stage: str) -> bool:
+        """Store a record under its deterministic id; False when it was already there."""
+        cur = self._exec(
+            "INSERT OR IGNORE INTO records (id, kind, stage, data, created) VALUES (?, ?, ?, ?, ?)",
+            (record.id, type(record).__name__, stage, orjson.dumps(record.to_dict()), time.time()))
+        return cur.rowcount == 1
+
+    def put_records(self, records: list[Any], stage: str) -> int:
+        """Several records in one transaction; returns how many were new."""
+        now = time.time()
+        rows = [(r.id, type(r).__name__, stage, orjson.dumps(r.to_dict()), now) for r in records]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                before = self._db.total_changes
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO records (id, kind, stage, data, created) VALUES (?, ?, ?, ?, ?)", rows)
+                added = self._db.total_changes - before
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return added
+
+    def has_record(self, record_id: str) -> bool:
+        return bool(self._all("SELECT 1 FROM records WHERE id = ?", (record_id,)))
+
+    def iter_records(self, kind: str | type, stage: str | None = None) -> Iterator[Any]:
+        """Records of one kind (class or its name), oldest first, rebuilt as dataclasses."""
+        name = kind if isinstance(kind, str) else kind.__name__
+        cls = RECORD_TYPES[name]
+        sql = "SELECT data FROM records WHERE kind = ?" + (" AND stage = ?" if stage else "") + " ORDER BY created, id"
+        for (data,) in self._all(sql, (name, stage) if stage else (name,)):
+            yield cls.from_dict(orjson.loads(data))
+
+    def count_records(self, kind: str | type | None = None) -> int:
+        if kind is None:
+            return self._all("SELECT COUNT(*) FROM records")[0][0]
+        name = kind if isinstance(kind, str) else kind.__name__
+        return self._all("SELECT COUNT(*) FROM records WHERE kind = ?", (name,))[0][0]
+
+    # ------------------------------------------------------------ funnel and meta
+
+    def save_funnel(self, snapshot: dict) -> None:
+        self._exec("INSERT INTO funnel (at, data) VALUES (?, ?)", (time.time(), orjson.dumps(snapshot)))
+
+    def last_funnel(self) -> dict | None:
+        rows = self._all("SELECT data FROM funnel ORDER BY seq DESC LIMIT 1")
+        return orjson.loads(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._exec("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._all("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None

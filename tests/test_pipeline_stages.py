@@ -1,0 +1,292 @@
+"""Each stage on its own, with a scripted in-process LLM and the REAL sandbox pool."""
+import re
+
+import orjson
+import pytest
+
+from engine.config import Config
+from engine.llm import Completion
+from engine.records import (Case, FunctionResult, Instruction, Query, QueryResult, QueryTask, ResponseRecord,
+                            Verifier, VerifiedInstruction)
+from engine.stage import Context, Funnel
+from engine.stages import (AugmentStage, BackTranslateStage, QueryJoinStage, ResponseStage, ScoreStage,
+                           VerifierStage, load_queries, load_seed_instructions, make_seed_batches)
+from tests.test_pipeline_doubles import RecordingPool, ScriptedLLM, real_pool
+
+NO_COMMA = "def evaluate(response):\n    return ',' not in response\n"
+LOWER = "def evaluate(response):\n    return response == response.lower()\n"
+RAISES = "def evaluate(response):\n    raise RuntimeError('no')\n"
+
+
+def make_ctx(llm=None, executor=None, **cfg) -> Context:
+    return Context(llm=llm, executor=executor, funnel=Funnel(), config=Config(**cfg))
+
+
+def line_after(prompt: str, label: str) -> str:
+    return re.search(rf"^{label}: (.*)$", prompt, re.M).group(1)
+
+
+# ---------------------------------------------------------------- augment
+
+SEEDS = [Instruction(t) for t in ("Do not use any commas in your reply.",
+                                  "Write your entire reply in lowercase letters.",
+                                  "Answer in fewer than 50 words.",
+                                  "Include exactly 3 bullet points in markdown.")]
+
+
+def test_builtin_seeds_and_batches():
+    seeds = load_seed_instructions()
+    assert len(seeds) >= 40 and len({s.id for s in seeds}) == len(seeds)
+    batches = make_seed_batches(seeds, batches=5, shown=8, seed=1)
+    assert sorted(s.id for b in batches for s in b.passthrough) == sorted(s.id for s in seeds)
+    assert all(len(b.shown) == 8 for b in batches)
+    assert [b.id for b in batches] == [b.id for b in make_seed_batches(seeds, 5, 8, seed=1)]
+    assert [b.id for b in batches] != [b.id for b in make_seed_batches(seeds, 5, 8, seed=2)]
+    [only] = make_seed_batches(seeds, batches=0, shown=8)
+    assert only.shown == () and len(only.passthrough) == len(seeds)
+
+
+def test_seed_file_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text('{"instruction": "Use no commas at all."}\nnot json\n{"other": 1}\n{"text": "End with the word fin."}\n')
+    with pytest.raises(ValueError, match=r"seeds\.jsonl:2:"):
+        load_seed_instructions(path)
+    errors = []
+    seeds = load_seed_instructions(path, on_error=errors.append)
+    assert [s.text for s in seeds] == ["Use no commas at all.", "End with the word fin."]
+    assert [e.split(": ")[0].rsplit(":", 1)[1] for e in errors] == ["2", "3"]
+
+
+async def test_augment_dedups_filters_and_passes_seeds_through():
+    proposals = ("Here are some:\n"
+                 "1. End your reply with the word goodbye.\n"
+                 "2. Do not use any commas in your reply!\n"               # exact duplicate of a seed
+                 "3. Write your entire reply in lowercase letters only.\n"  # near-duplicate of a seed
+                 "4. Be kind and thoughtful to the user.\n"                 # judged not checkable
+                 "5. Use the word lantern exactly twice.\n")                # judge answer unreadable
+
+    def script(name, prompt, n):
+        if name == "augment":
+            return [proposals] * n
+        assert name == "checkable"
+        inst = line_after(prompt, "Constraint")
+        return ["Counting is easy.\nYES" if "goodbye" in inst else "NO" if "kind" in inst else "Hmm."]
+
+    llm = ScriptedLLM(script)
+    ctx = make_ctx(llm, augment_samples=2, augment_per_prompt=7)
+    stage = AugmentStage(SEEDS)
+    batches = make_seed_batches(SEEDS, batches=2, shown=3)
+    outs = [await stage.process(b, ctx) for b in batches]
+    texts = [i.text for out in outs for i in out]
+    assert sorted(texts) == sorted([s.text for s in SEEDS] + ["End your reply with the word goodbye."])
+    new = [i for out in outs for i in out if i.source == "augment"]
+    assert len(new) == 1 and new[0].text.endswith("goodbye.")
+    # one augment request per batch with n samples, showing that batch's seeds
+    aug_calls = [c for c in llm.calls if c[0] == "augment"]
+    assert [c[2] for c in aug_calls] == [2, 2]
+    for (_, prompt, _, _), batch in zip(aug_calls, batches):
+        assert all(s.text in prompt for s in batch.shown) and "Write 7 new constraints" in prompt
+    cand = ctx.funnel.to_dict()["augment.candidate"]
+    # batch 1: 2 answers x 5 items = 10 candidates; batch 2 sees the same 10 again
+    assert cand["in"] == 20 and cand["kept"] == 1
+    # item 3 is never indexed, so it is a near-duplicate each of the 4 times it comes;
+    # everything else seen before is an exact duplicate
+    assert cand["dropped"] == {"duplicate": 13, "near_duplicate": 4, "not_checkable": 1,
+                               "unparsable_checkable": 1}
+
+
+async def test_augment_without_filter_and_unreadable_answer():
+    llm = ScriptedLLM(lambda name, prompt, n: ["I'd rather not."] if name == "augment" else ["YES"])
+    ctx = make_ctx(llm, checkable_filter=False)
+    out = await AugmentStage(SEEDS).process(make_seed_batches(SEEDS, 1, 2)[0], ctx)
+    assert [i.text for i in out] == [s.text for s in SEEDS]         # passthrough only
+    assert llm.count("checkable") == 0
+    assert ctx.funnel.to_dict()["augment.answer"]["dropped"] == {"no_list": 1}
+
+
+# ---------------------------------------------------------------- verifiers
+
+def verifier_json(code, cases):
+    return orjson.dumps({"func": code, "cases": [{"input": i, "output": o} for i, o in cases]}).decode()
+
+
+async def test_verifiers_one_request_pooled_and_counted():
+    answers = [
+        "```json\n" + verifier_json(NO_COMMA, [("a b", True), ("a, b", False)]) + "\n```",
+        "Sure! " + verifier_json(NO_COMMA.replace("return", "return  "), [("a b", True), ("x,y", "false")]),
+        verifier_json("def check(response):\n    return True\n", [("q", True)]),
+        "I cannot do that.",
+        Completion(text='{"func": "def evaluate(response):\\n    return ', finish_reason="length"),
+    ]
+    llm = ScriptedLLM(lambda name, prompt, n: answers[:n])
+    ctx = make_ctx(llm, verifier_k=5)
+    [draft] = await VerifierStage().process(Instruction("Do not use any commas."), ctx)
+    assert [(c[0], c[2]) for c in llm.calls] == [("verifier", 5)]
+    assert "Constraint: Do not use any commas." in llm.calls[0][1]
+    assert len(draft.functions) == 1                  # the second differs only in spacing
+    assert [(c.input, c.expected) for c in draft.cases] == [("a b", True), ("a, b", False), ("x,y", False)]
+    f = ctx.funnel.to_dict()
+    assert f["verifiers.answer"]["kept"] == 2
+    assert f["verifiers.answer"]["dropped"] == {"no_evaluate_function": 1, "no_json": 1, "truncated": 1}
+
+
+async def test_verifiers_drop_reasons():
+    ctx = make_ctx(ScriptedLLM(lambda name, prompt, n: ["nothing useful"] * n), verifier_k=3)
+    assert await VerifierStage().process(Instruction("Use no commas."), ctx) == []
+    assert ctx.funnel.to_dict()["verifiers"]["dropped"] == {"no_parsable_answer": 1}
+    ctx = make_ctx(ScriptedLLM(lambda name, prompt, n: [verifier_json(NO_COMMA, [])] * n), verifier_k=2)
+    assert await VerifierStage().process(Instruction("Use no commas."), ctx) == []
+    assert ctx.funnel.to_dict()["verifiers"]["dropped"] == {"no_cases": 1}
+
+
+# ---------------------------------------------------------------- back-translation
+
+def verified(*codes, text="Do not use any commas in your reply."):
+    return VerifiedInstruction(Instruction(text), tuple((Verifier(c), 1.0) for c in codes),
+                               (Case("a b", True), Case("a, b", False)))
+
+
+SAYS = {NO_COMMA: "Your reply must not contain commas.", LOWER: "Your reply must be lowercase.",
+        RAISES: "Your reply must be rejected always."}
+
+
+def bt_script(verdicts):
+    def script(name, prompt, n):
+        if name == "backtranslate":
+            return [next(s for c, s in SAYS.items() if c.rstrip() in prompt)]
+        assert name == "nli"
+        assert "Premise: Do not use any commas in your reply." in prompt
+        return [verdicts[line_after(prompt, "Hypothesis")]]
+    return script
+
+
+async def test_backtranslate_drops_contradicted_functions():
+    verdicts = {SAYS[NO_COMMA]: "Both ask for no commas.\nentailment",
+                SAYS[LOWER]: "Different requirement, but compatible: **Neutral**",
+                SAYS[RAISES]: "These conflict.\nContradiction"}
+    llm = ScriptedLLM(bt_script(verdicts))
+    ctx = make_ctx(llm)
+    [out] = await BackTranslateStage().process(verified(NO_COMMA, LOWER, RAISES), ctx)
+    assert [f.code for f, _ in out.functions] == [NO_COMMA, LOWER]
+    assert [(b.text, b.label) for b in out.back_translations] == [
+        (SAYS[NO_COMMA], "entailment"), (SAYS[LOWER], "neutral"), (SAYS[RAISES], "contradiction")]
+    assert ctx.funnel.to_dict()["backtranslate.function"]["dropped"] == {"contradiction": 1}
+
+
+async def test_backtranslate_instruction_dropped_when_nothing_left():
+    llm = ScriptedLLM(bt_script({SAYS[NO_COMMA]: "contradiction", SAYS[LOWER]: "I cannot tell."}))
+    ctx = make_ctx(llm)
+    assert await BackTranslateStage().process(verified(NO_COMMA, LOWER), ctx) == []
+    f = ctx.funnel.to_dict()
+    assert f["backtranslate"]["dropped"] == {"no_function_left": 1}
+    assert f["backtranslate.function"]["dropped"] == {"contradiction": 1, "unparsable_nli": 1}
+
+
+async def test_backtranslate_off_passes_through():
+    llm = ScriptedLLM(lambda *a: pytest.fail("no LLM call expected"))
+    item = verified(NO_COMMA)
+    assert await BackTranslateStage().process(item, make_ctx(llm, backtranslate=False)) == [item]
+
+
+# ---------------------------------------------------------------- queries
+
+def test_load_queries_formats(tmp_path):
+    path = tmp_path / "q.jsonl"
+    rows = [{"query": "Plan a picnic."},
+            {"conversations": [{"from": "system", "value": "be nice"}, {"from": "human", "value": "Name a bird."},
+                               {"from": "gpt", "value": "Robin."}]},
+            {"messages": [{"role": "user", "content": "Plan a picnic."}]},
+            {"conversations": [{"from": "gpt", "value": "only me"}]}]
+    path.write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\n\n")
+    errors = []
+    assert [q.text for q in load_queries(path, on_error=errors.append)] == ["Plan a picnic.", "Name a bird."]
+    assert len(errors) == 1 and errors[0].startswith(f"{path}:4:")
+    assert len(load_queries()) == 64
+
+
+async def test_query_join_is_deterministic_fan_out():
+    pool = [Query(f"Question number {i}?") for i in range(10)]
+    ctx = make_ctx(queries_per_instruction=4, seed=3)
+    item = verified(NO_COMMA)
+    tasks = await QueryJoinStage(pool).process(item, ctx)
+    assert len(tasks) == 4 and len({t.query_id for t in tasks}) == 4
+    assert all(t.prompt.startswith(t.query) and t.prompt.endswith(item.instruction.text) for t in tasks)
+    again = await QueryJoinStage(pool).process(item, ctx)
+    assert [t.id for t in again] == [t.id for t in tasks]
+    other = await QueryJoinStage(pool).process(verified(NO_COMMA, text="Use no commas, please."), ctx)
+    assert [t.query_id for t in other] != [t.query_id for t in tasks]
+    assert len(await QueryJoinStage(pool).process(item, make_ctx(queries_per_instruction=50))) == 10
+
+
+# ---------------------------------------------------------------- responses (real pool)
+
+def task_for(*codes):
+    return QueryTask(verified(*codes), "q1", "Describe tea.", "Describe tea.\n\nDo not use any commas in your reply.")
+
+
+async def test_responses_graded_in_one_batch():
+    answers = [Completion("tea is warm and calm"),            # 2/2 (RAISES fails): 2/3
+               Completion("Tea is warm"),                     # NO_COMMA only: 1/3
+               Completion("tea, warm"),                       # LOWER only: 1/3
+               Completion("   "),                             # passes both, but empty
+               Completion("tea is", finish_reason="length")]  # passes, but truncated
+    llm = ScriptedLLM(lambda name, prompt, n: answers[:n])
+    async with real_pool() as pool:
+        ctx = make_ctx(llm, RecordingPool(pool), responses_k=5)
+        [result] = await ResponseStage().process(task_for(NO_COMMA, LOWER, RAISES), ctx)
+    assert [(c[0], c[2]) for c in llm.calls] == [("response", 5)]
+    assert llm.calls[0][1] == "Describe tea.\n\nDo not use any commas in your reply."
+    assert len(ctx.executor.batches) == 1 and len(ctx.executor.batches[0]) == 3
+    assert all(inputs == [a.text for a in answers] for _, inputs in ctx.executor.batches[0])
+    rates = [round(r.pass_rate, 3) for r in result.responses]
+    assert rates == [0.667, 0.333, 0.333, 0.667, 0.667]
+    assert [r.passed for r in result.responses] == [True, False, False, False, False]
+    first = result.responses[0].results
+    assert [(x.status, x.value) for x in first] == [("ok", True), ("ok", True), ("error", None)]
+    assert result.model == "scripted-model"
+    assert ctx.funnel.to_dict()["responses.sample"]["dropped"] == {"low_pass_rate": 2, "empty": 1, "truncated": 1}
+
+
+async def test_responses_threshold_and_drop():
+    llm = ScriptedLLM(lambda name, prompt, n: ["Tea, Warm", "tea, warm"][:n])
+    async with real_pool() as pool:
+        ctx = make_ctx(llm, pool, responses_k=2)
+        assert await ResponseStage().process(task_for(NO_COMMA, LOWER), ctx) == []    # 0 and exactly 0.5
+        assert ctx.funnel.to_dict()["responses"]["dropped"] == {"no_response_passed": 1}
+        ctx = make_ctx(llm, pool, responses_k=2, pass_threshold=0.4)
+        [result] = await ResponseStage().process(task_for(NO_COMMA, LOWER), ctx)
+        assert [r.passed for r in result.responses] == [False, True]
+
+
+# ---------------------------------------------------------------- scoring
+
+def result_with(*texts_passed):
+    responses = tuple(ResponseRecord(t, 1.0 if p else 0.0, (FunctionResult("f", "ok", p),), p)
+                      for t, p in texts_passed)
+    return QueryResult(task_for(NO_COMMA), responses, "m")
+
+
+async def test_scoring_keeps_high_scores():
+    judged = {"good": "Helpful and compliant.\nScore: 9", "meh": "**Score:** 5", "odd": "Looks fine to me."}
+
+    def script(name, prompt, n):
+        assert name == "score" and "[Request]\nDescribe tea." in prompt
+        return [judged[prompt.split("[Reply]\n")[1].split("\n")[0]]]
+
+    llm = ScriptedLLM(script)
+    ctx = make_ctx(llm)
+    [out] = await ScoreStage().process(result_with(("good", True), ("meh", True), ("odd", True), ("bad", False)), ctx)
+    assert [r.score for r in out.responses] == [9, 5, 0, None]     # the failed one is never judged
+    assert llm.count("score") == 3
+    assert ctx.funnel.to_dict()["scoring.response"]["dropped"] == {"low_score": 1, "unparsable_score": 1}
+
+
+async def test_scoring_drop_and_off():
+    ctx = make_ctx(ScriptedLLM(lambda *a: ["Score: 7"]), score_min=8)
+    assert await ScoreStage().process(result_with(("x", True)), ctx) == []
+    assert ctx.funnel.to_dict()["scoring"]["dropped"] == {"low_score": 1}
+    ctx = make_ctx(ScriptedLLM(lambda *a: ["no number"]))
+    assert await ScoreStage().process(result_with(("x", True)), ctx) == []
+    assert ctx.funnel.to_dict()["scoring"]["dropped"] == {"unparsable_score": 1}
+    item = result_with(("x", True))
+    assert await ScoreStage().process(item, make_ctx(ScriptedLLM(lambda *a: pytest.fail()), scoring=False)) == [item]
