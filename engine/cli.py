@@ -11,6 +11,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("engine.commands.run", "run the AutoIF pipeline end to end"),
     "stage": ("engine.commands.stage", "run one stage alone on AutoIF's reference JSONL formats"),
+    "report": ("engine.commands.report", "charts and an HTML page of a run (funnel, throughput, queues, histograms)"),
     "serve": ("engine.commands.serve", "start an LLM server (llama.cpp or SGLang) and keep it up"),
     "sim": ("engine.sim.cli", "start the SGLang protocol simulator (a test double of SGLang's HTTP server)"),
 }

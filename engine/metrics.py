@@ -85,3 +85,84 @@ class TimeSeries:
 
     def to_list(self) -> list[dict]:
         return list(self.points)
+
+
+class LiveCollector:
+    """Run-wide gauges read at scrape time, besides the per-stage counters above.
+
+    - autoif_llm_requests_in_flight, autoif_llm_completion_tokens (counter), autoif_pool_checks
+      (counter): from the client's and the pool's own stats;
+    - autoif_llm_requests_per_second, autoif_llm_tokens_per_second, autoif_pool_checks_per_second,
+      autoif_pool_busy_fraction: the latest fixed-interval sample of the run's TimeSeries;
+    - autoif_queue_depth{stage}: items waiting for each stage;
+    - autoif_funnel_items{stage,kind=in|kept|out} and autoif_funnel_dropped{stage,reason}: the
+      funnel, sub-item rows ("verifiers.answer", ...) and drop reasons included;
+    - autoif_response_pass_rate / autoif_response_score: counts per bin of every graded response.
+
+    Each reader is a callable, so the same collector serves a single-node run (reading the
+    client, pool and runner) and a Ray driver (reading what the shards last streamed back).
+    """
+
+    def __init__(self, *, stats=None, point=None, queues=None, funnel=None, distributions=None) -> None:
+        self.stats = stats                  # () -> {"in_flight", "completion_tokens", "requests", "checks"}
+        self.point = point                  # () -> latest time-series point (or {})
+        self.queues = queues                # () -> {stage: depth}
+        self.funnel = funnel                # () -> Funnel.to_dict()
+        self.distributions = distributions  # () -> Distributions.to_dict()
+
+    def describe(self):
+        return []                           # collected on scrape only (values change all the time)
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        st = self.stats() if self.stats else {}
+        g = GaugeMetricFamily("autoif_llm_requests_in_flight", "LLM requests sent and not yet answered")
+        g.add_metric([], float(st.get("in_flight", 0)))
+        yield g
+        for name, key, text in (("autoif_llm_requests", "requests", "LLM requests issued"),
+                                ("autoif_llm_completion_tokens", "completion_tokens", "completion tokens received"),
+                                ("autoif_pool_checks", "checks", "verifier calls run by the sandbox pool")):
+            c = CounterMetricFamily(name, text)
+            c.add_metric([], float(st.get(key, 0)))
+            yield c
+        p = self.point() if self.point else {}
+        for name, key, text in (
+                ("autoif_llm_requests_per_second", "req_s", "LLM requests answered per second (last sample)"),
+                ("autoif_llm_tokens_per_second", "tok_s", "completion tokens per second (last sample)"),
+                ("autoif_pool_checks_per_second", "chk_s", "sandbox verifier calls per second (last sample)"),
+                ("autoif_pool_busy_fraction", "pool_busy", "share of sandbox worker time spent busy (last sample)")):
+            g = GaugeMetricFamily(name, text)
+            g.add_metric([], float(p.get(key, 0.0) or 0.0))
+            yield g
+        q = GaugeMetricFamily("autoif_queue_depth", "items waiting for a stage", labels=["stage"])
+        for stage, depth in (self.queues() if self.queues else {}).items():
+            q.add_metric([stage], float(depth))
+        yield q
+        items = GaugeMetricFamily("autoif_funnel_items", "funnel counts per stage (in, kept, out)",
+                                  labels=["stage", "kind"])
+        dropped = GaugeMetricFamily("autoif_funnel_dropped", "funnel drops per stage and reason",
+                                    labels=["stage", "reason"])
+        for stage, row in (self.funnel() if self.funnel else {}).items():
+            for kind in ("in", "kept", "out"):
+                items.add_metric([stage, kind], float(row.get(kind, 0)))
+            for reason, n in row.get("dropped", {}).items():
+                dropped.add_metric([stage, reason], float(n))
+        yield items
+        yield dropped
+        d = self.distributions() if self.distributions else None
+        if d:
+            pr = GaugeMetricFamily("autoif_response_pass_rate", "graded responses per pass-rate bin",
+                                   labels=["bin"])
+            edges = d["pass_rate"]["edges"]
+            for i, n in enumerate(d["pass_rate"]["counts"]):
+                pr.add_metric([f"{edges[i]:.1f}-{edges[i + 1]:.1f}"], float(n))
+            yield pr
+            sc = GaugeMetricFamily("autoif_response_score", "judge scores given (0: unreadable)",
+                                   labels=["score"])
+            for v, n in zip(d["score"]["values"], d["score"]["counts"]):
+                sc.add_metric([str(v)], float(n))
+            yield sc
+
+    def register(self, metrics: RunMetrics) -> LiveCollector:
+        metrics.registry.register(self)
+        return self

@@ -1,0 +1,122 @@
+"""`autoif report RUN_DIR` on a real simulator run: the PNGs, the one-file HTML page, and the page as
+a person sees it, rendered by headless Chromium (skipped, saying why, only where no Chromium is
+installed: `apt-get install -y chromium`)."""
+from __future__ import annotations
+
+import base64
+import html as htmllib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install -e '.[report]')")
+import matplotlib.image as mpimg  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CHARTS = ("funnel", "throughput", "queues", "pass_rate", "scores")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.timeout(180)
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """A simulator run (the CLI, built-in simulator, every stage), then `autoif report` on it."""
+    run_dir = tmp_path_factory.mktemp("report") / "run"
+    # --stage-concurrency 2: the run lasts a few seconds, so the time series has samples
+    proc = cli("run", "--backend", "sim", "--demo", "--output-dir", str(run_dir), "--no-progress",
+               "--stage-concurrency", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    made = cli("report", str(run_dir))
+    assert made.returncode == 0, made.stderr[-3000:]
+    page = Path(made.stdout.strip())
+    summary = orjson.loads((run_dir / "summary.json").read_bytes())
+    return {"run_dir": run_dir, "page": page, "summary": summary}
+
+
+def test_pngs_and_page(report):
+    out = report["run_dir"] / "report"
+    assert report["page"] == out / "report.html"
+    page = report["page"].read_text(encoding="utf-8")
+    embedded = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(embedded) == len(CHARTS)
+    for name, data in zip(CHARTS, embedded):
+        png = out / f"{name}.png"
+        raw = png.read_bytes()
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert base64.b64decode(data) == raw, name       # the page embeds exactly the PNG files
+        img = mpimg.imread(png)
+        assert img.shape[0] > 200 and img.shape[1] > 400, (name, img.shape)
+        assert img[..., :3].std() > 0.02, f"{name} is blank"
+    # one self-contained file: nothing is fetched from anywhere
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+
+
+def test_page_shows_the_run(report):
+    summary, page = report["summary"], report["page"].read_text(encoding="utf-8")
+    funnel = summary["funnel"]
+    rows = re.findall(r"<tr(?: class=sub)?><td>([^<]+)</td><td>(\d+)</td><td>(\d+)</td><td>(\d+)</td>", page)
+    assert [(htmllib.unescape(s), int(a), int(b), int(c)) for s, a, b, c in rows] == \
+        [(s, r["in"], r["kept"], r["out"]) for s, r in funnel.items()]
+    for row in funnel.values():
+        for reason, n in row["dropped"].items():
+            assert f"{htmllib.escape(reason)}&nbsp;{n}" in page
+    # what the histograms count: every graded response, every judge score (kept or not)
+    dist = summary["distributions"]
+    assert sum(dist["pass_rate"]["counts"]) == funnel["responses.sample"]["in"]
+    assert sum(dist["score"]["counts"]) == funnel.get("scoring.response", {}).get("in", 0)
+    # the engine sampled its time series at fixed intervals while it ran (not only with a TTY)
+    series = summary["timeseries"]
+    assert series, "no time series recorded"
+    assert all(b["t"] > a["t"] for a, b in zip(series, series[1:]))
+    assert {"tok_s", "chk_s", "pool_busy"} <= set(series[-1]) and any(k.startswith("q_") for k in series[-1])
+
+
+def test_report_of_a_missing_run_says_why(tmp_path):
+    proc = cli("report", str(tmp_path / "nothing"))
+    assert proc.returncode == 1
+    assert "summary.json: no such file" in proc.stderr
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium here: apt-get install -y chromium")
+def test_page_renders_in_headless_chromium(report, tmp_path):
+    url = report["page"].as_uri()
+    dom = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-dom'}",
+                          "--virtual-time-budget=5000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=90)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # the page's own load check: every <img> decoded, with a real size
+    assert f'data-images-loaded="{len(CHARTS)} of {len(CHARTS)}"' in dom.stdout, dom.stdout[:500]
+    assert "autoif run report" in dom.stdout
+
+    shot = tmp_path / "page.png"
+    proc = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-shot'}",
+                           "--window-size=1280,2000", "--hide-scrollbars", f"--screenshot={shot}", url],
+                          capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
+    img = mpimg.imread(shot)
+    assert img.shape[:2] == (2000, 1280)
+    # charts drawn: far from a blank page, with the chart colours present (kept bars are green)
+    rgb = img[..., :3]
+    assert rgb.std() > 0.05
+    green = ((rgb[..., 1] > 0.45) & (rgb[..., 0] < 0.3) & (rgb[..., 2] < 0.45)).mean()
+    assert green > 0.002, green
