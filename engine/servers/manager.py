@@ -1,0 +1,722 @@
+"""A managed LLM server process: start, wait until healthy, watch, restart, stop -- never orphan.
+
+`ManagedServer` runs one server command (llama-server, SGLang, the simulator) on a local port,
+with its stdout/stderr appended to `<run_dir>/<name>.log`. It is async first
+(`async with ManagedServer(...) as srv: srv.url`) and has a sync face for CLIs
+(`srv.start_sync()` / `srv.stop_sync()`, or `with srv:`), which hosts the same async code on a
+private event-loop thread.
+
+No orphans, in four layers:
+  * each server runs in its own session / process group, and stop() signals the whole group
+    (SIGTERM, then SIGKILL after a grace period), so workers the server forked die with it;
+  * the child sets prctl(PR_SET_PDEATHSIG, SIGKILL) before exec, so the kernel kills it if the
+    engine dies, even by SIGKILL. PDEATHSIG fires when the *thread* that forked the child exits,
+    so servers are always spawned from the event-loop thread, which outlives them;
+  * PDEATHSIG reaches only the server's own process, so a tiny reaper process (one per engine)
+    holds a pipe from the engine and, on EOF (the engine died, however), SIGKILLs every server
+    group still registered -- workers included;
+  * an atexit hook and SIGTERM/SIGHUP hooks (installed only where the handler is still the
+    default) kill every live group when the engine exits normally or is terminated.
+`ServerGroup` runs R replicas and exposes their URLs for the client's balancer.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Coroutine, Iterable, Sequence, TextIO, TypeVar
+
+import aiohttp
+
+__all__ = ["ServerError", "ServerStartError", "ManagedServer", "ServerGroup", "free_port", "port_free",
+           "kill_all_servers"]
+
+T = TypeVar("T")
+
+
+class ServerError(RuntimeError):
+    """A server problem, with a one-line message meant for the user."""
+
+
+class ServerStartError(ServerError):
+    """The server exited or never became healthy while starting."""
+
+    def __init__(self, message: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode  # exit status if it exited (negative: killed by that signal)
+
+
+# ---------------------------------------------------------------- ports
+
+_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A currently free TCP port. Ports handed out earlier in this process are not reused, so a
+    group starting several servers at once does not get the same port twice."""
+    with _port_lock:
+        for _ in range(64):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise ServerError("could not find a free local port")
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now (SO_REUSEADDR, as servers bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- orphan protection
+
+_PR_SET_PDEATHSIG = 1
+_SIGKILL = int(signal.SIGKILL)
+_prctl = None
+if sys.platform.startswith("linux"):
+    try:  # resolved in the parent: the child must not load libraries between fork and exec
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        _prctl = None
+
+
+def _child_preexec(parent_pid: int) -> Callable[[], None]:
+    def setup() -> None:  # runs in the child after setsid, before exec: keep it minimal
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os.kill(os.getpid(), _SIGKILL)
+    return setup
+
+
+_live: dict[int, subprocess.Popen] = {}  # pgid -> leader, for the exit hooks
+_live_lock = threading.RLock()  # re-entrant: the signal hook may run while the main thread holds it
+
+# PDEATHSIG reaches only the server's leader process; workers it forked (SGLang's schedulers)
+# would outlive a SIGKILLed engine. The reaper is a tiny process that holds the read end of a
+# pipe from us: when we die, it sees EOF and SIGKILLs every server group still registered.
+_REAPER_CODE = r"""
+import os, signal, sys
+groups = set()
+for line in sys.stdin:
+    op, _, pg = line.strip().partition(" ")
+    if op == "+":
+        groups.add(int(pg))
+    elif op == "-":
+        groups.discard(int(pg))
+for pg in groups:
+    try:
+        os.killpg(pg, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+_reaper: subprocess.Popen | None = None
+_REAPER_ON = os.environ.get("AUTOIF_SERVER_REAPER", "1") != "0"  # "0": rely on PDEATHSIG alone
+
+
+def _forget_reaper_in_child() -> None:
+    """A forked child must not hold the reaper's pipe open, or the reaper would never see EOF
+    while that child lives (e.g. fork-based worker pools)."""
+    global _reaper
+    reaper, _reaper = _reaper, None
+    if reaper is not None and reaper.stdin is not None:
+        try:
+            reaper.stdin.close()
+        except (OSError, ValueError):
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_reaper_in_child)
+
+
+def _reaper_send(line: str) -> None:
+    """Tell the reaper about a group (call with _live_lock held)."""
+    global _reaper
+    if not _REAPER_ON:
+        return
+    if _reaper is None or _reaper.poll() is not None:
+        try:  # own session: a Ctrl-C on the terminal must not kill it before the engine cleans up
+            _reaper = subprocess.Popen([sys.executable, "-S", "-c", _REAPER_CODE], stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       close_fds=True, start_new_session=True)
+        except OSError:
+            _reaper = None
+            return
+    try:
+        _reaper.stdin.write(f"{line}\n".encode())
+        _reaper.stdin.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_all_servers(grace: float = 2.0) -> None:
+    """Kill every server group this process started and has not stopped yet."""
+    with _live_lock:
+        procs = dict(_live)
+        _live.clear()
+    if not procs:
+        return
+    for pgid in procs:
+        _killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for pgid, proc in procs.items():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        _killpg(pgid, _SIGKILL)  # also reaches group members that outlived the leader
+        try:
+            proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        with _live_lock:
+            _reaper_send(f"- {pgid}")
+
+
+atexit.register(kill_all_servers)
+_hooks_installed = False
+
+
+def _install_signal_hooks() -> None:
+    """Kill our servers on SIGTERM/SIGHUP, then die of the signal as before. Only where the
+    handler is still the default: an application that set its own keeps control."""
+    global _hooks_installed
+    if _hooks_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _hooks_installed = True
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        kill_all_servers()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            if signal.getsignal(sig) == signal.SIG_DFL:
+                signal.signal(sig, on_signal)
+        except (ValueError, OSError):
+            pass
+
+
+# ---------------------------------------------------------------- sync bridge
+
+class _LoopThread:
+    """An event loop on a private thread, so sync callers can drive the async manager.
+    The thread lives until close(): the servers it spawns keep their PDEATHSIG parent."""
+
+    def __init__(self, name: str = "autoif-servers") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[object, object, T]) -> T:
+        finished = threading.Event()
+
+        async def tracked() -> T:
+            try:
+                return await coro
+            finally:
+                finished.set()
+
+        fut = asyncio.run_coroutine_threadsafe(tracked(), self.loop)
+        try:
+            return fut.result()
+        except BaseException:
+            if not fut.done():  # interrupted while waiting (Ctrl-C): cancel it and let it clean up
+                fut.cancel()
+                finished.wait(timeout=30)
+            raise
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+# ---------------------------------------------------------------- the manager
+
+def _log_tail(path: Path, since: int = 0, lines: int = 3, limit: int = 400) -> str:
+    """The last few non-empty log lines (written after offset `since`) joined into one line,
+    for one-line errors."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(since, f.tell() - 8192))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    tail = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("=== ")]
+    out = " | ".join(tail[-lines:])
+    return out if len(out) <= limit else "..." + out[-limit:]
+
+
+Command = Callable[[int], Sequence[str]] | Sequence[str]
+
+
+class ManagedServer:
+    """One server process on 127.0.0.1, kept healthy.
+
+    command: argv, or a function port -> argv (a plain argv may use "{port}" placeholders).
+    port: fixed port, or None for a free one (kept across restarts, so the URL is stable).
+    health_path: polled with GET until it answers 200 (llama-server answers 503 while loading).
+    max_restarts: restarts allowed within restart_window seconds after crashes; past that the
+        server is marked failed (`failed`, `error`). Backoff doubles from restart_backoff.
+    hang_timeout: if set, a running server whose health check has failed for this long is
+        treated as hung, killed and restarted.
+    stream_log: True (stderr) or a text stream to copy the log to, each line prefixed by name.
+    api / model: carried for the client ("openai" for llama-server, "sglang" for SGLang).
+    """
+
+    def __init__(self, command: Command, *, run_dir: str | os.PathLike, name: str = "server",
+                 host: str = "127.0.0.1", port: int | None = None, health_path: str = "/health",
+                 env: dict[str, str] | None = None, cwd: str | None = None,
+                 startup_timeout: float = 120.0, max_restarts: int = 3,
+                 restart_backoff: float = 1.0, restart_backoff_max: float = 30.0,
+                 restart_window: float = 600.0, stop_grace: float = 10.0,
+                 hang_timeout: float | None = None, health_interval: float = 2.0,
+                 stream_log: bool | TextIO = False, api: str = "sglang", model: str = "default") -> None:
+        self._command = command
+        self.run_dir = Path(run_dir)
+        self.name = name
+        self.host = host
+        self._fixed_port = port
+        self.port: int | None = port
+        self.health_path = health_path
+        self.env = env
+        self.cwd = cwd
+        self.startup_timeout = startup_timeout
+        self.max_restarts = max_restarts
+        self.restart_backoff = restart_backoff
+        self.restart_backoff_max = restart_backoff_max
+        self.restart_window = restart_window
+        self.stop_grace = stop_grace
+        self.hang_timeout = hang_timeout
+        self.health_interval = health_interval
+        self.stream_log = stream_log
+        self.api = api
+        self.model = model
+        self.log_path = self.run_dir / f"{name}.log"
+
+        self.state = "new"          # new | starting | running | restarting | failed | stopped
+        self.restarts = 0
+        self.error: str | None = None
+        self.pids: list[int] = []   # every pid this server has had, newest last
+        self._proc: subprocess.Popen | None = None
+        self._log = None
+        self._session: aiohttp.ClientSession | None = None
+        self._monitor_task: asyncio.Task | None = None
+        self._tail_task: asyncio.Task | None = None
+        self._restart_times: collections.deque[float] = collections.deque()
+        self._stopping = False
+        self._spawn_offset = 0      # log offset where the current process's output starts
+        self._healthy: asyncio.Event | None = None
+        self._bg: _LoopThread | None = None
+
+    # ---- public state
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise ServerError(f"{self.name}: not started")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def failed(self) -> bool:
+        return self.state == "failed"
+
+    def argv(self, port: int) -> list[str]:
+        cmd = self._command(port) if callable(self._command) else self._command
+        return [str(a).replace("{port}", str(port)) for a in cmd]
+
+    async def wait_healthy(self, timeout: float | None = None) -> None:
+        """Wait until the server is up again after a restart (or raise if it failed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.state != "running" or self._healthy is None or not self._healthy.is_set():
+            if self.state in ("failed", "stopped"):
+                raise ServerError(self.error or f"{self.name} is {self.state}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} not healthy within {timeout}s")
+            await asyncio.sleep(0.05)
+
+    # ---- async lifecycle
+
+    async def __aenter__(self) -> "ManagedServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def start(self) -> "ManagedServer":
+        if self.state not in ("new", "stopped", "failed"):
+            raise ServerError(f"{self.name} is already {self.state}")
+        _install_signal_hooks()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab", buffering=0)
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        self._healthy = asyncio.Event()
+        self._stopping = False
+        self.state, self.error, self.restarts = "starting", None, 0
+        self._restart_times.clear()
+        if self.stream_log:
+            self._tail_task = asyncio.create_task(self._tail_log())
+        try:
+            # An auto-picked port can be taken between picking and binding: retry on a new one.
+            for attempt in range(3):
+                self.port = self._fixed_port or free_port(self.host)
+                try:
+                    await self._launch_and_wait()
+                    break
+                except ServerStartError as exc:
+                    low = str(exc).lower()
+                    in_use = "already in use" in low or "bind" in low
+                    if self._fixed_port is not None or not in_use or attempt == 2:
+                        raise
+        except BaseException as exc:
+            await self._shutdown_process(grace=1.0)
+            self.state = "failed"
+            self.error = str(exc) if isinstance(exc, ServerError) else f"{self.name}: {exc!r}"
+            await self._close_resources()
+            raise
+        self.state = "running"
+        self._monitor_task = asyncio.create_task(self._monitor(), name=f"monitor-{self.name}")
+        return self
+
+    async def stop(self) -> None:
+        if self.state in ("new", "stopped"):
+            return
+        self._stopping = True
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+            try:
+                await self._monitor_task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._monitor_task = None
+        await self._shutdown_process(grace=self.stop_grace)
+        if self.state != "failed":
+            self.state = "stopped"
+        await self._close_resources()
+
+    # ---- sync lifecycle (for CLIs)
+
+    def start_sync(self) -> "ManagedServer":
+        _install_signal_hooks()  # here, on the caller's (main) thread; start() runs on the loop's
+        self._bg = _LoopThread(f"server-{self.name}")
+        try:
+            self._bg.run(self.start())
+        except BaseException:
+            try:
+                self._bg.run(self.stop())
+            finally:
+                self._bg.close()
+                self._bg = None
+            raise
+        return self
+
+    def stop_sync(self) -> None:
+        if self._bg is None:
+            return
+        try:
+            self._bg.run(self.stop())
+        finally:
+            self._bg.close()
+            self._bg = None
+
+    def __enter__(self) -> "ManagedServer":
+        return self.start_sync()
+
+    def __exit__(self, *exc) -> None:
+        self.stop_sync()
+
+    # ---- internals
+
+    def _spawn(self) -> None:
+        assert self.port is not None and self._log is not None
+        argv = self.argv(self.port)
+        env = None if self.env is None else {**os.environ, **self.env}
+        self._log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {self.name} start "
+                        f"(restart {self.restarts}): {' '.join(argv)}\n".encode())
+        self._spawn_offset = os.fstat(self._log.fileno()).st_size
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                env=env, cwd=self.cwd, close_fds=True, start_new_session=True,
+                preexec_fn=_child_preexec(os.getpid()))
+        except OSError as exc:
+            raise ServerStartError(f"{self.name}: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
+        self._proc = proc
+        self.pids.append(proc.pid)
+        with _live_lock:
+            _live[proc.pid] = proc
+            _reaper_send(f"+ {proc.pid}")
+
+    async def _health_ok(self) -> bool:
+        assert self._session is not None
+        try:
+            async with self._session.get(self.url + self.health_path,
+                                         timeout=aiohttp.ClientTimeout(total=3)) as r:
+                await r.read()
+                return r.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+
+    async def _launch_and_wait(self) -> None:
+        # Otherwise another server already on the port would answer our health checks.
+        if not port_free(self.host, self.port):
+            raise ServerStartError(f"{self.name}: port {self.port} on {self.host} is already in use")
+        self._spawn()
+        proc = self._proc
+        assert proc is not None
+        t0 = time.monotonic()
+        delay = 0.05
+        while True:
+            rc = proc.poll()
+            if rc is not None:
+                self._forget(proc)
+                _killpg(proc.pid, _SIGKILL)  # leftovers in its group
+                raise ServerStartError(
+                    f"{self.name} exited with code {rc} during startup (log {self.log_path}): "
+                    f"{_log_tail(self.log_path, self._spawn_offset) or 'no output'}", returncode=rc)
+            if await self._health_ok():
+                self._healthy.set()
+                return
+            if time.monotonic() - t0 > self.startup_timeout:
+                await self._shutdown_process(grace=2.0)
+                raise ServerStartError(
+                    f"{self.name} not healthy after {self.startup_timeout:g}s at {self.url}{self.health_path} "
+                    f"(log {self.log_path}): {_log_tail(self.log_path, self._spawn_offset) or 'no output'}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    async def _monitor(self) -> None:
+        """Watch the process; on exit (or hang) restart it per the policy."""
+        last_ok = time.monotonic()
+        next_check = last_ok + self.health_interval
+        while not self._stopping:
+            await asyncio.sleep(0.1)
+            proc = self._proc
+            assert proc is not None
+            rc = proc.poll()
+            if rc is None:
+                if self.hang_timeout is None or time.monotonic() < next_check:
+                    continue
+                next_check = time.monotonic() + self.health_interval
+                if await self._health_ok():
+                    last_ok = time.monotonic()
+                    continue
+                if time.monotonic() - last_ok < self.hang_timeout:
+                    continue
+                reason = f"unresponsive for {self.hang_timeout:g}s"
+            else:
+                reason = f"exited with code {rc}"
+            if self._stopping:
+                return
+            self._healthy.clear()
+            self.state = "restarting"
+            self._note(f"{self.name} (pid {proc.pid}) {reason}")
+            await self._shutdown_process(grace=0.0)
+            if not await self._restart(reason):
+                return
+            last_ok = time.monotonic()
+            next_check = last_ok + self.health_interval
+
+    async def _restart(self, reason: str) -> bool:
+        while True:
+            now = time.monotonic()
+            while self._restart_times and now - self._restart_times[0] > self.restart_window:
+                self._restart_times.popleft()
+            if len(self._restart_times) >= self.max_restarts:
+                self.state = "failed"
+                self.error = (f"{self.name} {reason}; gave up after {self.max_restarts} restart(s) "
+                              f"(log {self.log_path}): {_log_tail(self.log_path, self._spawn_offset) or 'no output'}")
+                self._note(self.error)
+                return False
+            delay = min(self.restart_backoff * 2 ** len(self._restart_times), self.restart_backoff_max)
+            await asyncio.sleep(delay)
+            self._restart_times.append(time.monotonic())
+            self.restarts += 1
+            try:
+                await self._launch_and_wait()
+            except ServerStartError as exc:
+                reason = f"failed to restart ({exc})"
+                continue
+            self.state = "running"
+            self._note(f"{self.name} restarted (restart {self.restarts}) at {self.url}")
+            return True
+
+    def _forget(self, proc: subprocess.Popen) -> None:
+        with _live_lock:
+            if _live.get(proc.pid) is proc:
+                del _live[proc.pid]
+                _reaper_send(f"- {proc.pid}")
+
+    async def _shutdown_process(self, grace: float) -> None:
+        """SIGTERM the group, SIGKILL it after `grace` seconds, reap the leader."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _killpg(proc.pid, signal.SIGTERM if grace > 0 else _SIGKILL)
+            deadline = time.monotonic() + grace
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        _killpg(proc.pid, _SIGKILL)  # the leader, if it ignored SIGTERM, and any stragglers
+        for _ in range(100):
+            if proc.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        self._forget(proc)
+
+    def _note(self, line: str) -> None:
+        if self._log is not None and not self._log.closed:
+            self._log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n".encode())
+        if self.stream_log:
+            print(f"[{self.name}] {line}", file=self._stream(), flush=True)
+
+    def _stream(self) -> TextIO:
+        return sys.stderr if self.stream_log is True else self.stream_log  # type: ignore[return-value]
+
+    async def _tail_log(self) -> None:
+        """Copy new log lines to the stream, prefixed by the server name."""
+        out = self._stream()
+        with open(self.log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            buf = b""
+            while True:
+                chunk = f.read(65536)
+                if not chunk:
+                    if self.state in ("stopped", "failed") and self._stopping:
+                        return
+                    await asyncio.sleep(0.2)
+                    continue
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for ln in lines:
+                    if not ln.startswith(b"=== "):
+                        out.write(f"[{self.name}] {ln.decode('utf-8', 'replace')}\n")
+                out.flush()
+
+    async def _close_resources(self) -> None:
+        if self._tail_task is not None:
+            await asyncio.sleep(0.25)  # let the tail copy the last lines
+            self._tail_task.cancel()
+            try:
+                await self._tail_task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._tail_task = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class ServerGroup:
+    """R managed servers (replicas), started and stopped together; `urls` feeds the balancer."""
+
+    def __init__(self, servers: Iterable[ManagedServer]) -> None:
+        self.servers = list(servers)
+        if not self.servers:
+            raise ValueError("ServerGroup needs at least one server")
+        self._bg: _LoopThread | None = None
+
+    @classmethod
+    def replicate(cls, factory: Callable[[int], ManagedServer], replicas: int) -> "ServerGroup":
+        return cls(factory(i) for i in range(replicas))
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+    @property
+    def live_urls(self) -> list[str]:
+        return [s.url for s in self.servers if s.running]
+
+    @property
+    def failed(self) -> bool:
+        """True once every replica has given up."""
+        return all(s.failed for s in self.servers)
+
+    async def start(self) -> "ServerGroup":
+        results = await asyncio.gather(*(s.start() for s in self.servers), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.stop()
+            raise errors[0]
+        return self
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.servers), return_exceptions=True)
+
+    async def __aenter__(self) -> "ServerGroup":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    def start_sync(self) -> "ServerGroup":
+        _install_signal_hooks()
+        self._bg = _LoopThread("server-group")
+        try:
+            self._bg.run(self.start())
+        except BaseException:
+            try:
+                self._bg.run(self.stop())
+            finally:
+                self._bg.close()
+                self._bg = None
+            raise
+        return self
+
+    def stop_sync(self) -> None:
+        if self._bg is None:
+            return
+        try:
+            self._bg.run(self.stop())
+        finally:
+            self._bg.close()
+            self._bg = None
+
+    def __enter__(self) -> "ServerGroup":
+        return self.start_sync()
+
+    def __exit__(self, *exc) -> None:
+        self.stop_sync()

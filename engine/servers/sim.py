@@ -1,0 +1,21 @@
+"""Simulator backend: `autoif sim` (an SGLang protocol double) as a real subprocess, so the
+whole lifecycle -- health wait, crash, restart, stop, orphan protection -- is testable cheaply."""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from engine.servers.manager import ManagedServer
+
+
+def sim_command(port: int, *, host: str = "127.0.0.1", extra: Sequence[str] = (),
+                python: str = sys.executable) -> list[str]:
+    return [python, "-m", "engine.cli", "sim", "--host", host, "--port", str(port), *extra]
+
+
+def sim_server(run_dir, *, port: int | None = None, replica: int | None = None,
+               extra: Sequence[str] = (), startup_timeout: float = 30.0, **kw) -> ManagedServer:
+    name = kw.pop("name", "sim" if replica is None else f"sim-{replica}")
+    return ManagedServer(lambda p: sim_command(p, extra=extra), run_dir=run_dir, name=name,
+                         port=port, health_path="/health", startup_timeout=startup_timeout,
+                         api="sglang", model=kw.pop("model", "sim"), **kw)
