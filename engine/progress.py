@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import deque
 from typing import Callable, TextIO
 
 from engine.metrics import TimeSeries
@@ -46,6 +47,8 @@ class Progress:
         self._t0 = 0.0
         self._last_log = 0.0
         self.last_line = ""
+        self.window_s = 10.0
+        self._window: deque[tuple[float, dict]] = deque()
 
     def snapshot(self) -> dict:
         """Current rates and depths (also what the time series records)."""
@@ -63,19 +66,45 @@ class Progress:
         return snap
 
     def eta_s(self) -> float | None:
-        """Extrapolates from the share of source items the first stage has finished."""
-        total = self.runner.source_total
-        first = self.runner.specs[0].stage.name
-        funnel = self.runner.ctx.funnel.to_dict().get(first, {})
-        done = funnel.get("in", 0) - self.runner.in_flight[0]
-        if not total or done <= 0:
+        """Remaining work of every stage, from the fan-out and time per item seen so far.
+
+        Stage i expects as many inputs as stage i-1 is expected to emit (source total times
+        the observed out/in ratios); its remaining items cost its mean time per item divided
+        by its concurrency. Stages share the LLM server, so their remaining times add up.
+        Unknown ("--:--") until every stage has finished at least one item.
+        """
+        expected = self.runner.source_total
+        if not expected:
             return None
-        elapsed = time.monotonic() - self._t0
-        return elapsed * (total - done) / done
+        funnel = self.runner.ctx.funnel.to_dict()
+        eta = 0.0
+        for i, spec in enumerate(self.runner.specs):
+            done = self.runner.finished[i]
+            row = funnel.get(spec.stage.name)
+            if not done or row is None:
+                return None
+            eta += max(0.0, expected - done) * (self.runner.busy_s[i] / done) / spec.concurrency
+            expected *= row["out"] / done
+        return eta
+
+    def windowed_rates(self) -> dict:
+        """Rates over the last `window_s` (a slow model answers less than once a second)."""
+        now = time.monotonic()
+        cur = self._prev or dict(self.probe())   # the counters snapshot() just read
+        self._window.append((now, cur))
+        while len(self._window) > 2 and now - self._window[0][0] > self.window_s:
+            self._window.popleft()
+        t0, old = self._window[0]
+        dt = now - t0
+        if dt <= 0:
+            return {"req_s": 0.0, "tok_s": 0.0, "chk_s": 0.0}
+        return {k: (cur.get(src, 0) - old.get(src, 0)) / dt
+                for k, src in (("req_s", "requests"), ("tok_s", "completion_tokens"), ("chk_s", "checks"))}
 
     def render(self, snap: dict) -> str:
         funnel = self.runner.ctx.funnel.to_dict()
-        stages = " ".join(f"{s}:{r['in']}>{r['kept']}" for s, r in funnel.items())
+        # main stages only; sub-item rows ("verifiers.answer") are in the final funnel table
+        stages = " ".join(f"{s}:{r['in']}>{r['kept']}" for s, r in funnel.items() if "." not in s)
         q = sum(snap["queues"].values())
         return (f"[{_fmt_dur(time.monotonic() - self._t0)}] gen {_fmt_rate(snap['req_s'])} req/s "
                 f"{_fmt_rate(snap['tok_s'])} tok/s | pool {_fmt_rate(snap['chk_s'])} chk/s "
@@ -87,7 +116,7 @@ class Progress:
         if self.series is not None:
             self.series.maybe_sample(lambda: {k: v for k, v in snap.items() if k != "queues"}
                                      | {f"q_{k}": v for k, v in snap["queues"].items()})
-        self.last_line = self.render(snap)
+        self.last_line = self.render(snap | self.windowed_rates())
         now = time.monotonic()
         if self.tty:
             self.stream.write("\r\x1b[K" + self.last_line[:200])

@@ -76,6 +76,8 @@ class StreamRunner:
         self.sink_items = 0
         self.source_total: int | None = None
         self.in_flight = [0] * len(self.specs)
+        self.finished = [0] * len(self.specs)     # items each stage has finished (for the ETA)
+        self.busy_s = [0.0] * len(self.specs)     # summed time items spent in each stage
         self._stopping = False
         self._aborted = False
         self._tasks: list[asyncio.Task] = []
@@ -195,7 +197,10 @@ class StreamRunner:
                 outs = []
             finally:
                 self.in_flight[i] -= 1
-                latency.labels(name).observe(time.perf_counter() - t)
+                self.finished[i] += 1
+                elapsed = time.perf_counter() - t
+                self.busy_s[i] += elapsed
+                latency.labels(name).observe(elapsed)
             if outs:
                 funnel.count_kept(name)
                 funnel.count_out(name, len(outs))

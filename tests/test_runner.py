@@ -135,3 +135,34 @@ async def test_abort_cancels_in_flight_work_promptly():
 def test_empty_pipeline_is_refused():
     with pytest.raises(ValueError):
         StreamRunner([], ctx())
+
+
+async def test_progress_line_has_windowed_rates_and_an_eta_once_every_stage_moved():
+    import io
+
+    from engine.progress import Progress
+
+    counters = {"requests": 0, "completion_tokens": 0, "checks": 0, "pool_busy_s": 0.0}
+    a, b = Sleepy("a", 0.01, fan_out=2), Sleepy("b", 0.02)
+    runner = StreamRunner([StageSpec(a, 2), StageSpec(b, 2)], ctx())
+    out = io.StringIO()
+    progress = Progress(runner, lambda: dict(counters), stream=out, interval_s=0.05, log_every_s=0.0)
+    assert progress.eta_s() is None                     # nothing known yet
+    task = asyncio.create_task(runner.run(range(40)))
+    ticker = asyncio.create_task(progress.run())
+    etas = []
+    for _ in range(12):
+        await asyncio.sleep(0.05)
+        counters["requests"] += 5
+        counters["completion_tokens"] += 50
+        if all(runner.finished):
+            etas.append(progress.eta_s())
+    ticker.cancel()
+    line = progress.last_line                           # taken while the counters still moved
+    await task
+    # 40 items, 0.01 s each over 2 workers in a; 80 items, 0.02 s over 2 workers in b: ~1 s of work
+    assert etas and all(e is not None and 0 <= e < 5 for e in etas)
+    assert etas[-1] < etas[0]                           # the estimate comes down as work is done
+    assert "req/s" in line and "a:" in line and "b:" in line
+    rate = float(line.split("gen ")[1].split(" req/s")[0])
+    assert 50 <= rate <= 200                            # 5 requests every ~0.05 s
