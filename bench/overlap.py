@@ -88,7 +88,7 @@ async def scenario(name: str, speed: float, queries: int, verifiers: list[str], 
 
 
 async def main_async(quick: bool) -> dict:
-    queries = 120 if quick else 400
+    queries = 300 if quick else 1200   # long enough that pipeline fill and drain are small
     repeats = 3
     verifiers = list(VERIFIERS.values())[:8]
     async with SandboxPool(timeout_s=2.0) as pool:

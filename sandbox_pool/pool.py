@@ -89,7 +89,7 @@ class SandboxPool:
                  allowed_modules: Iterable[str] | None = None, sandbox_uid_base: int = 61000,
                  scratch_root: str | None = None, disable_layers: Iterable[str] = (),
                  pipeline_depth: int = 2, start_method: str = "forkserver",
-                 start_timeout_s: float = 60.0):
+                 start_timeout_s: float = 60.0, nice: int = 5):
         if timeout_s <= 0 or memory_mb <= 0:
             raise ValueError("timeout_s and memory_mb must be positive")
         unknown = set(disable_layers) - set(DISABLEABLE)
@@ -112,6 +112,9 @@ class SandboxPool:
             "allowed_modules": sorted(self.allowed_modules),
             "sandbox_uid_base": int(sandbox_uid_base),
             "disable_layers": sorted(set(disable_layers)),
+            # Verification soaks up spare CPU; the event loop feeding the server (and a server
+            # on the same node) must not wait behind it, so workers run at a lower priority.
+            "nice": int(nice),
         }
         self._scratch_parent = scratch_root
         self._depth = max(1, int(pipeline_depth))

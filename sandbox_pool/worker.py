@@ -86,6 +86,8 @@ def worker_main(cfg: dict, conn, index: int) -> None:
         # Die with the pool (our parent is multiprocess' forkserver, which exits with it).
         isolation.set_parent_death_signal(signal.SIGKILL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if cfg.get("nice"):
+            os.nice(cfg["nice"])            # inherited by the supervisor, zygote and every job
         layers, why = _enter_namespaces(set(cfg["disable_layers"]))
         _mount_scratch(cfg, index, layers, why)
         args = {"cfg": cfg, "fd": conn.fileno(), "index": index, "layers": layers, "why": why,

@@ -220,3 +220,11 @@ async def test_killed_worker_is_replaced_and_its_job_crashes():
         assert p.stats()["restarts"] == 4
         res = await asyncio.wait_for(p.evaluate("def evaluate(x):\n    return x + 1\n", [2]), 10)
         assert res[0].value == 3
+
+
+async def test_jobs_run_at_lower_cpu_priority_than_the_engine(pool):
+    """Verification must never make the event loop that feeds the server wait for a CPU."""
+    code = "import os\ndef evaluate(r):\n    return os.getpriority(os.PRIO_PROCESS, 0)\n"
+    out = await pool.evaluate(code, ["x"])
+    assert out[0].status == "ok", out[0]
+    assert out[0].value >= os.getpriority(os.PRIO_PROCESS, 0) + 5
