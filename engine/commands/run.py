@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -150,6 +149,44 @@ def open_store(cfg: Config, run_dir: Path) -> StateStore:
     return store
 
 
+def make_client(cfg: Config, urls: list[str], api: str) -> Any:
+    from engine.client import LLMClient, RetryPolicy
+    return LLMClient(urls, model=cfg.model, api=api, max_in_flight=cfg.max_inflight_requests,
+                     retry=RetryPolicy(attempts=cfg.max_retries + 1),
+                     request_timeout=cfg.request_timeout_s)
+
+
+def make_pool(cfg: Config) -> Any:
+    from sandbox_pool import SandboxPool
+    return SandboxPool(workers=cfg.pool_workers, timeout_s=cfg.pool_timeout_s,
+                       memory_mb=cfg.pool_memory_mb)
+
+
+class NoPool:
+    """For phases that only ask the LLM (augment): no sandbox workers are forked."""
+
+    n_workers = 1
+
+    async def evaluate_many(self, jobs):  # pragma: no cover - such phases never execute code
+        raise RuntimeError("this phase has no sandbox pool")
+
+    def stats(self) -> dict:
+        return {}
+
+
+@contextlib.asynccontextmanager
+async def open_engine(cfg: Config, backend: str, run_dir: Path, store: StateStore,
+                      pool_needed: bool = True) -> AsyncIterator[tuple[Any, Any, Context]]:
+    """Servers (given or started here), the LLM client, the sandbox pool and the stage context:
+    the one place a run (single-node or one Ray shard) builds them."""
+    async with contextlib.AsyncExitStack() as stack:
+        urls, api = await stack.enter_async_context(open_servers(cfg, backend, run_dir))
+        client = await stack.enter_async_context(make_client(cfg, urls, api))
+        pool = await stack.enter_async_context(make_pool(cfg)) if pool_needed else NoPool()
+        yield client, pool, Context(llm=CachedLLM(client, store), executor=pool, config=cfg,
+                                    store=store)
+
+
 class Recorded:
     """Wraps a stage and stores each of its outputs (resumable, duplicate-free via content ids)."""
 
@@ -240,9 +277,6 @@ def write_summary(run_dir: Path, name: str, summary: dict, funnel: Funnel) -> No
 async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full", rounds: int = 1,
                   demo: bool = False, metrics_port: int | None = None,
                   progress: bool = True) -> dict:
-    from engine.client import LLMClient, RetryPolicy
-    from sandbox_pool import SandboxPool
-
     run_dir = Path(cfg.output_dir)
     store = open_store(cfg, run_dir)
     try:
@@ -252,16 +286,7 @@ async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full",
             raise JobError(f"seed instructions: {exc}") from None
         if demo:
             seeds = seeds[:DEMO_SEEDS]
-        async with contextlib.AsyncExitStack() as stack:
-            urls, api = await stack.enter_async_context(open_servers(cfg, backend, run_dir))
-            client = LLMClient(urls, model=cfg.model, api=api, max_in_flight=cfg.max_inflight_requests,
-                               retry=RetryPolicy(attempts=cfg.max_retries + 1),
-                               request_timeout=cfg.request_timeout_s)
-            await stack.enter_async_context(client)
-            pool = await stack.enter_async_context(
-                SandboxPool(workers=cfg.pool_workers, timeout_s=cfg.pool_timeout_s,
-                            memory_mb=cfg.pool_memory_mb))
-            ctx = Context(llm=CachedLLM(client, store), executor=pool, config=cfg, store=store)
+        async with open_engine(cfg, backend, run_dir, store) as (client, pool, ctx):
             if mode == "online-dpo":
                 return await _online_dpo(cfg, ctx, client, pool, store, run_dir, rounds,
                                          metrics_port, progress)

@@ -268,20 +268,17 @@ def read_rows(path: Path, totals: Totals) -> list[tuple[int, dict]]:
 
 @contextlib.asynccontextmanager
 async def open_pool(cfg: Config) -> AsyncIterator[Any]:
-    from sandbox_pool import SandboxPool
-    pool = SandboxPool(workers=cfg.pool_workers, timeout_s=cfg.pool_timeout_s, memory_mb=cfg.pool_memory_mb)
-    async with pool:
+    from engine.commands.run import make_pool
+    async with make_pool(cfg) as pool:
         yield pool
 
 
 @contextlib.asynccontextmanager
 async def open_llm(cfg: Config) -> AsyncIterator[Any]:
-    from engine.client import LLMClient, RetryPolicy
+    from engine.commands.run import make_client
     if not cfg.servers:
         raise ConfigError("this stage asks an LLM: give --server URL (or `servers` in the config)")
-    client = LLMClient(cfg.servers, model=cfg.model, api=cfg.api, max_in_flight=cfg.max_inflight_requests,
-                       retry=RetryPolicy(attempts=cfg.max_retries + 1), request_timeout=cfg.request_timeout_s)
-    async with client:
+    async with make_client(cfg, cfg.servers, cfg.api) as client:
         yield client
 
 

@@ -53,43 +53,6 @@ def input_hash(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
 
 
-@contextlib.asynccontextmanager
-async def open_engine(cfg: Config, backend: str, run_dir: Path, store: Any,
-                      pool_needed: bool = True) -> AsyncIterator[tuple[Any, Any, Context]]:
-    """Servers (given or started here), the LLM client, the sandbox pool and the stage context,
-    exactly as a single-node `autoif run` builds them."""
-    from engine.cache import CachedLLM
-    from engine.client import LLMClient, RetryPolicy
-    from engine.commands.run import open_servers
-    from sandbox_pool import SandboxPool
-
-    async with contextlib.AsyncExitStack() as stack:
-        urls, api = await stack.enter_async_context(open_servers(cfg, backend, run_dir))
-        client = LLMClient(urls, model=cfg.model, api=api, max_in_flight=cfg.max_inflight_requests,
-                           retry=RetryPolicy(attempts=cfg.max_retries + 1),
-                           request_timeout=cfg.request_timeout_s)
-        await stack.enter_async_context(client)
-        pool: Any = _NoPool()
-        if pool_needed:
-            pool = await stack.enter_async_context(
-                SandboxPool(workers=cfg.pool_workers, timeout_s=cfg.pool_timeout_s,
-                            memory_mb=cfg.pool_memory_mb))
-        ctx = Context(llm=CachedLLM(client, store), executor=pool, config=cfg, store=store)
-        yield client, pool, ctx
-
-
-class _NoPool:
-    """Augment asks the LLM only; no sandbox workers are forked for it."""
-
-    n_workers = 1
-
-    async def evaluate_many(self, jobs):  # pragma: no cover - augment never executes code
-        raise RuntimeError("the augment phase has no sandbox pool")
-
-    def stats(self) -> dict:
-        return {}
-
-
 class _Events:
     """A queue of events with batching of records: what a phase emits, what the generator yields."""
 
@@ -170,7 +133,7 @@ def _node() -> dict:
 
 async def augment_events(cfg: Config, seeds: list[Instruction], *, backend: str,
                          run_dir: str | Path) -> AsyncIterator[tuple[str, Any]]:
-    from engine.commands.run import Recorded, run_stages
+    from engine.commands.run import Recorded, open_engine, run_stages
     from engine.stages import AugmentStage, make_seed_batches
 
     directory = augment_dir(run_dir)
@@ -221,7 +184,7 @@ async def augment_events(cfg: Config, seeds: list[Instruction], *, backend: str,
 async def shard_events(cfg: Config, instructions: list[Instruction], *, index: int, n_shards: int,
                        backend: str, run_dir: str | Path,
                        queries: list[Query] | None = None) -> AsyncIterator[tuple[str, Any]]:
-    from engine.commands.run import Recorded, run_stages
+    from engine.commands.run import Recorded, open_engine, run_stages
     from engine.stages import (BackTranslateStage, CrossValStage, QueryJoinStage, ResponseStage,
                                ScoreStage, VerifierStage)
 

@@ -280,7 +280,44 @@ def _log_tail(path: Path, since: int = 0, lines: int = 3, limit: int = 400) -> s
 Command = Callable[[int], Sequence[str]] | Sequence[str]
 
 
-class ManagedServer:
+class _SyncLifecycle:
+    """start_sync/stop_sync and `with` for CLIs: the async start()/stop() run on a private
+    event-loop thread. Subclasses define start(), stop() and `_bg_name`."""
+
+    _bg = None
+    _bg_name = "server"
+
+    def start_sync(self):
+        _install_signal_hooks()  # here, on the caller's (main) thread; start() runs on the loop's
+        self._bg = _LoopThread(self._bg_name)
+        try:
+            self._bg.run(self.start())
+        except BaseException:
+            try:
+                self._bg.run(self.stop())
+            finally:
+                self._bg.close()
+                self._bg = None
+            raise
+        return self
+
+    def stop_sync(self) -> None:
+        if self._bg is None:
+            return
+        try:
+            self._bg.run(self.stop())
+        finally:
+            self._bg.close()
+            self._bg = None
+
+    def __enter__(self):
+        return self.start_sync()
+
+    def __exit__(self, *exc) -> None:
+        self.stop_sync()
+
+
+class ManagedServer(_SyncLifecycle):
     """One server process on 127.0.0.1, kept healthy.
 
     command: argv, or a function port -> argv (a plain argv may use "{port}" placeholders).
@@ -305,6 +342,7 @@ class ManagedServer:
         self._command = command
         self.run_dir = Path(run_dir)
         self.name = name
+        self._bg_name = f"server-{name}"
         self.host = host
         self._fixed_port = port
         self.port: int | None = port
@@ -435,34 +473,6 @@ class ManagedServer:
 
     # ---- sync lifecycle (for CLIs)
 
-    def start_sync(self) -> "ManagedServer":
-        _install_signal_hooks()  # here, on the caller's (main) thread; start() runs on the loop's
-        self._bg = _LoopThread(f"server-{self.name}")
-        try:
-            self._bg.run(self.start())
-        except BaseException:
-            try:
-                self._bg.run(self.stop())
-            finally:
-                self._bg.close()
-                self._bg = None
-            raise
-        return self
-
-    def stop_sync(self) -> None:
-        if self._bg is None:
-            return
-        try:
-            self._bg.run(self.stop())
-        finally:
-            self._bg.close()
-            self._bg = None
-
-    def __enter__(self) -> "ManagedServer":
-        return self.start_sync()
-
-    def __exit__(self, *exc) -> None:
-        self.stop_sync()
 
     # ---- internals
 
@@ -649,8 +659,10 @@ class ManagedServer:
             self._log = None
 
 
-class ServerGroup:
+class ServerGroup(_SyncLifecycle):
     """R managed servers (replicas), started and stopped together; `urls` feeds the balancer."""
+
+    _bg_name = "server-group"
 
     def __init__(self, servers: Iterable[ManagedServer]) -> None:
         self.servers = list(servers)
@@ -692,31 +704,3 @@ class ServerGroup:
     async def __aexit__(self, *exc) -> None:
         await self.stop()
 
-    def start_sync(self) -> "ServerGroup":
-        _install_signal_hooks()
-        self._bg = _LoopThread("server-group")
-        try:
-            self._bg.run(self.start())
-        except BaseException:
-            try:
-                self._bg.run(self.stop())
-            finally:
-                self._bg.close()
-                self._bg = None
-            raise
-        return self
-
-    def stop_sync(self) -> None:
-        if self._bg is None:
-            return
-        try:
-            self._bg.run(self.stop())
-        finally:
-            self._bg.close()
-            self._bg = None
-
-    def __enter__(self) -> "ServerGroup":
-        return self.start_sync()
-
-    def __exit__(self, *exc) -> None:
-        self.stop_sync()

@@ -12,15 +12,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
-import orjson
 
 from engine.config import Config
 from engine.dedup import Deduper
+from engine.jsonl import read_texts
 from engine.parsing import parse_instruction_list, parse_yes_no
 from engine.prompting import packaged_file, render
 from engine.records import Instruction, SeedBatch, normalize_instruction
 from engine.stage import Context
 from engine.stages.base import ask, settings, tally
+
+
+def _seed_text(row: object) -> str | None:
+    return (row.get("instruction") or row.get("text")) if isinstance(row, dict) else None
 
 
 def load_seed_instructions(path: str | Path | None = None,
@@ -32,25 +36,11 @@ def load_seed_instructions(path: str | Path | None = None,
     path = Path(path) if path else packaged_file("seed_instructions.jsonl")
     seen: set[str] = set()
     seeds: list[Instruction] = []
-    with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = orjson.loads(line)
-                text = row.get("instruction") or row.get("text") if isinstance(row, dict) else None
-                if not isinstance(text, str) or not text.strip():
-                    raise ValueError("no 'instruction' string")
-            except ValueError as exc:
-                message = f"{path}:{lineno}: {exc}"
-                if on_error is None:
-                    raise ValueError(message) from None
-                on_error(message)
-                continue
-            key = normalize_instruction(text)
-            if key not in seen:
-                seen.add(key)
-                seeds.append(Instruction(text=text.strip(), source="seed"))
+    for text in read_texts(path, _seed_text, "no 'instruction' string", on_error):
+        key = normalize_instruction(text)
+        if key not in seen:
+            seen.add(key)
+            seeds.append(Instruction(text=text, source="seed"))
     return seeds
 
 

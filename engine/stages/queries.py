@@ -11,8 +11,8 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import orjson
 
+from engine.jsonl import read_texts
 from engine.prompting import packaged_file, render
 from engine.records import Query, QueryTask, VerifiedInstruction
 from engine.stage import Context
@@ -42,23 +42,11 @@ def load_queries(path: str | Path | None = None, on_error: Callable[[str], None]
     path = Path(path) if path else packaged_file("queries.jsonl")
     seen: set[str] = set()
     queries: list[Query] = []
-    with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                text = query_text(orjson.loads(line))
-                if text is None:
-                    raise ValueError("no query (expected 'query' or ShareGPT 'conversations')")
-            except ValueError as exc:
-                message = f"{path}:{lineno}: {exc}"
-                if on_error is None:
-                    raise ValueError(message) from None
-                on_error(message)
-                continue
-            if text not in seen:
-                seen.add(text)
-                queries.append(Query(text=text))
+    for text in read_texts(path, query_text,
+                           "no query (expected 'query' or ShareGPT 'conversations')", on_error):
+        if text not in seen:
+            seen.add(text)
+            queries.append(Query(text=text))
     return queries
 
 
