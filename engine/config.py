@@ -85,8 +85,8 @@ class Config:
     scoring: bool = _f(True, "scoring", "have the LLM rate kept responses")
     score_min: int = _f(8, "scoring", "keep responses scored at least this (1-10)", lo=1, hi=10)
     # pool
-    pool_workers: int = _f(2, "pool", "sandbox worker processes", volatile=True, lo=1)
-    pool_timeout_s: float = _f(2.0, "pool", "time limit of one function call in the sandbox", lo=0.001)
+    pool_workers: int = _f(0, "pool", "sandbox worker processes (0: one per CPU core)", volatile=True, lo=0)
+    pool_timeout_s: float = _f(2.0, "pool", "time limit of one sandbox job: one function over all its inputs", lo=0.001)
     pool_memory_mb: int = _f(512, "pool", "memory limit of a sandbox worker", lo=16)
     # export
     export_formats: list[str] = _f(["alpaca", "sharegpt", "trl"], "export", "SFT formats to write",

@@ -158,7 +158,7 @@ def make_client(cfg: Config, urls: list[str], api: str) -> Any:
 
 def make_pool(cfg: Config) -> Any:
     from sandbox_pool import SandboxPool
-    return SandboxPool(workers=cfg.pool_workers, timeout_s=cfg.pool_timeout_s,
+    return SandboxPool(workers=cfg.pool_workers or None, timeout_s=cfg.pool_timeout_s,
                        memory_mb=cfg.pool_memory_mb)
 
 
