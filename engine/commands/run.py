@@ -331,9 +331,8 @@ async def _online_dpo(cfg: Config, ctx: Context, client: Any, pool: Any, store: 
     last: dict = {}
     for r in range(1, max(1, rounds) + 1):
         # each round samples afresh (its own cache namespace), and is itself resumable
-        round_cfg = cfg
         llm = CachedLLM(client, store, namespace=f"online-dpo-round-{r}")
-        ctx_r = Context(llm=llm, executor=pool, funnel=Funnel(), config=round_cfg, store=store)
+        ctx_r = Context(llm=llm, executor=pool, funnel=Funnel(), config=cfg, store=store)
         results: list[QueryResult] = []
         stages = [QueryJoinStage(), ResponseStage(), ScoreStage()]
         last = await run_stages(stages, instructions, ctx_r, client=client, pool=pool,
@@ -341,8 +340,9 @@ async def _online_dpo(cfg: Config, ctx: Context, client: Any, pool: Any, store: 
                                 progress=progress, sink=results.append)
         store.put_records(results, f"online_round_{r}")
         out_dir = run_dir / "online_dpo" / f"round_{r:03d}"
-        files = export(out_dir, instructions, results,
-                       replace(ExportOptions.from_config(round_cfg), formats=()))
+        # pairs from this round's policy samples only: instruction-level pairs (from test
+        # cases) do not change between rounds and are in the full run's exports already
+        files = export(out_dir, [], results, replace(ExportOptions.from_config(cfg), formats=()))
         last["exports"] = {k: str(v) for k, v in files.items()}
         write_summary(run_dir, f"summary_online_round_{r:03d}.json", last, ctx_r.funnel)
     return last
