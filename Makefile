@@ -25,7 +25,7 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 bench: install
-	for b in pool client overlap scale; do $(PY) -m bench.$$b --quick || exit 1; done
+	for b in pool client overlap scale pipeline realmodel; do $(PY) -m bench.$$b --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs
