@@ -291,3 +291,21 @@ def test_cli_backend_sim_demo(tmp_path):
         else:
             assert all(sft_view(stem, r)[1] for r in rows)
             assert all(r["provenance"]["score"] >= 8 for r in rows)
+
+
+def test_unreachable_server_is_one_line_and_writes_nothing(tmp_path):
+    """A --server nobody listens on: a one-line error and exit 1, not thousands of retries."""
+    import socket
+
+    with socket.socket() as s:                      # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "run", "--server", f"http://127.0.0.1:{port}",
+         "--output-dir", str(out), "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("autoif run:")]
+    assert len(errors) == 1 and "no LLM server answers" in errors[0] and str(port) in errors[0]
+    assert not (out / "exports").exists()

@@ -174,6 +174,30 @@ class NoPool:
         return {}
 
 
+async def check_reachable(client: Any, urls: list[str]) -> None:
+    """Fail in one line when no server answers at all, instead of thousands of retried requests.
+
+    Any HTTP answer counts (servers without /health answer 404); only a refused, reset or
+    timed-out connection means unreachable.
+    """
+    import aiohttp
+
+    async def answers(url: str) -> str | None:
+        try:
+            async with client.session.get(url.rstrip("/") + "/health",
+                                          timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                await resp.read()
+            return None
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            return f"{url} ({type(exc).__name__}: {exc})".splitlines()[0]
+
+    problems = [p for p in await asyncio.gather(*(answers(u) for u in urls)) if p]
+    if len(problems) == len(urls):
+        raise JobError("no LLM server answers: " + "; ".join(problems))
+    for p in problems:
+        log.warning("server unreachable, continuing with the others: %s", p)
+
+
 @contextlib.asynccontextmanager
 async def open_engine(cfg: Config, backend: str, run_dir: Path, store: StateStore,
                       pool_needed: bool = True) -> AsyncIterator[tuple[Any, Any, Context]]:
@@ -182,6 +206,7 @@ async def open_engine(cfg: Config, backend: str, run_dir: Path, store: StateStor
     async with contextlib.AsyncExitStack() as stack:
         urls, api = await stack.enter_async_context(open_servers(cfg, backend, run_dir))
         client = await stack.enter_async_context(make_client(cfg, urls, api))
+        await check_reachable(client, urls)
         pool = await stack.enter_async_context(make_pool(cfg)) if pool_needed else NoPool()
         yield client, pool, Context(llm=CachedLLM(client, store), executor=pool, config=cfg,
                                     store=store)
@@ -239,10 +264,9 @@ async def run_stages(stages: list[Stage], source: list, ctx: Context, *, client:
     try:
         summary = await runner.run(source)
     finally:
-        if ticker:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
         metrics.close()
     out = summary.to_dict()
     out["client"] = client.stats() if hasattr(client, "stats") else {}
