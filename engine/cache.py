@@ -55,12 +55,22 @@ class CachedLLM:
         shared = self._inflight.get(key)
         if shared is not None:
             self.hits += 1
-            return list(await asyncio.shield(shared))
+            try:
+                return list(await asyncio.shield(shared))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if shared.cancelled() and not (task and task.cancelling()):
+                    # the request we waited on was cancelled, not us: ask for it ourselves
+                    return await self._cached(key, call)
+                raise
         self.misses += 1
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             completions = list(await call())
+        except asyncio.CancelledError:
+            future.cancel()               # waiters see a cancelled future and retry themselves
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()            # mark retrieved: waiters re-raise, nobody logs it twice

@@ -41,6 +41,7 @@ class RunMetrics:
     def close(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()     # release the port, not only the serving thread
             self._server = None
 
     def summary(self) -> dict:

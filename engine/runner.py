@@ -81,6 +81,8 @@ class StreamRunner:
         self._stopping = False
         self._aborted = False
         self._tasks: list[asyncio.Task] = []
+        self._drain: asyncio.Task | None = None
+        self._signals: list[int] = []
         self._errors_logged = 0
         for i, spec in enumerate(self.specs):
             self.metrics.gauge(f"autoif_queue_depth_{_metric_name(spec.stage.name)}",
@@ -94,7 +96,8 @@ class StreamRunner:
         if abort and not self._aborted:
             self._aborted = True
             for t in self._tasks:
-                t.cancel()
+                if t is not self._drain:   # what already finished still reaches the sink
+                    t.cancel()
 
     def install_signal_handlers(self) -> None:
         """First SIGINT/SIGTERM drains, the second aborts."""
@@ -111,8 +114,16 @@ class StreamRunner:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, on_signal)
+                self._signals.append(sig)
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 pass
+
+    def _remove_signal_handlers(self) -> None:
+        """After the run, Ctrl-C must reach whatever comes next (exports, the next round)."""
+        loop = asyncio.get_running_loop()
+        for sig in self._signals:
+            loop.remove_signal_handler(sig)
+        self._signals.clear()
 
     def queue_depths(self) -> dict[str, int]:
         return {spec.stage.name: q.qsize() for spec, q in zip(self.specs, self.queues)}
@@ -129,7 +140,7 @@ class StreamRunner:
         feeder = asyncio.create_task(self._feed(source), name="feeder")
         closers = [asyncio.create_task(self._close_after(i, group), name=f"close-{i}")
                    for i, group in enumerate(stage_groups)]
-        drain = asyncio.create_task(self._drain_sink(), name="sink")
+        drain = self._drain = asyncio.create_task(self._drain_sink(), name="sink")
         self._tasks = [feeder, drain, *closers, *(t for g in stage_groups for t in g)]
         try:
             await asyncio.gather(feeder, *closers, drain, return_exceptions=False)
@@ -137,10 +148,14 @@ class StreamRunner:
             if not self._aborted:
                 raise
         finally:
+            if self._aborted and not drain.done():
+                await self.queues[-1].put(_DONE)   # deliver what the last stage finished
+                await asyncio.gather(drain, return_exceptions=True)
             for t in self._tasks:
                 if not t.done():
                     t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._remove_signal_handlers()
         stopped = "aborted" if self._aborted else ("drained" if self._stopping else "completed")
         return RunSummary(wall_s=time.perf_counter() - t0, source_items=self.source_items,
                           sink_items=self.sink_items, stopped=stopped,

@@ -122,6 +122,7 @@ class SandboxPool:
         self._start_timeout_s = start_timeout_s
         self._workers: list[_Worker] = []
         self._queue: deque[_Job] = deque()
+        self._reaping: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx = None
         self._started = False
@@ -208,6 +209,7 @@ class SandboxPool:
                 pass
         for w in self._workers:
             await self._reap(w.proc)
+        await asyncio.gather(*self._reaping, return_exceptions=True)   # replaced workers too
         if self._ready_waiter and not self._ready_waiter.done():
             self._ready_waiter.cancel()
         if self._scratch_root:
@@ -382,7 +384,7 @@ class SandboxPool:
         finally:
             for frame in frames:
                 frame.release()
-        del buf[:used]
+            del buf[:used]        # consumed even if a frame failed: never parse it twice
         self._dispatch()
 
     def _on_message(self, w: _Worker, msg) -> None:
@@ -473,7 +475,9 @@ class SandboxPool:
             w.proc.kill()
         except Exception:
             pass
-        self._loop.create_task(self._reap(w.proc, patience_s=30.0))
+        reap = self._loop.create_task(self._reap(w.proc, patience_s=30.0))
+        self._reaping.add(reap)                  # a reference, and close() waits for it
+        reap.add_done_callback(self._reaping.discard)
         inflight = list(w.inflight)
         w.inflight.clear()
         if inflight:  # the job it was running is lost; the ones queued behind it are not

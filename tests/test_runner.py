@@ -166,3 +166,23 @@ async def test_progress_line_has_windowed_rates_and_an_eta_once_every_stage_move
     assert "req/s" in line and "a:" in line and "b:" in line
     rate = float(line.split("gen ")[1].split(" req/s")[0])
     assert 50 <= rate <= 200                            # 5 requests every ~0.05 s
+
+
+async def test_abort_still_delivers_items_the_last_stage_finished():
+    """Items that are through every stage when the abort comes are not lost on the way to the sink."""
+    fast = Sleepy("fast", 0.0)
+    out = []
+    gate = asyncio.Event()
+
+    async def slow_sink(item):
+        await gate.wait()             # the sink lags: finished items pile up before it
+        out.append(item)
+
+    runner = StreamRunner([StageSpec(fast, 2)], ctx(), sink=slow_sink, queue_size=8)
+    task = asyncio.create_task(runner.run(range(5)))
+    await asyncio.sleep(0.1)
+    runner.stop(abort=True)
+    gate.set()
+    summary = await asyncio.wait_for(task, 5)
+    assert summary.stopped == "aborted"
+    assert sorted(out) == list(range(5)) and summary.sink_items == 5

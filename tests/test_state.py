@@ -114,3 +114,19 @@ async def test_aborted_answers_and_errors_are_not_cached(tmp_path):
             with pytest.raises(ConnectionError):
                 await llm.generate("p")
         assert failing.calls == 2 and store.cache_size() == 0
+
+
+async def test_a_cancelled_leader_does_not_cancel_requests_waiting_on_it(tmp_path):
+    """Identical requests share one call; when the task that made it is cancelled, the others
+    ask for it themselves instead of dying with a CancelledError that was not theirs."""
+    inner = CountingLLM(delay=0.2)
+    with StateStore(tmp_path) as store:
+        llm = CachedLLM(inner, store)
+        leader = asyncio.create_task(llm.generate("same"))
+        await asyncio.sleep(0.01)
+        follower = asyncio.create_task(llm.generate("same"))
+        await asyncio.sleep(0.01)
+        leader.cancel()
+        answer = await asyncio.wait_for(follower, 5)
+        assert leader.cancelled()
+        assert answer and inner.calls == 2 and store.cache_size() == 1

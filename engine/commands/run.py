@@ -229,7 +229,7 @@ class Recorded:
 def probe_counters(client: Any, pool: Any) -> dict:
     c = client.stats() if hasattr(client, "stats") else {}
     p = pool.stats() if hasattr(pool, "stats") else {}
-    return {"requests": c.get("requests_ok", c.get("requests", 0)),
+    return {"requests": c.get("requests", 0),
             "completion_tokens": c.get("completion_tokens", 0),
             "checks": p.get("checks", 0), "pool_busy_s": p.get("busy_s", 0.0)}
 
@@ -369,4 +369,6 @@ async def _online_dpo(cfg: Config, ctx: Context, client: Any, pool: Any, store: 
         files = export(out_dir, [], results, replace(ExportOptions.from_config(cfg), formats=()))
         last["exports"] = {k: str(v) for k, v in files.items()}
         write_summary(run_dir, f"summary_online_round_{r:03d}.json", last, ctx_r.funnel)
+        if last.get("stopped") != "completed":   # interrupted: no further rounds
+            break
     return last

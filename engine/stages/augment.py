@@ -114,11 +114,12 @@ class AugmentStage:
 
     async def process(self, batch: SeedBatch, ctx: Context) -> list[Instruction]:
         cfg = settings(ctx)
-        dedup = self.deduper(cfg)
-        for s in batch.passthrough:
-            dedup.add(s.text)
         out: list[Instruction] = list(batch.passthrough)
         try:
+            dedup = self.deduper(cfg)
+            if not self.seeds:              # seeds given up front are indexed already
+                for s in batch.passthrough:
+                    dedup.add(s.text)
             if batch.shown:
                 out += await self._propose(batch, ctx, cfg, dedup)
         finally:
