@@ -168,6 +168,19 @@ async def test_n_fallback_for_servers_that_reject_n():
         assert sim.counters.completed == 5
 
 
+async def test_a_bad_request_with_n_is_one_failure_not_n():
+    """A 4xx that is not about n (here: an empty prompt) must not be retried as n singles."""
+    async with SimServer(config()) as sim:
+        async with LLMClient(sim.url, api="openai") as client:
+            with pytest.raises(RequestFailed) as err:
+                await client.generate("", n=4)
+            assert err.value.kind == "http_4xx"
+            st = client.stats()
+        assert st["failed"] == 1 and st["succeeded"] == 0
+        # the n=4 request and one single-sample probe; not four more singles
+        assert sim.counters.bad_requests == 2
+
+
 async def test_cancelled_generate_is_counted_once(sim):
     slow = LatencyModel(speed=1.0)
     async with SimServer(config(latency=slow)) as sim2:

@@ -297,8 +297,16 @@ class LLMClient:
                 except RequestFailed as exc:
                     if not (call.n > 1 and api == "openai" and exc.kind == "http_4xx"):
                         raise
-                    # maybe a server that refuses n > 1 (llama-server): n single requests
-                    result = await self._fan_out(call, api)
+                    # maybe a server that refuses n > 1 (llama-server): try one sample first;
+                    # if that is refused too, the request itself is bad (not n): one failure,
+                    # not n more
+                    single = _Call(call.chat, call.prompt, call.params, 1, call.stream, call.key)
+                    try:
+                        first = await self._with_retries(single, api)
+                    except RequestFailed:
+                        raise exc from None
+                    rest = _Call(call.chat, call.prompt, call.params, call.n - 1, call.stream, call.key)
+                    result = first + await self._fan_out(rest, api)
                     if self._n_native:
                         self._n_native = False
                         log.info("server refused n=%d (%s); fanning out from now on", call.n, exc)
