@@ -5,10 +5,6 @@ long cumulative-text chunk from SGLang's native stream can exceed.
 """
 from __future__ import annotations
 
-from typing import AsyncIterator
-
-from aiohttp import ClientResponse
-
 
 class SSEDecoder:
     """Feed bytes, get the `data` payloads of the events completed so far."""
@@ -50,11 +46,3 @@ class SSEDecoder:
         self._buf.clear()
         return events
 
-
-async def iter_events(resp: ClientResponse) -> AsyncIterator[bytes]:
-    decoder = SSEDecoder()
-    async for chunk in resp.content.iter_any():
-        for event in decoder.feed(chunk):
-            yield event
-    for event in decoder.flush():
-        yield event

@@ -32,21 +32,11 @@ class Distributions:
         self._lock = threading.Lock()
         self.pass_rate = [0] * PASS_RATE_BINS
         self.score = [0] * len(SCORE_VALUES)
-        self._listeners: list = []
-
-    def on_pass_rate(self, fn) -> None:
-        self._listeners.append(("pass_rate", fn))
-
-    def on_score(self, fn) -> None:
-        self._listeners.append(("score", fn))
 
     def add_pass_rate(self, rate: float) -> None:
         i = min(PASS_RATE_BINS - 1, max(0, int(rate * PASS_RATE_BINS + 1e-9)))
         with self._lock:
             self.pass_rate[i] += 1
-        for kind, fn in self._listeners:
-            if kind == "pass_rate":
-                fn(rate)
 
     def add_score(self, score: int | None) -> None:
         value = 0 if score is None else int(score)
@@ -54,9 +44,6 @@ class Distributions:
             return
         with self._lock:
             self.score[value] += 1
-        for kind, fn in self._listeners:
-            if kind == "score":
-                fn(value)
 
     def to_dict(self) -> dict:
         with self._lock:

@@ -43,8 +43,7 @@ def tally(ctx: Context, row: str, kept: int, dropped: Counter) -> None:
     """Count sub-items of one item in funnel row `row` ("<stage>.<unit>"): in = kept + dropped."""
     ctx.funnel.count_in(row, kept + sum(dropped.values()))
     ctx.funnel.count_kept(row, kept)
-    if hasattr(ctx.funnel, "count_out"):      # a sub-item row emits what it keeps
-        ctx.funnel.count_out(row, kept)
+    ctx.funnel.count_out(row, kept)            # a sub-item row emits what it keeps
     for reason, n in dropped.items():
         if n:
             ctx.funnel.drop(row, reason, n)
