@@ -321,9 +321,8 @@ async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full",
 
 async def _full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: Any, store: StateStore,
                 run_dir: Path, metrics_port: int | None, progress: bool) -> dict:
-    chain = default_stages(cfg)
-    chain[0] = type(chain[0])(seeds)                       # the (possibly demo-trimmed) seeds
-    stages = [Recorded(s, store) if isinstance(s, BackTranslateStage) else s for s in chain]
+    stages = [Recorded(s, store) if isinstance(s, BackTranslateStage) else s
+              for s in default_stages(cfg, seeds)]        # seeds: as loaded (demo-trimmed)
     source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
 
     def sink(result: QueryResult) -> None:

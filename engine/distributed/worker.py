@@ -53,6 +53,21 @@ def input_hash(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
 
 
+async def _phase(cfg: Config, backend: str, directory: Path, store: Any, events: "_Events",
+                 series: TimeSeries, stages: list, source: Any, sink: Any,
+                 pool_needed: bool = True) -> dict:
+    """One shard phase: its engine, a funnel ticker streaming to the driver, the stages."""
+    from engine.commands.run import open_engine, run_stages
+
+    async with open_engine(cfg, backend, directory, store, pool_needed=pool_needed) as (client, pool, ctx):
+        tick = asyncio.create_task(_ticker(events, ctx.funnel, series))
+        try:
+            return await run_stages(stages, source, ctx, client=client, pool=pool, run_dir=directory,
+                                    metrics_port=None, progress=False, sink=sink, series=series)
+        finally:
+            tick.cancel()
+
+
 class _Events:
     """A queue of events with batching of records: what a phase emits, what the generator yields."""
 
@@ -133,7 +148,7 @@ def _node() -> dict:
 
 async def augment_events(cfg: Config, seeds: list[Instruction], *, backend: str,
                          run_dir: str | Path) -> AsyncIterator[tuple[str, Any]]:
-    from engine.commands.run import Recorded, open_engine, run_stages
+    from engine.commands.run import Recorded
     from engine.stages import AugmentStage, make_seed_batches
 
     directory = augment_dir(run_dir)
@@ -151,20 +166,10 @@ async def augment_events(cfg: Config, seeds: list[Instruction], *, backend: str,
         series = TimeSeries(interval_s=TICK_S)
         out: list[Instruction] = []
 
-        async def phase() -> dict:
-            async with open_engine(cfg, backend, directory, store, pool_needed=False) as (client, pool, ctx):
-                tick = asyncio.create_task(_ticker(events, ctx.funnel, series))
-                try:
-                    stage = Recorded(AugmentStage(seeds), store, "augment")
-                    source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown,
-                                               cfg.seed)
-                    return await run_stages([stage], source, ctx, client=client, pool=pool,
-                                            run_dir=directory, metrics_port=None, progress=False,
-                                            sink=out.append, series=series)
-                finally:
-                    tick.cancel()
-
-        task = asyncio.create_task(phase())
+        stage = Recorded(AugmentStage(seeds), store, "augment")
+        source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
+        task = asyncio.create_task(_phase(cfg, backend, directory, store, events, series, [stage],
+                                          source, out.append, pool_needed=False))
         async for ev in events.drain(task):
             yield ev
         summary = task.result()
@@ -184,7 +189,7 @@ async def augment_events(cfg: Config, seeds: list[Instruction], *, backend: str,
 async def shard_events(cfg: Config, instructions: list[Instruction], *, index: int, n_shards: int,
                        backend: str, run_dir: str | Path,
                        queries: list[Query] | None = None) -> AsyncIterator[tuple[str, Any]]:
-    from engine.commands.run import Recorded, open_engine, run_stages
+    from engine.commands.run import Recorded
     from engine.stages import (BackTranslateStage, CrossValStage, QueryJoinStage, ResponseStage,
                                ScoreStage, VerifierStage)
 
@@ -227,19 +232,10 @@ async def shard_events(cfg: Config, instructions: list[Instruction], *, index: i
             store.put_records([result], "final")
             events.put("results", [result.to_dict()])
 
-        async def phase() -> dict:
-            async with open_engine(cfg, backend, directory, store) as (client, pool, ctx):
-                tick = asyncio.create_task(_ticker(events, ctx.funnel, series))
-                try:
-                    stages = [VerifierStage(), CrossValStage(), Streamed(BackTranslateStage(), store),
-                              QueryJoinStage(queries), ResponseStage(), ScoreStage()]
-                    return await run_stages(stages, instructions, ctx, client=client, pool=pool,
-                                            run_dir=directory, metrics_port=None, progress=False,
-                                            sink=sink, series=series)
-                finally:
-                    tick.cancel()
-
-        task = asyncio.create_task(phase())
+        stages = [VerifierStage(), CrossValStage(), Streamed(BackTranslateStage(), store),
+                  QueryJoinStage(queries), ResponseStage(), ScoreStage()]
+        task = asyncio.create_task(_phase(cfg, backend, directory, store, events, series, stages,
+                                          instructions, sink))
         async for ev in events.drain(task):
             yield ev
         summary = task.result()

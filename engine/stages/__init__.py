@@ -14,8 +14,11 @@ __all__ = [
 ]
 
 
-def default_stages(config=None) -> list:
-    """The stage chain of a full run (SeedBatch in, QueryResult out); seeds from config.seeds_path."""
-    seeds_path = getattr(config, "seeds_path", "") or None
-    return [AugmentStage(load_seed_instructions(seeds_path)), VerifierStage(), CrossValStage(), BackTranslateStage(),
+def default_stages(config=None, seeds=None) -> list:
+    """The stage chain of a full run (SeedBatch in, QueryResult out).
+
+    `seeds`: the run's seed instructions (default: read from config.seeds_path)."""
+    if seeds is None:
+        seeds = load_seed_instructions(getattr(config, "seeds_path", "") or None)
+    return [AugmentStage(seeds), VerifierStage(), CrossValStage(), BackTranslateStage(),
             QueryJoinStage(), ResponseStage(), ScoreStage()]
