@@ -26,7 +26,7 @@ import orjson
 
 from bench import common
 from engine.cache import CachedLLM
-from engine.commands.run import _full, make_client, make_pool, open_store
+from engine.job import run_full, make_client, make_pool, open_store
 from engine.config import Config
 from engine.stage import Context
 from engine.stages import load_seed_instructions
@@ -72,7 +72,7 @@ async def run_once(cfg: Config, run_dir: Path, url: str) -> tuple[float, dict, l
             rec = Recording(client)
             ctx = Context(llm=CachedLLM(rec, store), executor=pool, config=cfg, store=store)
             t = time.perf_counter()
-            summary = await _full(cfg, seeds, ctx, client, pool, store, run_dir, None, False)
+            summary = await run_full(cfg, seeds, ctx, client, pool, store, run_dir, None, False)
             return time.perf_counter() - t, summary, rec.requests
     finally:
         store.close()

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.commands.run import run_job
+from engine.job import run_job
 from engine.config import Config
 from engine.sim.config import LatencyModel, SimConfig
 from engine.sim.server import SimServer

@@ -28,7 +28,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
 
-from engine.commands.run import run_job  # noqa: E402
+from engine.job import run_job  # noqa: E402
 from engine.config import Config  # noqa: E402
 from engine.distributed.driver import Driver  # noqa: E402
 from engine.distributed.sharding import partition, shard_dir, shard_of  # noqa: E402
@@ -227,7 +227,7 @@ async def test_two_shards_same_records_as_single_process(cluster, reference, tmp
         assert_same_as_reference(run_dir, again, reference)
         assert sim.counters.received == reference["requests"]
         # another shard count would orphan the shards' caches: refused
-        from engine.commands.run import JobError
+        from engine.job import JobError
         with pytest.raises(JobError, match="--shards 2"):
             await Driver(cfg, shards=3, progress=False).run()
 

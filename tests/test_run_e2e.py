@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.commands.run import JobError, run_job
+from engine.job import JobError, run_job
 from engine.config import Config
 from engine.records import Instruction, Query, Verifier
 from engine.sim.config import LatencyModel, SimConfig

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import orjson
 
-from engine.commands.run import JobError, run_job
+from engine.job import JobError, run_job
 from engine.config import Config
 from engine.sim.config import LatencyModel, SimConfig
 from engine.sim.server import SimServer

@@ -31,6 +31,7 @@ import orjson
 
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.export import ExportOptions, export
+from engine.job import make_client, make_pool
 from engine.llm import Completion
 from engine.parsing import parse_bool
 from engine.prompting import render
@@ -268,14 +269,12 @@ def read_rows(path: Path, totals: Totals) -> list[tuple[int, dict]]:
 
 @contextlib.asynccontextmanager
 async def open_pool(cfg: Config) -> AsyncIterator[Any]:
-    from engine.commands.run import make_pool
     async with make_pool(cfg) as pool:
         yield pool
 
 
 @contextlib.asynccontextmanager
 async def open_llm(cfg: Config) -> AsyncIterator[Any]:
-    from engine.commands.run import make_client
     if not cfg.servers:
         raise ConfigError("this stage asks an LLM: give --server URL (or `servers` in the config)")
     async with make_client(cfg, cfg.servers, cfg.api) as client:

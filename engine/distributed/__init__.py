@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from engine.job import JobError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `autoif run` flags of a sharded run."""
@@ -35,7 +37,6 @@ def run_ray(cfg, args: argparse.Namespace) -> int:
     import shlex
     import sys
 
-    from engine.commands.run import JobError
     from engine.distributed.driver import run_sharded
 
     if getattr(args, "mode", "full") != "full":

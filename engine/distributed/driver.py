@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from engine.config import Config
+from engine.job import DEMO_SEEDS, JobError, export_run, open_store, write_summary
+from engine.stages import BackTranslateStage, load_queries, load_seed_instructions
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
 from engine.records import Instruction, QueryResult, VerifiedInstruction
 from engine.report.observe import Distributions
@@ -46,7 +48,6 @@ def _ray():
     try:
         import ray
     except ImportError:
-        from engine.commands.run import JobError
         raise JobError("--ray needs Ray: pip install 'autoif-engine[ray]'") from None
     return ray
 
@@ -192,9 +193,6 @@ class Driver:
 
     # -- running ---------------------------------------------------------------------------
     async def run(self) -> dict:
-        from engine.commands.run import JobError, open_store
-        from engine.stages import load_queries, load_seed_instructions
-        from engine.commands.run import DEMO_SEEDS
 
         self._connect()
         n = self.n
@@ -276,14 +274,12 @@ class Driver:
                 return
             except Exception as exc:
                 if isinstance(exc, ray.exceptions.RayTaskError):
-                    from engine.commands.run import JobError
                     cause = getattr(exc, "cause", None) or exc
                     raise JobError(f"shard {index}: {type(cause).__name__}: {str(cause)[-500:]}") from None
                 if not _recoverable(ray, exc):
                     raise
                 self.restarts[index] = self.restarts.get(index, 0) + 1
                 if self.restarts[index] > self.max_restarts:
-                    from engine.commands.run import JobError
                     raise JobError(f"shard {index}: actor lost {self.restarts[index]} times; "
                                    f"last: {type(exc).__name__}: {str(exc)[:300]}") from None
                 log.warning("shard %d: actor lost (%s); restarting it (%d/%d), resuming from %s",
@@ -318,7 +314,6 @@ class Driver:
         if kind == "tick":
             self.live[index] = payload
         elif kind == "verified":
-            from engine.stages import BackTranslateStage
             self._store.put_records([VerifiedInstruction.from_dict(d) for d in payload],
                                     BackTranslateStage.name)
         elif kind == "results":
@@ -386,7 +381,6 @@ class Driver:
 
     # -- the end ---------------------------------------------------------------------------
     def _finish(self, store: Any, augment: dict, t0: float) -> dict:
-        from engine.commands.run import _export, write_summary
         funnel = self._merged_funnel()
         shards = [self.done[i] for i in range(self.n)]
         stopped = "completed" if all(s.get("stopped") == "completed" for s in shards) \
@@ -410,7 +404,7 @@ class Driver:
                                                "timeseries")} for s in shards],
         }
         store.save_funnel(summary["funnel"])
-        files = _export(self.cfg, store, self.run_dir / "exports")
+        files = export_run(self.cfg, store, self.run_dir / "exports")
         summary["exports"] = {k: str(v) for k, v in files.items()}
         write_summary(self.run_dir, "summary.json", summary, funnel)
         return summary

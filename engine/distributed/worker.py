@@ -35,6 +35,9 @@ from typing import Any, AsyncIterator
 import orjson
 
 from engine.config import Config
+from engine.job import Recorded, open_engine, open_store, run_stages
+from engine.stages import (AugmentStage, BackTranslateStage, CrossValStage, QueryJoinStage,
+                           ResponseStage, ScoreStage, VerifierStage, make_seed_batches)
 from engine.metrics import TimeSeries
 from engine.records import Instruction, Query, QueryResult, VerifiedInstruction
 from engine.stage import Context, Funnel
@@ -57,7 +60,6 @@ async def _phase(cfg: Config, backend: str, directory: Path, store: Any, events:
                  series: TimeSeries, stages: list, source: Any, sink: Any,
                  pool_needed: bool = True) -> dict:
     """One shard phase: its engine, a funnel ticker streaming to the driver, the stages."""
-    from engine.commands.run import open_engine, run_stages
 
     async with open_engine(cfg, backend, directory, store, pool_needed=pool_needed) as (client, pool, ctx):
         tick = asyncio.create_task(_ticker(events, ctx.funnel, series))
@@ -129,7 +131,6 @@ async def _ticker(events: _Events, funnel: Funnel, series: TimeSeries) -> None:
 
 
 def _open_store(cfg: Config, directory: Path):
-    from engine.commands.run import open_store
     return open_store(cfg, directory)
 
 
@@ -148,8 +149,6 @@ def _node() -> dict:
 
 async def augment_events(cfg: Config, seeds: list[Instruction], *, backend: str,
                          run_dir: str | Path) -> AsyncIterator[tuple[str, Any]]:
-    from engine.commands.run import Recorded
-    from engine.stages import AugmentStage, make_seed_batches
 
     directory = augment_dir(run_dir)
     store = _open_store(cfg, directory)
@@ -189,9 +188,6 @@ async def augment_events(cfg: Config, seeds: list[Instruction], *, backend: str,
 async def shard_events(cfg: Config, instructions: list[Instruction], *, index: int, n_shards: int,
                        backend: str, run_dir: str | Path,
                        queries: list[Query] | None = None) -> AsyncIterator[tuple[str, Any]]:
-    from engine.commands.run import Recorded
-    from engine.stages import (BackTranslateStage, CrossValStage, QueryJoinStage, ResponseStage,
-                               ScoreStage, VerifierStage)
 
     directory = shard_dir(run_dir, index, n_shards)
     store = _open_store(cfg, directory)
