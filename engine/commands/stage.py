@@ -38,10 +38,10 @@ from engine.prompting import render
 from engine.records import (Case, Instruction, Query, QueryResult, QueryTask, ResponseRecord, Verifier,
                             VerifiedInstruction)
 from engine.stage import Context, Funnel
-from engine.stages.augment import AugmentStage, make_seed_batches
+from engine.stages import build_stage
+from engine.stages.augment import make_seed_batches
 from engine.stages.backtranslate import BackTranslateStage
 from engine.stages.base import tally
-from engine.stages.crossval import CrossValStage
 from engine.stages.responses import grade
 from engine.stages.scoring import ScoreStage
 from engine.stages.verifiers import parse_answers, pool_answers
@@ -140,10 +140,10 @@ def _verified_out(v: VerifiedInstruction) -> dict:
 
 # ------------------------------------------------------------ the stages on reference rows
 
-Handler = Callable[[dict, Context], Awaitable[list[dict]]]
+Handler = Callable[[dict, Context, Config], Awaitable[list[dict]]]
 
 
-async def do_crossval(row: dict, ctx: Context) -> list[dict]:
+async def do_crossval(row: dict, ctx: Context, cfg: Config) -> list[dict]:
     instruction = Instruction(_field(row, "instruction", str), source="input")
     answers = _answers(row)
     drops, cases = Counter(), Counter()
@@ -152,12 +152,11 @@ async def do_crossval(row: dict, ctx: Context) -> list[dict]:
     if not parsed:
         ctx.funnel.drop("crossval", "no_parsable_answer")
         return []
-    outs = await CrossValStage().process(pool_answers(instruction, parsed), ctx)
+    outs = await build_stage("crossval", cfg).process(pool_answers(instruction, parsed), ctx)
     return [_verified_out(v) for v in outs]
 
 
-async def do_verify(row: dict, ctx: Context) -> list[dict]:
-    cfg: Config = ctx.config
+async def do_verify(row: dict, ctx: Context, cfg: Config) -> list[dict]:
     verified = _verified(row)
     query = query_of(_field(row, "prompt", str))
     responses = _answers(row)
@@ -189,10 +188,9 @@ class _Augment:
                 continue
             self.seeds.append(Instruction(text=text.strip(), source="seed"))
 
-    async def finish(self, ctx: Context) -> list[dict]:
-        cfg: Config = ctx.config
+    async def finish(self, ctx: Context, cfg: Config) -> list[dict]:
         unique = list({s.id: s for s in self.seeds}.values())
-        stage = AugmentStage(unique)
+        stage = build_stage("augment", cfg, seeds=unique)
         batches = make_seed_batches(unique, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
         ctx.funnel.count_in(stage.name, len(batches))
         outs = await asyncio.gather(*(stage.process(b, ctx) for b in batches))
@@ -201,7 +199,7 @@ class _Augment:
         return [{"instruction": i.text, "source": i.source} for out in outs for i in out]
 
 
-async def do_backtranslate(row: dict, ctx: Context, stage: BackTranslateStage) -> list[dict]:
+async def do_backtranslate(row: dict, ctx: Context, cfg: Config, stage: BackTranslateStage) -> list[dict]:
     outs = await stage.process(_verified(row), ctx)
     return [_verified_out(v) for v in outs]
 
@@ -221,17 +219,17 @@ def _response_row(row: dict, cfg: Config) -> tuple[QueryResult, ResponseRecord]:
     return QueryResult(task=task, responses=(record,), model=cfg.model), record
 
 
-async def do_score(row: dict, ctx: Context, stage: ScoreStage) -> list[dict]:
+async def do_score(row: dict, ctx: Context, cfg: Config, stage: ScoreStage) -> list[dict]:
     """Every verified row gets its score and `kept` (score >= score_min); unverified rows are dropped."""
-    result, record = _response_row(row, ctx.config)
+    result, record = _response_row(row, cfg)
     if not record.passed:
         ctx.funnel.drop(stage.name, "not_verified")
         return []
-    score = await stage.score(ctx, ctx.config, result.task, record)
+    score = await stage.score(ctx, result.task, record)
     if score is None:
         ctx.funnel.drop(stage.name, "unparsable_score")
         return []
-    kept = score >= ctx.config.score_min
+    kept = score >= stage.score_min
     if not kept:
         ctx.funnel.drop(stage.name, "low_score")
     return [{"instruction": row["instruction"], "query": row["query"], "response": record.text,
@@ -282,15 +280,15 @@ async def open_llm(cfg: Config) -> AsyncIterator[Any]:
 
 
 async def _run_rows(name: str, rows: list[tuple[int, dict]], handler: Handler, ctx: Context,
-                    path: Path, totals: Totals) -> list[dict]:
+                    cfg: Config, path: Path, totals: Totals) -> list[dict]:
     """Each row through `handler`, `stage_concurrency` at a time; outputs in input order."""
-    limit = asyncio.Semaphore(ctx.config.stage_concurrency)
+    limit = asyncio.Semaphore(cfg.stage_concurrency)
 
     async def one(lineno: int, row: dict) -> list[dict]:
         async with limit:
             ctx.funnel.count_in(name)
             try:
-                out = await handler(row, ctx)
+                out = await handler(row, ctx, cfg)
             except BadRecord as exc:
                 _err(f"{path}:{lineno}: {exc}")
                 totals.bad += 1
@@ -339,7 +337,7 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
     path, out_path = Path(args.input), Path(args.output)
     totals = Totals()
     rows = read_rows(path, totals)
-    ctx = Context(llm=None, executor=None, funnel=Funnel(), config=cfg)  # type: ignore[arg-type]
+    ctx = Context(llm=None, executor=None, funnel=Funnel())  # type: ignore[arg-type]
     if name == "export":
         files = _export_rows(rows, cfg, path, totals, out_path)
         for stem, file in files.items():
@@ -355,15 +353,15 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         if name == "augment":
             augment = _Augment()
             augment.collect(rows, path, totals)
-            outputs = await augment.finish(ctx)
+            outputs = await augment.finish(ctx, cfg)
         else:
             handler: Handler = {
                 "crossval": do_crossval,
                 "verify": do_verify,
-                "backtranslate": lambda r, c, s=BackTranslateStage(): do_backtranslate(r, c, s),
-                "score": lambda r, c, s=ScoreStage(): do_score(r, c, s),
+                "backtranslate": lambda r, c, g, s=build_stage("backtranslate", cfg): do_backtranslate(r, c, g, s),
+                "score": lambda r, c, g, s=build_stage("scoring", cfg): do_score(r, c, g, s),
             }[name]
-            outputs = await _run_rows(ROW.get(name, name), rows, handler, ctx, path, totals)
+            outputs = await _run_rows(ROW.get(name, name), rows, handler, ctx, cfg, path, totals)
     _write_jsonl(out_path, outputs)
     summary = ctx.funnel.to_dict().get(ROW.get(name, name), {})
     dropped = summary.get("dropped", {})

@@ -12,7 +12,7 @@ from engine.parsing import ParseError, ParsedVerifier, parse_verifier_answer
 from engine.prompting import render
 from engine.records import Case, Instruction, Verifier, VerifierDraft
 from engine.stage import Context
-from engine.stages.base import ask, code_key, settings, tally
+from engine.stages.base import Sampling, ask, code_key, tally
 
 
 def pool_answers(instruction: Instruction, parsed: Iterable[ParsedVerifier]) -> VerifierDraft:
@@ -43,14 +43,17 @@ def parse_answers(texts: Iterable[tuple[str, str]], answer_drops: Counter, case_
 
 
 class VerifierStage:
-    """Instruction -> VerifierDraft (K proposals pooled); dropped when no answer parses or no case exists."""
+    """Instruction -> VerifierDraft (K proposals pooled); dropped when no answer parses or no case exists.
+
+    `sampling`: the verifier request (its n is K, the answers per instruction)."""
 
     name = "verifiers"
 
+    def __init__(self, *, sampling: Sampling) -> None:
+        self.sampling = sampling
+
     async def process(self, item: Instruction, ctx: Context) -> list[VerifierDraft]:
-        cfg = settings(ctx)
-        answers = await ask(ctx, render("verifier", instruction=item.text), n=cfg.verifier_k,
-                            temperature=cfg.verifier_temperature, max_tokens=cfg.verifier_max_tokens)
+        answers = await ask(ctx, render("verifier", instruction=item.text), self.sampling)
         answer_drops: Counter[str] = Counter()
         case_counts: Counter[str] = Counter()
         parsed = parse_answers(((a.text, a.finish_reason) for a in answers), answer_drops, case_counts)
