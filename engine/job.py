@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import aiohttp
 import orjson
 
 from engine.cache import CachedLLM
@@ -29,6 +30,9 @@ from engine.progress import Progress
 from engine.records import QueryResult, VerifiedInstruction
 from engine.report.observe import Distributions, observe_stages
 from engine.runner import StageSpec, StreamRunner
+from engine.sim.config import SimConfig
+from engine.sim.responders import AUTOIF_FIXTURE
+from engine.sim.server import SimServer
 from engine.stage import Context, Funnel, Stage
 from engine.stages import (CHAIN, BackTranslateStage, default_stages, load_seed_instructions,
                            make_seed_batches)
@@ -58,9 +62,6 @@ async def open_servers(cfg: Config, backend: str, run_dir: Path) -> AsyncIterato
         yield list(cfg.servers), cfg.api
         return
     if backend == "sim":
-        from engine.sim.config import SimConfig
-        from engine.sim.server import SimServer
-        from engine.sim.responders import AUTOIF_FIXTURE
         async with SimServer(SimConfig(responder=str(AUTOIF_FIXTURE))) as sim:
             log.info("started the SGLang simulator (a test double) at %s", sim.url)
             yield [sim.url], "sglang"
@@ -122,8 +123,6 @@ async def check_reachable(client: Any, urls: list[str]) -> None:
     Any HTTP answer counts (servers without /health answer 404); only a refused, reset or
     timed-out connection means unreachable.
     """
-    import aiohttp
-
     async def answers(url: str) -> str | None:
         try:
             async with client.session.get(url.rstrip("/") + "/health",
