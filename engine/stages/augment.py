@@ -27,14 +27,14 @@ def _seed_text(row: object) -> str | None:
 
 def load_seed_instructions(path: str | Path | None = None,
                            on_error: Callable[[str], None] | None = None) -> list[Instruction]:
-    """Seeds from JSONL lines {"instruction": ...} (or "text"); exact duplicates removed.
+    """Seeds from JSONL lines {"instruction": ...} (or "text"), or a .txt file's lines; exact duplicates removed.
 
     A bad line raises ValueError naming file and line, unless `on_error` takes the message.
     """
     path = Path(path) if path else packaged_file("seed_instructions.jsonl")
     seen: set[str] = set()
     seeds: list[Instruction] = []
-    for text in read_texts(path, _seed_text, "no 'instruction' string", on_error):
+    for text in read_texts(path, _seed_text, "missing field 'instruction'", on_error):
         key = normalize_instruction(text)
         if key not in seen:
             seen.add(key)

@@ -17,7 +17,8 @@ UNSCORED = 0   # stored score when the judge's answer had no readable score
 
 
 class ScoreStage:
-    """QueryResult -> QueryResult with `score` set on every passed response.
+    """QueryResult -> QueryResult with `score` set on every passed response (one that has a
+    score already keeps it, and the judge is not asked again).
 
     `sampling`: the judge request; `score_min`: the lowest score kept. With `enabled` off,
     items pass through unchanged."""
@@ -33,7 +34,7 @@ class ScoreStage:
         if not self.enabled:
             return [item]
         passed = [i for i, r in enumerate(item.responses) if r.passed]
-        scores = await asyncio.gather(*(self.score(ctx, item.task, item.responses[i]) for i in passed))
+        scores = await asyncio.gather(*(self._score_of(ctx, item.task, item.responses[i]) for i in passed))
         responses = list(item.responses)
         dropped: Counter[str] = Counter()
         kept = 0
@@ -51,6 +52,11 @@ class ScoreStage:
             ctx.funnel.drop(self.name, reason)
             return []
         return [QueryResult(task=item.task, responses=tuple(responses), model=item.model)]
+
+    async def _score_of(self, ctx: Context, task: QueryTask, response: ResponseRecord) -> int | None:
+        if response.score is not None:      # scored already (a file `autoif stage score` reads)
+            return response.score
+        return await self.score(ctx, task, response)
 
     async def score(self, ctx: Context, task: QueryTask, response: ResponseRecord) -> int | None:
         """The judge's 1-10 score of one response, None when unreadable."""
