@@ -16,14 +16,12 @@ from typing import Any, Mapping
 
 import orjson
 
+from engine.errors import ConfigError
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
-
-
-class ConfigError(ValueError):
-    """One line naming the file (or flag) and the key at fault."""
 
 
 def _f(default: Any, section: str, help: str, *, volatile: bool = False,

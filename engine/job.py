@@ -24,6 +24,7 @@ import orjson
 from engine.cache import CachedLLM
 from engine.client import LLMClient, RetryPolicy
 from engine.config import Config
+from engine.errors import JobError
 from engine.export import ExportOptions, export
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
 from engine.progress import Progress
@@ -47,10 +48,6 @@ DEMO = dict(augment_batches=2, augment_seeds_shown=4, augment_per_prompt=3, veri
             stage_concurrency=8, verifier_max_tokens=512, response_max_tokens=256,
             judge_max_tokens=64, augment_max_tokens=256, output_dir="runs/demo")
 DEMO_SEEDS = 4
-
-
-class JobError(RuntimeError):
-    """A one-line reason the job could not run (bad input, no server, mismatched run dir)."""
 
 
 # -- pieces ------------------------------------------------------------------------------

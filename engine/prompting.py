@@ -10,14 +10,12 @@ import importlib.resources
 from pathlib import Path
 from string import Template
 
+from engine.errors import PromptError
+
 PACKAGE = "prompts"
 
 # the LLM calls of the pipeline; each has prompts/<name>.txt
 TEMPLATES = ("augment", "checkable", "verifier", "backtranslate", "nli", "response", "score")
-
-
-class PromptError(KeyError):
-    pass
 
 
 def packaged_file(name: str) -> Path:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import orjson
 
+from engine.errors import InputError
 from engine.llm import LLM, Completion, Message, SamplingParams
 from engine.parsing import parse_bool
 from engine.prompting import render
@@ -34,7 +35,7 @@ from engine.records import (Case, Instruction, Query, QueryResult, QueryTask, Re
 QUERY_MARK = "[Query]"
 
 
-class BadRecord(ValueError):
+class BadRecord(InputError):
     """A line that cannot be used; the message says why (file and line are added by the reader)."""
 
 
@@ -160,7 +161,9 @@ class FileAnswers:
         return await self.chat([{"role": "user", "content": prompt}], n=n, params=params)
 
 
-class NoAnswer(LookupError):
+class NoAnswer(InputError):
+    """A request the input holds no answer for, with no LLM server to ask."""
+
     reason = "no_answer_in_input"          # the funnel's drop reason
 
 

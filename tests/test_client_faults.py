@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from engine.client import LLMClient, RequestFailed, RetryPolicy
+from engine.client import BadRequest, ConnectFailed, LLMClient, RequestFailed, RetryPolicy
+from engine.errors import AutoIFError
 from engine.llm import SamplingParams
 from engine.sim import FaultConfig, LatencyModel, SimConfig, SimServer
 
@@ -204,6 +205,7 @@ async def test_4xx_is_not_retried():
                 await client.generate("x", params=SamplingParams(max_new_tokens=-1))
             err = info.value
             assert err.kind == "http_4xx" and err.status == 400 and err.attempts == 1
+            assert isinstance(err, BadRequest)             # the typed failure, not only its kind
             assert "max_new_tokens" in str(err) and "\n" not in str(err)
             st = client.stats()
             assert st["attempts"] == 1 and st["retries"] == 0 and st["failed"] == 1
@@ -219,5 +221,6 @@ async def test_unreachable_server_gives_one_failure():
         with pytest.raises(RequestFailed) as info:
             await client.generate("hello", params=PARAMS)
         assert info.value.kind == "connect" and info.value.attempts == 3
+        assert isinstance(info.value, ConnectFailed) and isinstance(info.value, AutoIFError)
         st = client.stats()
         assert st["failed"] == 1 and st["attempts"] == 3 and st["failures"] == {"connect": 1}

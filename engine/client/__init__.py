@@ -2,16 +2,19 @@
 
 Layout: `client` (LLMClient: retry loop, endpoints, stats), `balancer` (server choice),
 `retry` (RetryPolicy), `wire` (request bodies / response parsing per API), `sse` (stream
-decoding), `prometheus` (/metrics parsing), `errors` (RequestFailed).
+decoding), `prometheus` (/metrics parsing), `errors` (RequestFailed and its subclasses).
 """
 from engine.aio import install_uvloop
 from engine.client.balancer import Balancer, Server, messages_routing_key, routing_key
 from engine.client.client import ClientStats, LLMClient
-from engine.client.errors import RequestFailed
+from engine.client.errors import (BadRequest, ConnectFailed, Disconnected, LLMError, ProtocolFailed,
+                                  RateLimited, RequestFailed, RequestTimeout, ServerFault, StreamBroke)
 from engine.client.prometheus import parse_metrics
 from engine.client.retry import RetryPolicy
 
 __all__ = [
     "Balancer", "ClientStats", "LLMClient", "RequestFailed", "RetryPolicy", "Server",
     "install_uvloop", "messages_routing_key", "parse_metrics", "routing_key",
+    "BadRequest", "ConnectFailed", "Disconnected", "LLMError", "ProtocolFailed", "RateLimited",
+    "RequestTimeout", "ServerFault", "StreamBroke",
 ]

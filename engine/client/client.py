@@ -23,7 +23,7 @@ import orjson
 
 from engine.client import wire
 from engine.client.balancer import Balancer, Server, messages_routing_key, routing_key
-from engine.client.errors import AttemptError, RequestFailed
+from engine.client.errors import AttemptError, BadRequest, RequestFailed
 from engine.client.prometheus import parse_metrics
 from engine.client.retry import RetryPolicy
 from engine.client.sse import SSEDecoder
@@ -227,7 +227,7 @@ class LLMClient:
             try:
                 path, body = self._build(call, api)
             except ValueError as exc:
-                raise RequestFailed(f"bad request: {exc}", kind="http_4xx") from None
+                raise BadRequest(f"bad request: {exc}") from None
             last: AttemptError | None = None
             avoid: Server | None = None
             for attempt in range(self.retry.attempts):
@@ -295,7 +295,7 @@ class LLMClient:
                 try:
                     result = await self._with_retries(call, api)
                 except RequestFailed as exc:
-                    if not (call.n > 1 and api == "openai" and exc.kind == "http_4xx"):
+                    if not (call.n > 1 and api == "openai" and isinstance(exc, BadRequest)):
                         raise
                     # maybe a server that refuses n > 1 (llama-server): try one sample first;
                     # if that is refused too, the request itself is bad (not n): one failure,
@@ -338,7 +338,7 @@ class LLMClient:
         try:
             path, body = self._build(call, api)
         except ValueError as exc:
-            raise RequestFailed(f"bad request: {exc}", kind="http_4xx", attempts=0) from None
+            raise BadRequest(f"bad request: {exc}", attempts=0) from None
         policy, st, sem = self.retry, self._stats, self._sem
         last: AttemptError | None = None
         avoid: Server | None = None
@@ -459,9 +459,9 @@ class LLMClient:
     def _failed(self, call: _Call, err: AttemptError, attempts: int, server: Server | None,
                 prefix: str = "") -> RequestFailed:
         where = f" [{server.url}]" if server is not None else ""
-        return RequestFailed(f"{prefix}{err.kind}: {err.reason}{where}", kind=err.kind,
-                             status=err.status, attempts=attempts,
-                             server=server.url if server else "")
+        return RequestFailed.of(err.kind, f"{prefix}{err.kind}: {err.reason}{where}",
+                                status=err.status, attempts=attempts,
+                                server=server.url if server else "")
 
     def _count_success(self, result: list[Completion]) -> None:
         st = self._stats
@@ -570,9 +570,9 @@ class LLMClient:
     async def _control_json(self, server: Server, path: str) -> Any:
         status, raw = await self._control(server, "GET", path)
         if status != 200:
-            raise RequestFailed(f"GET {path}: http {status}: {wire.error_message(raw)}",
-                                kind="http_4xx" if status < 500 else "http_5xx", status=status,
-                                server=server.url)
+            raise RequestFailed.of("http_4xx" if status < 500 else "http_5xx",
+                                   f"GET {path}: http {status}: {wire.error_message(raw)}",
+                                   status=status, server=server.url)
         return orjson.loads(raw)
 
     async def health(self) -> dict[str, bool]:
@@ -619,7 +619,8 @@ class LLMClient:
         """/metrics parsed: metric name -> value, summed over label sets."""
         status, raw = await self._control(self._server(server), "GET", "/metrics")
         if status != 200:
-            raise RequestFailed(f"GET /metrics: http {status}", kind="http_4xx", status=status)
+            raise RequestFailed.of("http_4xx" if status < 500 else "http_5xx", f"GET /metrics: http {status}",
+                                   status=status)
         return parse_metrics(raw.decode("utf-8", "replace"))
 
     async def capacity(self, server: str | None = None) -> int | None:

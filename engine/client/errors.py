@@ -1,30 +1,17 @@
-"""Failure types of the client: one public exception, one internal per-attempt error."""
+"""Failure types of the client: the public RequestFailed family (defined with the engine's other
+errors in engine.errors), and one internal per-attempt error."""
 from __future__ import annotations
 
+from engine.errors import (BadRequest, ConnectFailed, Disconnected, LLMError, ProtocolFailed, RateLimited,
+                           RequestFailed, RequestTimeout, ServerFault, StreamBroke)
 
-class RequestFailed(Exception):
-    """A logical request that produced no result. `str(exc)` is a one-line reason.
-
-    `kind` names the class of the last failure (connect, timeout, disconnect, http_5xx,
-    http_429, http_4xx, stream_error, protocol, no_server); `status` is the HTTP status
-    when there was one; `attempts` counts the HTTP attempts made.
-    """
-
-    def __init__(self, reason: str, *, kind: str, status: int | None = None,
-                 attempts: int = 0, server: str = "") -> None:
-        super().__init__(" ".join(reason.split()))
-        self.kind = kind
-        self.status = status
-        self.attempts = attempts
-        self.server = server
-
-    @property
-    def reason(self) -> str:
-        return str(self)
+__all__ = ["AttemptError", "BadRequest", "ConnectFailed", "Disconnected", "LLMError", "ProtocolFailed",
+           "RateLimited", "RequestFailed", "RequestTimeout", "ServerFault", "StreamBroke"]
 
 
 class AttemptError(Exception):
-    """One HTTP attempt failed. Internal: the retry loop turns these into RequestFailed.
+    """One HTTP attempt failed. Internal: the retry loop turns these into RequestFailed
+    (`RequestFailed.of(kind, ...)`: the subclass for the kind).
 
     `retryable`: worth another attempt; `server_fault`: counts toward taking the server
     out of rotation (429 does not: an overloaded server is alive).

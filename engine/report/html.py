@@ -15,13 +15,10 @@ from typing import Any
 import orjson
 
 from engine.config import Config
+from engine.errors import ReportError
 from engine.records import QueryResult
 from engine.report.observe import Distributions
 from engine.state import StateStore
-
-
-class ReportError(RuntimeError):
-    """One line: why no report could be made."""
 
 
 def load_summary(run_dir: Path) -> dict:

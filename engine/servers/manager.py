@@ -37,22 +37,12 @@ from typing import Callable, Coroutine, Iterable, Sequence, TextIO, TypeVar
 
 import aiohttp
 
+from engine.errors import ServerError, ServerStartError
+
 __all__ = ["ServerError", "ServerStartError", "ManagedServer", "ServerGroup", "free_port", "port_free",
            "kill_all_servers"]
 
 T = TypeVar("T")
-
-
-class ServerError(RuntimeError):
-    """A server problem, with a one-line message meant for the user."""
-
-
-class ServerStartError(ServerError):
-    """The server exited or never became healthy while starting."""
-
-    def __init__(self, message: str, returncode: int | None = None) -> None:
-        super().__init__(message)
-        self.returncode = returncode  # exit status if it exited (negative: killed by that signal)
 
 
 # ---------------------------------------------------------------- ports
