@@ -6,25 +6,16 @@ with its stdout/stderr appended to `<run_dir>/<name>.log`. It is async first
 (`srv.start_sync()` / `srv.stop_sync()`, or `with srv:`), which hosts the same async code on a
 private event-loop thread.
 
-No orphans, in four layers:
-  * each server runs in its own session / process group, and stop() signals the whole group
-    (SIGTERM, then SIGKILL after a grace period), so workers the server forked die with it;
-  * the child sets prctl(PR_SET_PDEATHSIG, SIGKILL) before exec, so the kernel kills it if the
-    engine dies, even by SIGKILL. PDEATHSIG fires when the *thread* that forked the child exits,
-    so servers are always spawned from the event-loop thread, which outlives them;
-  * PDEATHSIG reaches only the server's own process, so a tiny reaper process (one per engine)
-    holds a pipe from the engine and, on EOF (the engine died, however), SIGKILLs every server
-    group still registered -- workers included;
-  * an atexit hook and SIGTERM/SIGHUP hooks (installed only where the handler is still the
-    default) kill every live group when the engine exits normally or is terminated.
+No orphans: each server runs in its own session / process group, and stop() signals the whole
+group (SIGTERM, then SIGKILL after a grace period), so workers the server forked die with it.
+Servers are spawned from the event-loop thread, which outlives them, so the PDEATHSIG, reaper
+and exit-hook layers of engine.servers.orphans hold whatever way the engine ends.
 `ServerGroup` runs R replicas and exposes their URLs for the client's balancer.
 """
 from __future__ import annotations
 
 import asyncio
-import atexit
 import collections
-import ctypes
 import os
 import signal
 import socket
@@ -38,6 +29,8 @@ from typing import Callable, Coroutine, Iterable, Sequence, TextIO, TypeVar
 import aiohttp
 
 from engine.errors import ServerError, ServerStartError
+from engine.servers import orphans
+from engine.servers.orphans import kill_all_servers
 
 __all__ = ["ServerError", "ServerStartError", "ManagedServer", "ServerGroup", "free_port", "port_free",
            "kill_all_servers"]
@@ -74,144 +67,6 @@ def port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-# ---------------------------------------------------------------- orphan protection
-
-_PR_SET_PDEATHSIG = 1
-_SIGKILL = int(signal.SIGKILL)
-_prctl = None
-if sys.platform.startswith("linux"):
-    try:  # resolved in the parent: the child must not load libraries between fork and exec
-        _prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        _prctl = None
-
-
-def _child_preexec(parent_pid: int) -> Callable[[], None]:
-    def setup() -> None:  # runs in the child after setsid, before exec: keep it minimal
-        if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
-            if os.getppid() != parent_pid:  # the parent died before prctl took effect
-                os.kill(os.getpid(), _SIGKILL)
-    return setup
-
-
-_live: dict[int, subprocess.Popen] = {}  # pgid -> leader, for the exit hooks
-_live_lock = threading.RLock()  # re-entrant: the signal hook may run while the main thread holds it
-
-# PDEATHSIG reaches only the server's leader process; workers it forked (SGLang's schedulers)
-# would outlive a SIGKILLed engine. The reaper is a tiny process that holds the read end of a
-# pipe from us: when we die, it sees EOF and SIGKILLs every server group still registered.
-_REAPER_CODE = r"""
-import os, signal, sys
-groups = set()
-for line in sys.stdin:
-    op, _, pg = line.strip().partition(" ")
-    if op == "+":
-        groups.add(int(pg))
-    elif op == "-":
-        groups.discard(int(pg))
-for pg in groups:
-    try:
-        os.killpg(pg, signal.SIGKILL)
-    except OSError:
-        pass
-"""
-_reaper: subprocess.Popen | None = None
-_REAPER_ON = os.environ.get("AUTOIF_SERVER_REAPER", "1") != "0"  # "0": rely on PDEATHSIG alone
-
-
-def _forget_reaper_in_child() -> None:
-    """A forked child must not hold the reaper's pipe open, or the reaper would never see EOF
-    while that child lives (e.g. fork-based worker pools)."""
-    global _reaper
-    reaper, _reaper = _reaper, None
-    if reaper is not None and reaper.stdin is not None:
-        try:
-            reaper.stdin.close()
-        except (OSError, ValueError):
-            pass
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_reaper_in_child)
-
-
-def _reaper_send(line: str) -> None:
-    """Tell the reaper about a group (call with _live_lock held)."""
-    global _reaper
-    if not _REAPER_ON:
-        return
-    if _reaper is None or _reaper.poll() is not None:
-        try:  # own session: a Ctrl-C on the terminal must not kill it before the engine cleans up
-            _reaper = subprocess.Popen([sys.executable, "-S", "-c", _REAPER_CODE], stdin=subprocess.PIPE,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       close_fds=True, start_new_session=True)
-        except OSError:
-            _reaper = None
-            return
-    try:
-        _reaper.stdin.write(f"{line}\n".encode())
-        _reaper.stdin.flush()
-    except (OSError, ValueError):
-        pass
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def kill_all_servers(grace: float = 2.0) -> None:
-    """Kill every server group this process started and has not stopped yet."""
-    with _live_lock:
-        procs = dict(_live)
-        _live.clear()
-    if not procs:
-        return
-    for pgid in procs:
-        _killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for pgid, proc in procs.items():
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        _killpg(pgid, _SIGKILL)  # also reaches group members that outlived the leader
-        try:
-            proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            pass
-        with _live_lock:
-            _reaper_send(f"- {pgid}")
-
-
-atexit.register(kill_all_servers)
-_hooks_installed = False
-
-
-def _install_signal_hooks() -> None:
-    """Kill our servers on SIGTERM/SIGHUP, then die of the signal as before. Only where the
-    handler is still the default: an application that set its own keeps control."""
-    global _hooks_installed
-    if _hooks_installed or threading.current_thread() is not threading.main_thread():
-        return
-    _hooks_installed = True
-
-    def on_signal(signum, frame):  # noqa: ARG001
-        kill_all_servers()
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        try:
-            if signal.getsignal(sig) == signal.SIG_DFL:
-                signal.signal(sig, on_signal)
-        except (ValueError, OSError):
-            pass
 
 
 # ---------------------------------------------------------------- sync bridge
@@ -278,7 +133,7 @@ class _SyncLifecycle:
     _bg_name = "server"
 
     def start_sync(self):
-        _install_signal_hooks()  # here, on the caller's (main) thread; start() runs on the loop's
+        orphans.install_signal_hooks()  # here, on the caller's (main) thread; start() runs on the loop's
         self._bg = _LoopThread(self._bg_name)
         try:
             self._bg.run(self.start())
@@ -413,7 +268,7 @@ class ManagedServer(_SyncLifecycle):
     async def start(self) -> "ManagedServer":
         if self.state not in ("new", "stopped", "failed"):
             raise ServerError(f"{self.name} is already {self.state}")
-        _install_signal_hooks()
+        orphans.install_signal_hooks()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab", buffering=0)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
@@ -477,14 +332,12 @@ class ManagedServer(_SyncLifecycle):
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                 env=env, cwd=self.cwd, close_fds=True, start_new_session=True,
-                preexec_fn=_child_preexec(os.getpid()))
+                preexec_fn=orphans.child_preexec(os.getpid()))
         except OSError as exc:
             raise ServerStartError(f"{self.name}: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
         self._proc = proc
         self.pids.append(proc.pid)
-        with _live_lock:
-            _live[proc.pid] = proc
-            _reaper_send(f"+ {proc.pid}")
+        orphans.register(proc)
 
     async def _health_ok(self) -> bool:
         assert self._session is not None
@@ -508,8 +361,8 @@ class ManagedServer(_SyncLifecycle):
         while True:
             rc = proc.poll()
             if rc is not None:
-                self._forget(proc)
-                _killpg(proc.pid, _SIGKILL)  # leftovers in its group
+                orphans.forget(proc)
+                orphans.killpg(proc.pid, orphans.SIGKILL)  # leftovers in its group
                 raise ServerStartError(
                     f"{self.name} exited with code {rc} during startup (log {self.log_path}): "
                     f"{_log_tail(self.log_path, self._spawn_offset) or 'no output'}", returncode=rc)
@@ -580,28 +433,22 @@ class ManagedServer(_SyncLifecycle):
             self._note(f"{self.name} restarted (restart {self.restarts}) at {self.url}")
             return True
 
-    def _forget(self, proc: subprocess.Popen) -> None:
-        with _live_lock:
-            if _live.get(proc.pid) is proc:
-                del _live[proc.pid]
-                _reaper_send(f"- {proc.pid}")
-
     async def _shutdown_process(self, grace: float) -> None:
         """SIGTERM the group, SIGKILL it after `grace` seconds, reap the leader."""
         proc = self._proc
         if proc is None:
             return
         if proc.poll() is None:
-            _killpg(proc.pid, signal.SIGTERM if grace > 0 else _SIGKILL)
+            orphans.killpg(proc.pid, signal.SIGTERM if grace > 0 else orphans.SIGKILL)
             deadline = time.monotonic() + grace
             while proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-        _killpg(proc.pid, _SIGKILL)  # the leader, if it ignored SIGTERM, and any stragglers
+        orphans.killpg(proc.pid, orphans.SIGKILL)  # the leader, if it ignored SIGTERM, and any stragglers
         for _ in range(100):
             if proc.poll() is not None:
                 break
             await asyncio.sleep(0.05)
-        self._forget(proc)
+        orphans.forget(proc)
 
     def _note(self, line: str) -> None:
         if self._log is not None and not self._log.closed:
