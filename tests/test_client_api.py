@@ -204,18 +204,18 @@ async def test_token_counters(sim):
 
 async def test_extra_endpoints(sim):
     async with LLMClient(sim.url, api="sglang") as client:
-        assert await client.health() == {sim.url: True}
-        info = await client.model_info()
+        assert await client.admin.health() == {sim.url: True}
+        info = await client.admin.model_info()
         assert info["model_path"] == sim.config.model_path and info["is_generation"] is True
-        server = await client.server_info()
+        server = await client.admin.server_info()
         assert server["max_running_requests"] == 256 and "internal_states" in server
-        assert await client.capacity() == 256
+        assert await client.admin.capacity() == 256
         await client.generate("warm the cache")
-        m = await client.metrics()
+        m = await client.admin.metrics()
         assert m["sglang:num_requests_total"] == 1.0
         assert m["sglang:num_running_reqs"] == 0.0 and "sglang:gen_throughput" in m
-        assert await client.flush_cache() == {sim.url: True}
-        await client.abort_request("nothing-running")
+        assert await client.admin.flush_cache() == {sim.url: True}
+        await client.admin.abort_request("nothing-running")
 
 
 async def test_abort_request_ends_generation_with_abort(sim):
@@ -226,9 +226,9 @@ async def test_abort_request_ends_generation_with_abort(sim):
             task = asyncio.create_task(client.generate(long_prompt))
             await asyncio.sleep(0.2)
             assert sim2.scheduler.num_running == 1
-            assert await client.flush_cache() == {sim2.url: False}   # busy: SGLang refuses
+            assert await client.admin.flush_cache() == {sim2.url: False}   # busy: SGLang refuses
             rid = sim2.scheduler.running[0].rid
-            await client.abort_request(rid)
+            await client.admin.abort_request(rid)
             [c] = await task
             assert c.finish_reason == "abort" and len(c.text) < len(long_prompt)
 
@@ -237,8 +237,8 @@ async def test_capacity_sums_servers():
     async with SimServer(config(latency=LatencyModel(speed=50, max_running=8))) as a, \
             SimServer(config(latency=LatencyModel(speed=50, max_running=24))) as b:
         async with LLMClient([a.url, b.url]) as client:
-            assert await client.capacity() == 32
-            assert await client.capacity(b.url) == 24
+            assert await client.admin.capacity() == 32
+            assert await client.admin.capacity(b.url) == 24
 
 
 async def test_in_flight_bound():

@@ -1,6 +1,7 @@
 """HTTP client for SGLang (native) and OpenAI-compatible servers; see `LLMClient`.
 
-Layout: `client` (LLMClient: retry loop, endpoints, stats), `balancer` (server choice),
+Layout: `client` (LLMClient: the sampling path: retry loop, failover, stats), `admin` (SGLang's
+admin endpoints, as `client.admin`), `balancer` (server choice),
 `retry` (RetryPolicy), `wire` (request bodies / response parsing per API), `sse` (stream
 decoding), `prometheus` (/metrics parsing), `errors` (RequestFailed and its subclasses).
 """

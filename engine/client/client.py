@@ -22,9 +22,9 @@ import aiohttp
 import orjson
 
 from engine.client import wire
+from engine.client.admin import ServerAdmin, healthy, request as control_request
 from engine.client.balancer import Balancer, Server, messages_routing_key, routing_key
 from engine.client.errors import AttemptError, BadRequest, RequestFailed
-from engine.client.prometheus import parse_metrics
 from engine.client.retry import RetryPolicy
 from engine.client.sse import SSEDecoder
 from engine.client.transport import Request, Slot, feed, http_error, read_body
@@ -134,7 +134,7 @@ class LLMClient:
         self._api_lock = asyncio.Lock()
         self._resolved_api: str | None = None if api == "auto" else api
         self._n_native = True       # False once a server refused n > 1 (llama-server)
-        self._server_info_path: str | None = None
+        self._admin: ServerAdmin | None = None
         self._background: set[asyncio.Task] = set()
         self._stats = ClientStats()
 
@@ -236,7 +236,8 @@ class LLMClient:
                     await asyncio.sleep(self.retry.backoff(attempt, self._rng, last and last.retry_after))
                 server = self.balancer.pick(key, avoid)
                 try:
-                    async with Slot(self, server):
+                    async with Slot(self._sem, server):
+                        st.attempts += 1
                         async with self._post(server, path, body, stream=True) as resp:
                             await self._check_status(resp)
                             acc = self._accumulator(call, api)
@@ -348,7 +349,7 @@ class LLMClient:
                 st.retries += 1
                 await asyncio.sleep(policy.backoff(attempt, self._rng, last.retry_after if last else None))
             server = self.balancer.pick(call.key, avoid)
-            # the in-flight slot, inlined (this is the per-request hot path; see transport.Slot)
+            # the in-flight slot (transport.Slot), inlined: this is the per-request hot path
             await sem.acquire()
             server.outstanding += 1
             server.attempts += 1
@@ -528,123 +529,25 @@ class LLMClient:
                 await asyncio.sleep(self.probe_interval)
                 if server.healthy:
                     break
-                if await self._healthy(server):
+                if await healthy(self.session, server, self._control_timeout):
                     self.balancer.record_success(server)
                     server.successes -= 1  # a probe is not a served request
                     log.warning("server %s back in rotation", server.url)
         finally:
             server.probing = False
 
-    async def _healthy(self, server: Server) -> bool:
-        try:
-            async with self.session.get(server.url + "/health", timeout=self._control_timeout) as resp:
-                await resp.read()
-                return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-
     async def _abort_quietly(self, server: Server, rid: str | None) -> None:
         if rid:
             try:
-                await self._control(server, "POST", "/abort_request", {"rid": rid})
+                await control_request(self.session, server, "POST", "/abort_request", {"rid": rid},
+                                      self._control_timeout)
             except (aiohttp.ClientError, TimeoutError):
                 pass
 
-    # -- extra endpoints ----------------------------------------------------------------
-    def _server(self, url: str | None) -> Server:
-        if url is None:
-            return self.balancer.servers[0]
-        url = url.rstrip("/")
-        for s in self.balancer.servers:
-            if s.url == url:
-                return s
-        raise ValueError(f"unknown server {url}")
-
-    async def _control(self, server: Server, method: str, path: str,
-                       payload: Any = None) -> tuple[int, bytes]:
-        data = orjson.dumps(payload) if payload is not None else None
-        async with self.session.request(method, server.url + path, data=data,
-                                        timeout=self._control_timeout) as resp:
-            return resp.status, await resp.read()
-
-    async def _control_json(self, server: Server, path: str) -> Any:
-        status, raw = await self._control(server, "GET", path)
-        if status != 200:
-            raise RequestFailed.of("http_4xx" if status < 500 else "http_5xx",
-                                   f"GET {path}: http {status}: {wire.error_message(raw)}",
-                                   status=status, server=server.url)
-        return orjson.loads(raw)
-
-    async def health(self) -> dict[str, bool]:
-        """GET /health on every server (does not change rotation)."""
-        servers = self.balancer.servers
-        results = await asyncio.gather(*(self._healthy(s) for s in servers))
-        return {s.url: ok for s, ok in zip(servers, results)}
-
-    async def model_info(self, server: str | None = None) -> dict:
-        return await self._control_json(self._server(server), "/get_model_info")
-
-    async def server_info(self, server: str | None = None) -> dict:
-        """SGLang server info: /get_server_info, or /server_info on newer releases."""
-        s = self._server(server)
-        paths = [self._server_info_path] if self._server_info_path else ["/get_server_info", "/server_info"]
-        last: RequestFailed | None = None
-        for path in paths:
-            try:
-                info = await self._control_json(s, path)
-                self._server_info_path = path
-                return info
-            except RequestFailed as exc:
-                last = exc
-                if exc.status != 404:
-                    raise
-        assert last is not None
-        raise last
-
-    async def flush_cache(self) -> dict[str, bool]:
-        """Flush every server's radix cache; SGLang refuses (False) while it is busy."""
-        async def one(s: Server) -> bool:
-            status, _ = await self._control(s, "POST", "/flush_cache")
-            return status == 200
-        servers = self.balancer.servers
-        return dict(zip((s.url for s in servers), await asyncio.gather(*(one(s) for s in servers))))
-
-    async def abort_request(self, rid: str = "", *, abort_all: bool = False) -> None:
-        """Abort a request id (SGLang matches it as a prefix) on every server."""
-        payload = {"rid": rid, "abort_all": abort_all}
-        await asyncio.gather(*(self._control(s, "POST", "/abort_request", payload)
-                               for s in self.balancer.servers))
-
-    async def metrics(self, server: str | None = None) -> dict[str, float]:
-        """/metrics parsed: metric name -> value, summed over label sets."""
-        status, raw = await self._control(self._server(server), "GET", "/metrics")
-        if status != 200:
-            raise RequestFailed.of("http_4xx" if status < 500 else "http_5xx", f"GET /metrics: http {status}",
-                                   status=status)
-        return parse_metrics(raw.decode("utf-8", "replace"))
-
-    async def capacity(self, server: str | None = None) -> int | None:
-        """Max running requests of one server, or summed over all when `server` is None."""
-        if server is not None:
-            return await self._capacity(self._server(server))
-        caps = await asyncio.gather(*(self._capacity(s) for s in self.balancer.servers))
-        known = [c for c in caps if c]
-        return sum(known) if known else None
-
-    async def _capacity(self, server: Server) -> int | None:
-        try:
-            info = await self.server_info(server.url)
-        except (RequestFailed, aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
-            info = {}
-        value = info.get("max_running_requests") if isinstance(info, dict) else None
-        if not value and isinstance(info, dict):
-            for state in info.get("internal_states") or ():
-                if isinstance(state, dict) and state.get("max_running_requests"):
-                    value = (value or 0) + int(state["max_running_requests"])
-        if not value:
-            try:
-                m = await self.metrics(server.url)
-            except (RequestFailed, aiohttp.ClientError, TimeoutError):
-                m = {}
-            value = m.get("sglang:max_running_requests") or m.get("sglang:max_running_requests_under_SLO")
-        return int(value) if value else None
+    # -- admin endpoints ----------------------------------------------------------------
+    @property
+    def admin(self) -> ServerAdmin:
+        """SGLang's admin endpoints (info, capacity, cache flush, abort, /metrics) on these servers."""
+        if self._admin is None or self._admin.session is not self.session:
+            self._admin = ServerAdmin(self.session, self.balancer.servers, self._control_timeout)
+        return self._admin

@@ -7,7 +7,7 @@ the retry loop in `engine.client.client` acts on.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 
@@ -15,28 +15,25 @@ from engine.client import wire
 from engine.client.balancer import Server
 from engine.client.errors import AttemptError
 
-if TYPE_CHECKING:
-    from engine.client.client import LLMClient
-
 
 class Slot:
-    """Holds one in-flight place and the server's outstanding count for an attempt."""
+    """Holds one of the client's in-flight places (`limit`) and the server's outstanding count
+    for an attempt; it also counts the attempt on the server."""
 
-    __slots__ = ("client", "server")
+    __slots__ = ("limit", "server")
 
-    def __init__(self, client: LLMClient, server: Server) -> None:
-        self.client = client
+    def __init__(self, limit: asyncio.Semaphore, server: Server) -> None:
+        self.limit = limit
         self.server = server
 
     async def __aenter__(self) -> None:
-        await self.client._sem.acquire()
+        await self.limit.acquire()
         self.server.outstanding += 1
         self.server.attempts += 1
-        self.client._stats.attempts += 1
 
     async def __aexit__(self, *exc: Any) -> None:
         self.server.outstanding -= 1
-        self.client._sem.release()
+        self.limit.release()
 
 
 class Request:
