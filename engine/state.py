@@ -1,11 +1,13 @@
 """The run's persistent state: one SQLite database (WAL) in the run directory.
 
 - llm_cache: LLM answers by request hash (engine.cache.CachedLLM), so a resumed run re-asks nothing;
-- progress: per record and stage, the outcome ("kept" or the drop reason), so a resumed run
-  can skip what a stage already decided;
 - records: final records by deterministic id, INSERT OR IGNORE, so nothing is stored twice;
-- funnel: snapshots of the funnel counts;
+- funnel: snapshots of the funnel counts at the end of each run;
 - meta: small key/values (config hash, model).
+
+A resumed run does not skip stages: it runs every item through them again, and every LLM call
+is answered from llm_cache at once while sandbox checks run again (they are cheap and
+deterministic), so it ends with the same records.
 
 Calls are short synchronous statements; a lock makes one store safe to share between the
 event loop and worker threads.
@@ -26,9 +28,6 @@ DB_NAME = "state.sqlite"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS llm_cache (key TEXT PRIMARY KEY, value BLOB NOT NULL, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS progress (
-    record_id TEXT NOT NULL, stage TEXT NOT NULL, outcome TEXT NOT NULL, updated REAL NOT NULL,
-    PRIMARY KEY (record_id, stage));
 CREATE TABLE IF NOT EXISTS records (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, stage TEXT NOT NULL, data BLOB NOT NULL, created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS records_by_kind ON records (kind, stage);
@@ -84,20 +83,6 @@ class StateStore:
     def cache_size(self) -> int:
         return self._all("SELECT COUNT(*) FROM llm_cache")[0][0]
 
-    # ------------------------------------------------------------ per-record progress
-
-    def mark(self, record_id: str, stage: str, outcome: str) -> None:
-        """Record what `stage` decided for a record: "kept" or a drop reason."""
-        self._exec("INSERT OR REPLACE INTO progress (record_id, stage, outcome, updated) VALUES (?, ?, ?, ?)",
-                   (record_id, stage, outcome, time.time()))
-
-    def outcome(self, record_id: str, stage: str) -> str | None:
-        rows = self._all("SELECT outcome FROM progress WHERE record_id = ? AND stage = ?", (record_id, stage))
-        return rows[0][0] if rows else None
-
-    def outcomes(self, stage: str) -> dict[str, str]:
-        return dict(self._all("SELECT record_id, outcome FROM progress WHERE stage = ?", (stage,)))
-
     # ------------------------------------------------------------ records
 
     def put_record(self, record: Any, stage: str) -> bool:
@@ -124,9 +109,6 @@ class StateStore:
                 raise
         return added
 
-    def has_record(self, record_id: str) -> bool:
-        return bool(self._all("SELECT 1 FROM records WHERE id = ?", (record_id,)))
-
     def iter_records(self, kind: str | type, stage: str | None = None) -> Iterator[Any]:
         """Records of one kind (class or its name), oldest first, rebuilt as dataclasses."""
         name = kind if isinstance(kind, str) else kind.__name__
@@ -145,10 +127,6 @@ class StateStore:
 
     def save_funnel(self, snapshot: dict) -> None:
         self._exec("INSERT INTO funnel (at, data) VALUES (?, ?)", (time.time(), orjson.dumps(snapshot)))
-
-    def last_funnel(self) -> dict | None:
-        rows = self._all("SELECT data FROM funnel ORDER BY seq DESC LIMIT 1")
-        return orjson.loads(rows[0][0]) if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
         self._exec("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))

@@ -2,6 +2,7 @@
 import asyncio
 import sqlite3
 
+import orjson
 import pytest
 
 from engine.cache import CachedLLM
@@ -51,19 +52,16 @@ def test_records_insert_or_ignore_across_reopen(tmp_path):
         got = list(store.iter_records(VerifiedInstruction))
         assert [v.instruction.text for v in got] == ["Use no commas.", "All lowercase please."]
         assert got[0] == _verified()
-        assert store.count_records("VerifiedInstruction") == 2 and store.has_record(_verified().id)
+        assert store.count_records("VerifiedInstruction") == 2
 
 
-def test_progress_funnel_meta(tmp_path):
+def test_funnel_meta(tmp_path):
     with StateStore(tmp_path) as store:
-        store.mark("r1", "crossval", "kept")
-        store.mark("r2", "crossval", "no_case_agreed")
-        store.mark("r1", "crossval", "kept")
-        assert store.outcomes("crossval") == {"r1": "kept", "r2": "no_case_agreed"}
-        assert store.outcome("r3", "crossval") is None
         store.save_funnel({"crossval": {"in": 2, "kept": 1}})
         store.save_funnel({"crossval": {"in": 3, "kept": 2}})
-        assert store.last_funnel() == {"crossval": {"in": 3, "kept": 2}}
+        rows = sqlite3.connect(store.path).execute("SELECT data FROM funnel ORDER BY seq").fetchall()
+        assert [orjson.loads(d) for (d,) in rows] == [{"crossval": {"in": 2, "kept": 1}},
+                                                      {"crossval": {"in": 3, "kept": 2}}]
         store.set_meta("config_hash", "abc")
         assert store.get_meta("config_hash") == "abc" and store.get_meta("nope") is None
 
