@@ -210,7 +210,12 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class QueryTask:
-    """A verified instruction joined to one user query; `prompt` is the user turn sent."""
+    """A verified instruction joined to one user query; `prompt` is the user turn sent.
+
+    In memory a task holds its instruction; stored or sent, it names it by id (each instruction
+    meets many queries: its functions and cases are written once, not once per task), and
+    from_dict looks it up in `instructions`.
+    """
 
     instruction: VerifiedInstruction
     query_id: str
@@ -222,13 +227,18 @@ class QueryTask:
         return content_id("task", self.instruction.id, self.query_id)
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "instruction": self.instruction.to_dict(),
+        return {"id": self.id, "instruction_id": self.instruction.id,
                 "query_id": self.query_id, "query": self.query, "prompt": self.prompt}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> QueryTask:
-        return cls(instruction=VerifiedInstruction.from_dict(d["instruction"]),
-                   query_id=d["query_id"], query=d["query"], prompt=d["prompt"])
+    def from_dict(cls, d: Mapping, instructions: Mapping[str, VerifiedInstruction] | None = None) -> QueryTask:
+        if "instruction" in d:              # written before tasks named their instruction by id
+            instruction = VerifiedInstruction.from_dict(d["instruction"])
+        elif instructions is not None and d["instruction_id"] in instructions:
+            instruction = instructions[d["instruction_id"]]
+        else:
+            raise KeyError(f"task {d.get('id')}: verified instruction {d['instruction_id']} is not known")
+        return cls(instruction=instruction, query_id=d["query_id"], query=d["query"], prompt=d["prompt"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,8 +317,9 @@ class QueryResult:
                 "responses": [r.to_dict() for r in self.responses]}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> QueryResult:
-        return cls(task=QueryTask.from_dict(d["task"]), model=d.get("model", ""),
+    def from_dict(cls, d: Mapping, instructions: Mapping[str, VerifiedInstruction] | None = None) -> QueryResult:
+        """`instructions`: verified instructions by id, where the task's is looked up."""
+        return cls(task=QueryTask.from_dict(d["task"], instructions), model=d.get("model", ""),
                    responses=tuple(ResponseRecord.from_dict(r) for r in d["responses"]))
 
 
@@ -320,5 +331,12 @@ RECORD_TYPES: dict[str, type] = {
 }
 
 
-def record_from_dict(kind: str, d: Mapping) -> Any:
+# kinds whose stored form names a verified instruction by id
+BY_INSTRUCTION_ID = frozenset({"QueryTask", "QueryResult"})
+
+
+def record_from_dict(kind: str, d: Mapping, instructions: Mapping[str, VerifiedInstruction] | None = None) -> Any:
+    """`instructions`: verified instructions by id, for the kinds in BY_INSTRUCTION_ID."""
+    if kind in BY_INSTRUCTION_ID:
+        return RECORD_TYPES[kind].from_dict(d, instructions)
     return RECORD_TYPES[kind].from_dict(d)

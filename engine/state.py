@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import orjson
 
-from engine.records import RECORD_TYPES
+from engine.records import BY_INSTRUCTION_ID, RECORD_TYPES, VerifiedInstruction, record_from_dict
 
 DB_NAME = "state.sqlite"
 
@@ -110,12 +110,16 @@ class StateStore:
         return added
 
     def iter_records(self, kind: str | type, stage: str | None = None) -> Iterator[Any]:
-        """Records of one kind (class or its name), oldest first, rebuilt as dataclasses."""
+        """Records of one kind (class or its name), oldest first, rebuilt as dataclasses.
+        A task names its verified instruction by id: it is looked up among the stored ones."""
         name = kind if isinstance(kind, str) else kind.__name__
-        cls = RECORD_TYPES[name]
+        if name not in RECORD_TYPES:
+            raise KeyError(name)
+        instructions = ({v.id: v for v in self.iter_records(VerifiedInstruction)}
+                        if name in BY_INSTRUCTION_ID else None)
         sql = "SELECT data FROM records WHERE kind = ?" + (" AND stage = ?" if stage else "") + " ORDER BY created, id"
         for (data,) in self._all(sql, (name, stage) if stage else (name,)):
-            yield cls.from_dict(orjson.loads(data))
+            yield record_from_dict(name, orjson.loads(data), instructions)
 
     def count_records(self, kind: str | type | None = None) -> int:
         if kind is None:

@@ -1,5 +1,6 @@
 """Records: deterministic content ids and lossless to_dict/from_dict through orjson."""
 import orjson
+import pytest
 
 from engine.records import (RECORD_TYPES, BackTranslation, Case, FunctionResult, Instruction, Query, QueryResult,
                             QueryTask, ResponseRecord, SeedBatch, Verifier, VerifiedInstruction, VerifierDraft,
@@ -37,8 +38,22 @@ def test_round_trip_every_record_type():
     assert {type(r).__name__ for r in records} == set(RECORD_TYPES)
     for record in records:
         data = orjson.loads(orjson.dumps(record.to_dict()))
-        back = record_from_dict(type(record).__name__, data)
+        back = record_from_dict(type(record).__name__, data, {verified.id: verified})
         assert back == record and back.id == record.id
+
+
+def test_a_task_names_its_instruction_by_id():
+    """Each instruction meets many queries: its functions and cases are not written with each."""
+    result = sample_result()
+    verified = result.task.instruction
+    data = orjson.loads(orjson.dumps(result.to_dict()))
+    assert data["task"]["instruction_id"] == verified.id and "instruction" not in data["task"]
+    assert verified.functions[0][0].code not in orjson.dumps(data).decode()
+    with pytest.raises(KeyError, match=verified.id):
+        QueryResult.from_dict(data)                      # nothing to look it up in
+    # a result stored before tasks named their instruction by id still loads
+    old = {**data, "task": {**data["task"], "instruction": verified.to_dict()}}
+    assert QueryResult.from_dict(old) == result
 
 
 def test_with_score_changes_only_score():

@@ -145,6 +145,7 @@ class Driver:
         self.ray: Any = None
         self._store: Any = None
         self._augment_sink: dict = {}
+        self._verified: dict[str, VerifiedInstruction] = {}   # by id: the results name them so
 
     # -- set-up ----------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -314,10 +315,11 @@ class Driver:
         if kind == "tick":
             self.live[index] = payload
         elif kind == "verified":
-            self._store.put_records([VerifiedInstruction.from_dict(d) for d in payload],
-                                    BackTranslateStage.name)
-        elif kind == "results":
-            self._store.put_records([QueryResult.from_dict(d) for d in payload], "final")
+            verified = [VerifiedInstruction.from_dict(d) for d in payload]
+            self._verified.update((v.id, v) for v in verified)
+            self._store.put_records(verified, BackTranslateStage.name)
+        elif kind == "results":            # a shard sends an instruction before its results
+            self._store.put_records([QueryResult.from_dict(d, self._verified) for d in payload], "final")
             self.received[index] = self.received.get(index, 0) + len(payload)
         elif kind == "done":
             if self.phase == "augment":
