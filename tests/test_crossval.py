@@ -9,7 +9,7 @@ from engine.stage import Context, Funnel
 from engine.stages import build_stage
 from engine.stages.crossval import judge
 from sandbox_pool import Outcome
-from tests.test_pipeline_doubles import RecordingPool, real_pool
+from tests.doubles import RecordingPool, real_pool
 
 NO_COMMA = "def evaluate(response):\n    return ',' not in response\n"
 NO_COMMA_COUNT = "def evaluate(response):\n    return response.count(',') == 0\n"

@@ -23,6 +23,7 @@ import pytest
 
 from engine.servers import (ServerError, ServerStartError, default_embedded_server, embedded_available,
                             llamacpp_server)
+from tests.conftest import alive, wait_gone
 
 EMBEDDED_OK, EMBEDDED_WHY = embedded_available()
 pytestmark = [pytest.mark.slow,
@@ -30,21 +31,6 @@ pytestmark = [pytest.mark.slow,
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pids, timeout: float = 5.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
-        time.sleep(0.05)
-    return [p for p in pids if alive(p)]
 
 
 def get_json(url: str):

@@ -4,8 +4,6 @@ against what the run itself reports at the end."""
 from __future__ import annotations
 
 import asyncio
-import socket
-
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,15 +12,10 @@ from engine.job import run_job
 from engine.config import Config
 from engine.sim.config import LatencyModel, SimConfig
 from engine.sim.server import SimServer
+from tests.conftest import free_port
 from tests.fixtures import autoif_e2e as fx
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parse(text: str) -> dict[str, list]:

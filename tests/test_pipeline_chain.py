@@ -12,7 +12,7 @@ from engine.records import Instruction, QueryResult, VerifiedInstruction
 from engine.stage import Context, Funnel
 from engine.stages import default_stages, make_seed_batches
 from engine.state import StateStore
-from tests.test_pipeline_doubles import ScriptedLLM, real_pool
+from tests.doubles import ScriptedLLM, real_pool
 
 SEEDS = [Instruction("Do not use any commas in your reply."),
          Instruction("Write your entire reply in lowercase letters.")]

@@ -12,7 +12,7 @@ from engine.records import Case, Instruction, Verifier, VerifiedInstruction
 from engine.stage import Context, Funnel
 from engine.stages import build_stage
 from engine.stages.nli import TransformersNLI
-from tests.test_pipeline_doubles import ScriptedLLM
+from tests.doubles import ScriptedLLM
 
 HAVE_TRANSFORMERS = all(importlib.util.find_spec(m) is not None for m in ("transformers", "torch"))
 needs_transformers = pytest.mark.skipif(not HAVE_TRANSFORMERS, reason="transformers/torch not installed")

@@ -10,7 +10,7 @@ from engine.records import (Case, FunctionResult, Instruction, Query, QueryResul
                             Verifier, VerifiedInstruction)
 from engine.stage import Context, Funnel
 from engine.stages import build_stage, load_queries, load_seed_instructions, make_seed_batches
-from tests.test_pipeline_doubles import RecordingPool, ScriptedLLM, real_pool
+from tests.doubles import RecordingPool, ScriptedLLM, real_pool
 
 NO_COMMA = "def evaluate(response):\n    return ',' not in response\n"
 LOWER = "def evaluate(response):\n    return response == response.lower()\n"

@@ -36,6 +36,7 @@ from engine.records import QueryResult, VerifiedInstruction  # noqa: E402
 from engine.sim.config import LatencyModel, SimConfig  # noqa: E402
 from engine.sim.server import SimServer  # noqa: E402
 from engine.state import StateStore  # noqa: E402
+from tests.conftest import alive, free_port  # noqa: E402
 from tests.fixtures import autoif_e2e as fx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,26 +97,11 @@ def all_dbs(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "shards").glob("*/state.sqlite"))
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def wait_dead(pid: int, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while alive(pid):
         assert time.monotonic() < end, f"process {pid} still alive"
         time.sleep(0.05)
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def scrape(url: str, task: asyncio.Task) -> list[str]:

@@ -17,6 +17,7 @@ from engine.config import Config
 from engine.records import Instruction, Query, Verifier
 from engine.sim.config import LatencyModel, SimConfig
 from engine.sim.server import SimServer
+from tests.conftest import read_jsonl
 from tests.fixtures import autoif_e2e as fx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,10 +139,6 @@ JSONL_STEMS = {"sft_alpaca", "sft_sharegpt", "sft_trl", "dpo_llamafactory", "dpo
 
 def job_config(tmp_path: Path, **extra) -> Config:
     return Config(**fx.JOB, **fx.write_inputs(tmp_path / "inputs"), **extra)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
 def sft_view(stem: str, rec: dict) -> tuple[str, str]:

@@ -1,18 +1,13 @@
 """`autoif run --mode online-dpo`: responses, scoring and DPO export again per round, against
 the policy server, on the verified instructions of a finished run; resumable like a run."""
-from pathlib import Path
-
 import orjson
 
 from engine.job import JobError, run_job
 from engine.config import Config
 from engine.sim.config import LatencyModel, SimConfig
 from engine.sim.server import SimServer
+from tests.conftest import read_jsonl
 from tests.fixtures import autoif_e2e as fx
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
 def pair_view(rec: dict) -> tuple[str, str, str]:

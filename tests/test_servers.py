@@ -19,33 +19,13 @@ import pytest
 from engine.servers import (ManagedServer, ServerError, ServerGroup, ServerStartError, build_group,
                             sglang_available, sglang_command, sglang_server, sim_server)
 from engine.servers.sglang import INSTALL_HINT, replica_gpus
+from tests.conftest import alive, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
 # ---------------------------------------------------------------- helpers
-
-def alive(pid: int) -> bool:
-    """True if pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
-def wait_gone(pids, timeout: float = 5.0) -> list[int]:
-    """Wait until none of pids is alive; return those still alive at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [p for p in pids if alive(p)]
-        if not left:
-            return []
-        time.sleep(0.05)
-    return [p for p in pids if alive(p)]
-
 
 def http_status(url: str) -> int | None:
     try:

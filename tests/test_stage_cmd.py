@@ -14,7 +14,8 @@ from engine.records import Instruction, Query
 from engine.runner import StreamRunner
 from engine.stage import Context, Funnel
 from engine.stages import default_stages
-from tests.test_pipeline_doubles import ScriptedLLM, real_pool
+from tests.conftest import read_jsonl as read
+from tests.doubles import ScriptedLLM, real_pool
 
 NO_COMMA = "def evaluate(response):\n    return ',' not in response\n"
 LOWER = "def evaluate(response):\n    return response == response.lower()\n"
@@ -27,10 +28,6 @@ def answer(code, cases):
 def write(path: Path, *rows) -> Path:
     path.write_text("\n".join(r if isinstance(r, str) else orjson.dumps(r).decode() for r in rows) + "\n")
     return path
-
-
-def read(path: Path):
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
 def test_crossval_reference_format(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Test peers shared by the pipeline tests (no tests here).
+"""Test doubles shared by the pipeline tests (no tests here; imported as tests.doubles).
 
 ScriptedLLM implements the LLM protocol in-process: a script maps each prompt to answers.
 `template_of` tells which prompt template a request was rendered from, by the template's
