@@ -12,7 +12,6 @@ import asyncio
 import logging
 import math
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -22,17 +21,25 @@ from typing import Iterable, Sequence
 
 import orjson
 
-from .channel import header, split_frames
+from .cgroups import JobCgroups
+from .channel import header, next_frame_size, split_frames
 from .outcome import (CODE_TO_STATUS, C_OK, OK_FALSE, OK_NONE, OK_TRUE, REJECTED, STATUSES,
                       JobResult, Outcome)
 from .precheck import DEFAULT_ALLOWED_MODULES, precheck
+from .runner import one_line
+from .scratch import remove_tree
 
 log = logging.getLogger("sandbox_pool")
 
 LAYERS = ("pid_namespace", "net_namespace", "landlock_fs", "landlock_net", "landlock_scope",
-          "setuid", "fork_limit", "env_scrub", "scratch_quota")
-DISABLEABLE = ("pid_namespace", "net_namespace", "landlock", "setuid", "env_scrub", "scratch_quota")
+          "setuid", "fork_limit", "env_scrub", "scratch_quota", "job_cgroup", "ipc_namespace")
+DISABLEABLE = ("pid_namespace", "net_namespace", "landlock", "setuid", "env_scrub", "scratch_quota",
+               "job_cgroup", "ipc_namespace")
 _CONSEQUENCE = {
+    "job_cgroup": "memory is limited per process (RLIMIT_AS), not per job: a job's children, memfds "
+                  "and shared memory are not counted together",
+    "ipc_namespace": "jobs share the host's SysV IPC objects (shared memory, message queues), "
+                     "which outlive the job",
     "pid_namespace": "leftover job processes are killed by process group/uid sweep instead of "
                      "namespace teardown",
     "net_namespace": "jobs share the host network stack",
@@ -45,10 +52,20 @@ _CONSEQUENCE = {
     "scratch_quota": "scratch files are bounded per file (max_file_mb) and by the clock, not in total",
 }
 _TAG_OUTCOME = {"T": OK_TRUE, "F": OK_FALSE, "N": OK_NONE}
+_SCALARS = (type(None), bool, int, float, str)
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+# A result frame carries at most max_value_chars (JSON-escaped) and a one-line detail per input,
+# plus the captured output; anything declaring more than this is not a result.
+_FRAME_FIXED = 1 << 20
+
+
+class _Malformed(Exception):
+    """A worker sent something that is not a well-formed answer."""
 
 
 class _Job:
     __slots__ = ("id", "payload", "n", "future", "started")
+    # started: when the job became the head of its worker's queue (its deadline counts from then)
 
     def __init__(self, job_id: int, payload: list, n: int, future: asyncio.Future):
         self.id = job_id
@@ -89,7 +106,7 @@ class SandboxPool:
                  allowed_modules: Iterable[str] | None = None, sandbox_uid_base: int = 61000,
                  scratch_root: str | None = None, disable_layers: Iterable[str] = (),
                  pipeline_depth: int = 2, start_method: str = "forkserver",
-                 start_timeout_s: float = 60.0, nice: int = 5):
+                 start_timeout_s: float = 60.0, nice: int = 5, grace_s: float = 2.0):
         if timeout_s <= 0 or memory_mb <= 0:
             raise ValueError("timeout_s and memory_mb must be positive")
         unknown = set(disable_layers) - set(DISABLEABLE)
@@ -97,6 +114,8 @@ class SandboxPool:
             raise ValueError(f"unknown layers {sorted(unknown)}; choose from {DISABLEABLE}")
         self.n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self.timeout_s = float(timeout_s)
+        # Every job resolves within timeout_s + grace_s of reaching its worker, whatever happens.
+        self.grace_s = float(grace_s)
         self.allowed_modules = frozenset(DEFAULT_ALLOWED_MODULES if allowed_modules is None else allowed_modules)
         self._cfg = {
             "timeout_s": self.timeout_s,
@@ -133,6 +152,8 @@ class SandboxPool:
         self._start_failures = 0
         self._watchdog: asyncio.TimerHandle | None = None
         self._scratch_root: str | None = None
+        self._cgroups: JobCgroups | None = None
+        self._cgroup_why = ""
         self._isolation: dict[str, bool] = {}
         self._why: dict[str, str] = {}
         self._counts = dict.fromkeys(STATUSES, 0)
@@ -158,8 +179,10 @@ class SandboxPool:
         self._scratch_root = tempfile.mkdtemp(prefix="sandbox_pool-", dir=self._scratch_parent)
         os.chmod(self._scratch_root, 0o711)  # job uids must traverse it to reach their dirs
         self._cfg["scratch_root"] = self._scratch_root
+        if "job_cgroup" not in self._cfg["disable_layers"]:
+            self._cgroups, self._cgroup_why = JobCgroups.create()
         # Safety net for a pool that is never closed (interrupted run, forgotten close()).
-        self._finalizer = weakref.finalize(self, _abandon, self._workers, self._scratch_root)
+        self._finalizer = weakref.finalize(self, _abandon, self._workers, self._scratch_root, self._cgroups)
         self._ready_waiter = self._loop.create_future()
         self._started = True
         try:
@@ -175,8 +198,15 @@ class SandboxPool:
     def _spawn(self, index: int) -> _Worker:
         from .worker import worker_main
 
+        cfg = dict(self._cfg, cgroup=None, cgroup_why=self._cgroup_why)
+        if self._cgroups is not None:
+            try:
+                cg = self._cgroups.worker(index, self._cfg["memory_mb"], self._cfg["max_procs"])
+                cfg["cgroup"] = {"procs": list(cg.procs), "oom_events": cg.oom_events, "pids": cg.pids}
+            except OSError as e:
+                cfg["cgroup_why"] = f"cannot create the worker's cgroup: {e.strerror}"
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._process_cls(target=worker_main, args=(self._cfg, child, index),
+        proc = self._process_cls(target=worker_main, args=(cfg, child, index),
                                  name=f"sandbox-worker-{index}", daemon=True)
         proc.start()
         child.close()
@@ -213,7 +243,12 @@ class SandboxPool:
         if self._ready_waiter and not self._ready_waiter.done():
             self._ready_waiter.cancel()
         if self._scratch_root:
-            shutil.rmtree(self._scratch_root, ignore_errors=True)
+            remove_tree(self._scratch_root)
+        if self._cgroups is not None:
+            deadline = time.monotonic() + 5.0  # jobs die with their zygote, a moment after it
+            while not self._cgroups.empty() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            self._cgroups.remove()
         self._finalizer.detach()
 
     async def _reap(self, proc, patience_s: float = 5.0) -> None:
@@ -363,6 +398,15 @@ class SandboxPool:
     # ---- receiving ---------------------------------------------------------------------------
 
     def _on_readable(self, w: _Worker) -> None:
+        # Nothing a worker sends may raise out of this callback: a malformed, oversized or
+        # unexpected frame (or a bug here) fails that worker's job and replaces the worker.
+        try:
+            self._receive(w)
+        except Exception as e:
+            self._worker_died(w, one_line(f"malformed answer from the sandbox worker: {type(e).__name__}: {e}"))
+            self._dispatch()
+
+    def _receive(self, w: _Worker) -> None:
         try:
             data = os.read(w.fd, 1 << 20)
         except BlockingIOError:
@@ -378,18 +422,29 @@ class SandboxPool:
         frames, used = split_frames(buf)
         try:
             for frame in frames:
-                self._on_message(w, orjson.loads(frame))
                 if w.dead:
                     return
+                self._on_message(w, orjson.loads(frame))
         finally:
             for frame in frames:
                 frame.release()
             del buf[:used]        # consumed even if a frame failed: never parse it twice
-        self._dispatch()
+        pending = next_frame_size(buf, 0)
+        if pending is not None and pending > self._max_frame(w):
+            raise _Malformed(f"frame of {pending} bytes announced")
+        if not w.dead:
+            self._dispatch()
+
+    def _max_frame(self, w: _Worker) -> int:
+        n = max((j.n for j in w.inflight), default=0)
+        cfg = self._cfg
+        return _FRAME_FIXED + 6 * cfg["max_output_bytes"] + n * (6 * cfg["max_value_chars"] + 4096)
 
     def _on_message(self, w: _Worker, msg) -> None:
         if type(msg) is list:
             self._on_result(w, msg)
+        elif type(msg) is not dict:
+            raise _Malformed(f"unexpected {type(msg).__name__}")
         elif "hello" in msg:
             w.ready = True
             w.host_pid = msg["hello"]
@@ -411,35 +466,24 @@ class SandboxPool:
                 self._ready_waiter.set_result(None)
         elif "fatal" in msg:
             log.error("sandbox_pool: worker %d failed: %s", w.index, msg["fatal"])
-            self._worker_died(w, "worker failed: " + msg["fatal"].strip().splitlines()[-1])
+            self._worker_died(w, "worker failed: " + str(msg["fatal"]).strip().splitlines()[-1])
+        else:
+            raise _Malformed("unexpected message")
 
     def _on_result(self, w: _Worker, msg: list) -> None:
-        job_id, tags, recs, output, elapsed, busy = msg
-        job = w.inflight.popleft()
+        if not w.inflight:
+            raise _Malformed("an answer with no job in flight")
+        job = w.inflight[0]
+        outcomes, recs, output, elapsed, busy = _decode_result(msg, job)  # _Malformed: head crashes
+        w.inflight.popleft()
         if w.inflight:
             w.inflight[0].started = time.monotonic()
-        assert job.id == job_id, "worker answered out of order"
         self._busy_s += busy
-        self._checks += len(tags)
+        self._checks += len(outcomes)
         counts = self._counts
-        counts["ok"] += len(tags) - len(recs)
-        outcomes = list(map(_TAG_OUTCOME.get, tags))  # bare True/False/None verdicts; None for "R"
-        if recs:
-            shared: dict = {}
-            it = iter(recs)
-            for i, tag in enumerate(tags):
-                if tag != "R":
-                    continue
-                code, value, detail = next(it)
-                if code == C_OK:
-                    o = Outcome("ok", _special(value) if type(value) is dict else value, "")
-                else:
-                    key = (code, detail)
-                    o = shared.get(key)
-                    if o is None:
-                        o = shared[key] = Outcome(CODE_TO_STATUS[code], None, detail)
-                counts[o.status] += 1
-                outcomes[i] = o
+        counts["ok"] += len(outcomes) - len(recs)
+        for o in recs:
+            counts[o.status] += 1
         if not job.future.done():
             job.future.set_result(JobResult(outcomes, output, elapsed))
 
@@ -516,19 +560,24 @@ class SandboxPool:
         self._queue.clear()
 
     def _arm_watchdog(self) -> None:
-        # Safety net only: supervisors enforce deadlines themselves, so this fires just when a
-        # supervisor is wedged; then the worker is replaced and its job counts as crashed.
-        period = max(0.5, self.timeout_s)
+        # Supervisors enforce deadlines themselves, so this fires only when a worker is wedged
+        # (or an answer was lost); then the worker is replaced and its job counts as crashed.
+        period = min(0.1, self.grace_s / 4)
         self._watchdog = self._loop.call_later(period, self._check_wedged)
 
     def _check_wedged(self) -> None:
-        now = time.monotonic()
-        limit = 2 * self.timeout_s + 10.0
-        for w in list(self._workers):
-            if not w.dead and w.inflight and now - w.inflight[0].started > limit:
-                self._worker_died(w, f"worker unresponsive for {limit:g} s")
-        if not self._closing:
-            self._arm_watchdog()
+        try:
+            now = time.monotonic()
+            limit = self.timeout_s + self.grace_s
+            for w in list(self._workers):
+                if not w.dead and w.inflight and now - w.inflight[0].started > limit:
+                    self._worker_died(w, f"no answer from the sandbox worker within {limit:g} s; "
+                                         "worker replaced")
+        except Exception:
+            log.exception("sandbox_pool: watchdog check failed")
+        finally:
+            if not self._closing:
+                self._arm_watchdog()
 
     def _report_isolation(self) -> None:
         for layer in LAYERS:
@@ -537,13 +586,15 @@ class SandboxPool:
                             self._why.get(layer, "unknown"), _CONSEQUENCE[layer])
 
 
-def _abandon(workers: list, scratch_root: str) -> None:
+def _abandon(workers: list, scratch_root: str, cgroups: JobCgroups | None) -> None:
     for w in workers:
         try:
             w.proc.kill()
         except Exception:
             pass
-    shutil.rmtree(scratch_root, ignore_errors=True)
+    remove_tree(scratch_root)
+    if cgroups is not None:
+        cgroups.remove()  # best effort; a later pool sweeps what is left
 
 
 def _widen_send_buffer(fd: int) -> None:
@@ -578,11 +629,60 @@ def _unsurrogate(obj):
     return obj
 
 
-def _special(value: dict):
-    """Decode the tagged forms used for non-finite floats and integers beyond 64 bits."""
-    if "f" in value:
-        return float(value["f"])
-    try:
-        return int(value["i"])
-    except ValueError:
-        return value["i"]
+def _value(value):
+    """A verdict value as sent by a supervisor: a JSON scalar, or a tagged non-finite float /
+    integer beyond 64 bits."""
+    if type(value) in _SCALARS:
+        return value
+    if type(value) is dict and len(value) == 1:
+        if type(value.get("f")) is str and value["f"] in _NONFINITE:
+            return _NONFINITE[value["f"]]
+        digits = value.get("i")
+        if type(digits) is str and digits.isascii() and digits.lstrip("-").isdigit() and digits.count("-") <= 1:
+            try:
+                return int(digits)
+            except ValueError:  # beyond the int<->str digit limit: kept as its text
+                return digits
+    raise _Malformed("invalid value")
+
+
+def _decode_result(msg: list, job: _Job) -> tuple[list, list, str, float, float]:
+    """Check a result frame against the job it answers; raise _Malformed on any mismatch.
+
+    Returns (outcomes, the outcomes that came as records, output, elapsed, busy)."""
+    if len(msg) != 6:
+        raise _Malformed("result of the wrong shape")
+    job_id, tags, recs, output, elapsed, busy = msg
+    if job_id != job.id:
+        raise _Malformed(f"answer for job {job_id!r} while job {job.id} was running")
+    if (type(tags) is not str or type(recs) is not list or type(output) is not str
+            or type(elapsed) not in (int, float) or type(busy) not in (int, float)):
+        raise _Malformed("result fields of the wrong types")
+    if len(tags) != job.n or tags.count("R") != len(recs):
+        raise _Malformed(f"{len(tags)} verdicts for {job.n} inputs")
+    if sum(map(tags.count, "TFNR")) != len(tags):
+        raise _Malformed("unknown verdict tag")
+    outcomes = list(map(_TAG_OUTCOME.get, tags))  # bare True/False/None verdicts; None for "R"
+    decoded = []
+    if recs:
+        shared: dict = {}
+        it = iter(recs)
+        for i, tag in enumerate(tags):
+            if tag != "R":
+                continue
+            rec = next(it)
+            if type(rec) is not list or len(rec) != 3:
+                raise _Malformed("verdict record of the wrong shape")
+            code, value, detail = rec
+            if type(code) is not int or not 0 <= code < len(CODE_TO_STATUS) or type(detail) is not str:
+                raise _Malformed("invalid verdict record")
+            if code == C_OK:
+                o = Outcome("ok", _value(value), "")
+            else:
+                key = (code, detail)
+                o = shared.get(key)
+                if o is None:
+                    o = shared[key] = Outcome(CODE_TO_STATUS[code], None, one_line(detail))
+            outcomes[i] = o
+            decoded.append(o)
+    return outcomes, decoded, output, float(elapsed), float(busy)

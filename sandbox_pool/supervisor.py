@@ -29,8 +29,9 @@ from collections import OrderedDict
 import orjson
 
 from . import isolation, verdicts, zygote
+from .cgroups import oom_kills
 from .channel import Channel
-from .outcome import C_CRASHED, C_OK, C_TIMEOUT
+from .outcome import C_CRASHED, C_MEMORY, C_OK, C_TIMEOUT
 from .runner import one_line
 
 _COMPILE_CACHE = 256
@@ -141,12 +142,17 @@ class Supervisor:
         else:
             self.uid, self.uid_lock = _claim_uid(self.cfg["sandbox_uid_base"], self.index)
             self._set("setuid", True)
-        # RLIMIT_NPROC counts every process of the uid, so it is only meaningful for our own uid.
-        self._set("fork_limit", self.uid is not None, "needs a dedicated uid (setuid layer)")
+        self._open_cgroup()
+        # RLIMIT_NPROC counts every process of the uid, so it is only meaningful for our own uid;
+        # a pids cgroup counts the job's processes whatever their uid.
+        self._set("fork_limit", self.uid is not None or self.pids_cgroup,
+                  "needs a dedicated uid (setuid layer) or a pids cgroup")
 
         self.scratch = os.path.join(self.cfg["scratch_root"], f"w{self.index}")
         os.makedirs(self.scratch, mode=0o711, exist_ok=True)
         os.chmod(self.scratch, 0o711)
+        # With the scratch_quota layer, job dirs live on a tmpfs mounted at jobs/ (worker.py).
+        self.jobs_dir = os.path.join(self.scratch, "jobs") if self.layers.get("scratch_quota") else self.scratch
         self._build_landlock()
 
         # Inputs go to the job through one memfd, verdicts come back through another.
@@ -156,6 +162,30 @@ class Supervisor:
         self.vmap: mmap.mmap | None = None
         self._start_zygote()
         self._probe()
+
+    def _open_cgroup(self) -> None:
+        """Open the worker's job cgroup files, which every job joins before its code runs."""
+        self.cgroup_fds: tuple[int, ...] = ()
+        self.oom_fd: int | None = None
+        self.oom_seen = 0
+        self.pids_cgroup = False
+        cg = self.cfg.get("cgroup")
+        if "job_cgroup" in self.disabled:
+            self._set("job_cgroup", False, "disabled by configuration")
+            return
+        if not cg:
+            self._set("job_cgroup", False, self.cfg.get("cgroup_why") or "no cgroup")
+            return
+        try:
+            self.cgroup_fds = tuple(os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in cg["procs"])
+            self.oom_fd = os.open(cg["oom_events"], os.O_RDONLY | os.O_CLOEXEC)
+            self.oom_seen = oom_kills(self.oom_fd)
+        except OSError as e:
+            self._set("job_cgroup", False, f"cannot open the worker's cgroup: {e.strerror}")
+            self.cgroup_fds = ()
+            return
+        self.pids_cgroup = bool(cg["pids"])
+        self._set("job_cgroup", True)
 
     def _set(self, layer: str, ok: bool, reason: str = "") -> None:
         self.layers[layer] = bool(ok)
@@ -242,8 +272,11 @@ class Supervisor:
                 isolation.set_parent_death_signal(signal.SIGKILL)
                 os.close(self.ctl)
                 os.close(self.conn.fd)  # the pool's connection stays with the supervisor
-                zygote.Zygote(self.cfg, zfd, self.job_fd, self.verdict_fd, devnull, self.scratch,
-                              self.ruleset_fd, self.uid, pid_ns, self.prebound).serve()
+                zygote.Zygote(self.cfg, zfd, self.job_fd, self.verdict_fd, devnull, self.jobs_dir,
+                              self.ruleset_fd, self.uid, pid_ns, self.prebound,
+                              scratch_tmpfs=self.jobs_dir != self.scratch,
+                              ipc_ns=self.layers.get("ipc_namespace", False),
+                              cgroup_fds=self.cgroup_fds).serve()
             finally:
                 os._exit(1)
         os.close(zfd)
@@ -265,6 +298,10 @@ class Supervisor:
                 flags |= zygote.FLAG_DROP_LANDLOCK
                 for name in ("landlock_fs", "landlock_net", "landlock_scope"):
                     self._set(name, False, f"restricting failed: {reason}")
+            elif layer == "job_cgroup":
+                flags |= zygote.FLAG_DROP_CGROUP
+                self._set("job_cgroup", False, f"joining failed: {reason}")
+                self._set("fork_limit", self.uid is not None, "needs a dedicated uid (setuid layer)")
             elif layer == "setuid":
                 flags |= zygote.FLAG_DROP_SETUID
                 self.uid = None
@@ -350,16 +387,31 @@ class Supervisor:
         missing = n - len(tags)
         if missing:
             tags += b"R" * missing
-            recs.extend([self._why_incomplete(status, cpu, timed_out, problem)] * missing)
+            recs.extend([self._why_incomplete(status, cpu, timed_out, problem, self._oom_killed(status))]
+                        * missing)
         output = out.decode("utf-8", "replace")
         if out_total > len(out):
             output += f"\n[output truncated: {out_total} bytes written, first {len(out)} kept]"
         return tags.decode("ascii"), recs, output, elapsed, setup_error
 
-    def _why_incomplete(self, status: int, cpu: float, timed_out: int, problem: str | None):
+    def _oom_killed(self, status: int) -> bool:
+        """Whether the cgroup's OOM killer acted during the job (asked only of a killed job)."""
+        if self.oom_fd is None or not os.WIFSIGNALED(status):
+            return False
+        try:
+            n = oom_kills(self.oom_fd)
+        except (OSError, ValueError):
+            return False
+        seen, self.oom_seen = self.oom_seen, n
+        return n > seen
+
+    def _why_incomplete(self, status: int, cpu: float, timed_out: int, problem: str | None, oom: bool):
         cfg = self.cfg
         if timed_out:
             return [C_TIMEOUT, None, f"job exceeded the {cfg['timeout_s']:g} s wall-clock limit"]
+        if oom:
+            return [C_MEMORY, None, f"job exceeded the {cfg['memory_mb']} MB memory limit "
+                                    "(its processes and shared memory together)"]
         if problem and (not os.WIFSIGNALED(status) or problem.startswith("sandbox")):
             return [C_CRASHED, None, problem]
         if os.WIFSIGNALED(status):

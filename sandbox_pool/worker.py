@@ -1,6 +1,6 @@
 """Entry point of a pool worker process (started once by multiprocess).
 
-The worker enters fresh network and PID namespaces (its children land in the new
+The worker enters fresh network, PID, mount and IPC namespaces (its children land in the new
 PID namespace; its first child, the zygote, becomes PID 1 there), then re-executes
 itself as a fresh interpreter running the supervisor, with an empty environment:
 none of the pool process' memory (secrets in its heap or environment,
@@ -28,7 +28,7 @@ def _enter_namespaces(disabled: set[str]) -> tuple[dict, dict]:
     layers: dict[str, bool] = {}
     why: dict[str, str] = {}
     wanted = {"pid_namespace": isolation.CLONE_NEWPID, "net_namespace": isolation.CLONE_NEWNET,
-              "scratch_quota": isolation.CLONE_NEWNS}
+              "scratch_quota": isolation.CLONE_NEWNS, "ipc_namespace": isolation.CLONE_NEWIPC}
     for layer in list(wanted):
         if layer in disabled:
             layers[layer] = False
@@ -54,17 +54,21 @@ def _enter_namespaces(disabled: set[str]) -> tuple[dict, dict]:
 
 
 def _mount_scratch(cfg: dict, index: int, layers: dict, why: dict) -> None:
-    """Give this worker's scratch dir its own size-capped tmpfs (private to our mount namespace).
+    """Give this worker's job dirs their own size-capped tmpfs (private to our mount namespace).
 
-    Job files then count against max_scratch_mb instead of the host's disk or RAM, and they
-    are invisible outside the worker.
+    Job files then count against max_scratch_mb instead of the host's disk or RAM, they are
+    invisible outside the worker, and a dirty tmpfs is replaced by a fresh mount instead of
+    being walked. It sits one level below the scratch dir, so the Landlock rule on the scratch
+    dir (an inode on the host) still covers each new mount.
     """
     scratch = os.path.join(cfg["scratch_root"], f"w{index}")
     os.makedirs(scratch, mode=0o711, exist_ok=True)
     if not layers.get("scratch_quota"):
         return
     try:
-        isolation.mount_private_tmpfs(scratch, cfg["max_scratch_mb"], cfg["max_scratch_files"])
+        os.makedirs(os.path.join(scratch, "jobs"), mode=0o711, exist_ok=True)
+        isolation.mount_private_tmpfs(os.path.join(scratch, "jobs"), cfg["max_scratch_mb"],
+                                      cfg["max_scratch_files"])
     except OSError as e:
         layers["scratch_quota"] = False
         why["scratch_quota"] = f"mounting a tmpfs failed: {e.strerror}"
