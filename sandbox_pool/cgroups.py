@@ -14,21 +14,13 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+
+from .limits import WorkerCgroup
 
 # Copy-on-write copies of the zygote's pages that every job dirties count against the cgroup
 # but not against memory_mb's RLIMIT_AS headroom; allow for them so honest jobs see the same limit.
 _HEADROOM = 32 << 20
 _PREFIX = "sandbox_pool-"
-
-
-@dataclass(frozen=True)
-class WorkerCgroup:
-    """What one worker's jobs need: files to join, and where the OOM killer's count is."""
-
-    procs: tuple[str, ...]  # cgroup.procs files; a job writes "0" to each to join
-    oom_events: str  # memory.events (v2) or memory.oom_control (v1): an "oom_kill N" line
-    pids: bool  # the process count is limited too
 
 
 def _own_paths() -> dict[str, str]:

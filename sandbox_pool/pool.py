@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 import orjson
 
 from .cgroups import JobCgroups
+from .limits import Limits, WorkerSpec
 from .channel import header, next_frame_size, split_frames
 from .outcome import (CODE_TO_STATUS, C_OK, OK_FALSE, OK_NONE, OK_TRUE, REJECTED, STATUSES,
                       JobResult, Outcome)
@@ -106,7 +107,8 @@ class SandboxPool:
                  allowed_modules: Iterable[str] | None = None, sandbox_uid_base: int = 61000,
                  scratch_root: str | None = None, disable_layers: Iterable[str] = (),
                  pipeline_depth: int = 2, start_method: str = "forkserver",
-                 start_timeout_s: float = 60.0, nice: int = 5, grace_s: float = 2.0):
+                 start_timeout_s: float = 60.0, nice: int = 5, grace_s: float = 2.0,
+                 cpu_base_s: float = 0.2, cpu_per_input_s: float = 0.01):
         if timeout_s <= 0 or memory_mb <= 0:
             raise ValueError("timeout_s and memory_mb must be positive")
         unknown = set(disable_layers) - set(DISABLEABLE)
@@ -117,24 +119,26 @@ class SandboxPool:
         # Every job resolves within timeout_s + grace_s of reaching its worker, whatever happens.
         self.grace_s = float(grace_s)
         self.allowed_modules = frozenset(DEFAULT_ALLOWED_MODULES if allowed_modules is None else allowed_modules)
-        self._cfg = {
-            "timeout_s": self.timeout_s,
-            "memory_mb": int(memory_mb),
-            "cpu_s": int(cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1),
-            "max_procs": int(max_procs),
-            "max_output_bytes": int(max_output_bytes),
-            "max_file_mb": int(max_file_mb),
-            "max_scratch_mb": int(max_scratch_mb),
-            "max_scratch_files": int(max_scratch_files),
-            "max_open_files": int(max_open_files),
-            "max_value_chars": int(max_value_chars),
-            "allowed_modules": sorted(self.allowed_modules),
-            "sandbox_uid_base": int(sandbox_uid_base),
-            "disable_layers": sorted(set(disable_layers)),
+        self.limits = Limits(
+            timeout_s=self.timeout_s,
+            memory_mb=int(memory_mb),
+            cpu_s=int(cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1),
+            cpu_base_s=float(cpu_base_s),
+            cpu_per_input_s=float(cpu_per_input_s),
+            max_procs=int(max_procs),
+            max_output_bytes=int(max_output_bytes),
+            max_file_mb=int(max_file_mb),
+            max_scratch_mb=int(max_scratch_mb),
+            max_scratch_files=int(max_scratch_files),
+            max_open_files=int(max_open_files),
+            max_value_chars=int(max_value_chars),
+            allowed_modules=tuple(sorted(self.allowed_modules)),
+            sandbox_uid_base=int(sandbox_uid_base),
+            disable_layers=tuple(sorted(set(disable_layers))),
             # Verification soaks up spare CPU; the event loop feeding the server (and a server
             # on the same node) must not wait behind it, so workers run at a lower priority.
-            "nice": int(nice),
-        }
+            nice=int(nice),
+        )
         self._scratch_parent = scratch_root
         self._depth = max(1, int(pipeline_depth))
         self._start_method = start_method
@@ -178,8 +182,7 @@ class SandboxPool:
         self._ctx, self._process_cls = context(self._start_method)
         self._scratch_root = tempfile.mkdtemp(prefix="sandbox_pool-", dir=self._scratch_parent)
         os.chmod(self._scratch_root, 0o711)  # job uids must traverse it to reach their dirs
-        self._cfg["scratch_root"] = self._scratch_root
-        if "job_cgroup" not in self._cfg["disable_layers"]:
+        if "job_cgroup" not in self.limits.disable_layers:
             self._cgroups, self._cgroup_why = JobCgroups.create()
         # Safety net for a pool that is never closed (interrupted run, forgotten close()).
         self._finalizer = weakref.finalize(self, _abandon, self._workers, self._scratch_root, self._cgroups)
@@ -198,15 +201,15 @@ class SandboxPool:
     def _spawn(self, index: int) -> _Worker:
         from .worker import worker_main
 
-        cfg = dict(self._cfg, cgroup=None, cgroup_why=self._cgroup_why)
+        cgroup, why = None, self._cgroup_why
         if self._cgroups is not None:
             try:
-                cg = self._cgroups.worker(index, self._cfg["memory_mb"], self._cfg["max_procs"])
-                cfg["cgroup"] = {"procs": list(cg.procs), "oom_events": cg.oom_events, "pids": cg.pids}
+                cgroup = self._cgroups.worker(index, self.limits.memory_mb, self.limits.max_procs)
             except OSError as e:
-                cfg["cgroup_why"] = f"cannot create the worker's cgroup: {e.strerror}"
+                why = f"cannot create the worker's cgroup: {e.strerror}"
+        spec = WorkerSpec(self.limits, index, self._scratch_root, cgroup, why)
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._process_cls(target=worker_main, args=(cfg, child, index),
+        proc = self._process_cls(target=worker_main, args=(spec, child),
                                  name=f"sandbox-worker-{index}", daemon=True)
         proc.start()
         child.close()
@@ -437,8 +440,8 @@ class SandboxPool:
 
     def _max_frame(self, w: _Worker) -> int:
         n = max((j.n for j in w.inflight), default=0)
-        cfg = self._cfg
-        return _FRAME_FIXED + 6 * cfg["max_output_bytes"] + n * (6 * cfg["max_value_chars"] + 4096)
+        lim = self.limits
+        return _FRAME_FIXED + 6 * lim.max_output_bytes + n * (6 * lim.max_value_chars + 4096)
 
     def _on_message(self, w: _Worker, msg) -> None:
         if type(msg) is list:

@@ -29,6 +29,7 @@ import orjson
 
 from . import confine as confine_mod
 from . import isolation, runner, verdicts
+from .limits import Limits
 from .scratch import remove_tree
 
 REQUEST = struct.Struct("<qqqIII")  # seq, code_id, evict_id (-1: none), code_len, n_inputs, flags
@@ -58,10 +59,10 @@ def write_all(fd: int, data) -> None:
 
 
 class Zygote:
-    def __init__(self, cfg: dict, ctl_fd: int, job_fd: int, verdict_fd: int, devnull: int,
+    def __init__(self, limits: Limits, ctl_fd: int, job_fd: int, verdict_fd: int, devnull: int,
                  scratch: str, ruleset_fd: int | None, uid: int | None, pid_ns: bool,
                  prebound: dict, *, scratch_tmpfs: bool, ipc_ns: bool, cgroup_fds: tuple[int, ...]):
-        self.cfg = cfg
+        self.limits = limits
         self.ctl = ctl_fd
         self.job_fd = job_fd
         self.verdict_fd = verdict_fd
@@ -110,22 +111,22 @@ class Zygote:
                 self.codes.pop(evict_id, None)
             if code_len:
                 self.codes[code_id] = _compile(read_exact(self.ctl, code_len).decode("utf-8", "surrogatepass"))
-            status, timed_out, cpu, elapsed, out_total, out = self.run_job(self.codes[code_id])
+            status, timed_out, cpu, elapsed, out_total, out = self.run_job(self.codes[code_id], n)
             write_all(self.ctl, REPLY.pack(status, timed_out, cpu, elapsed, out_total, len(out)) + out)
 
     # ---- one job ----------------------------------------------------------------------------
 
     def _plan(self, scratch: str) -> confine_mod.Plan:
-        cfg = self.cfg
+        lim = self.limits
         return confine_mod.Plan(
-            scratch=scratch, memory_mb=cfg["memory_mb"], cpu_s=cfg["cpu_s"],
-            max_procs=cfg["max_procs"] if self.uid is not None else None,
-            max_file_mb=cfg["max_file_mb"], max_open_files=cfg["max_open_files"],
+            scratch=scratch, memory_mb=lim.memory_mb, cpu_s=lim.cpu_s,
+            max_procs=lim.max_procs if self.uid is not None else None,
+            max_file_mb=lim.max_file_mb, max_open_files=lim.max_open_files,
             ruleset_fd=self.ruleset_fd, uid=self.uid, devnull_fd=self.devnull, parent_pid=self.pid,
             cgroup_fds=self.cgroup_fds)
 
-    def run_job(self, program):
-        cfg = self.cfg
+    def run_job(self, program, n: int):
+        lim = self.limits
         self.seq += 1
         scratch = os.path.join(self.scratch, f"j{self.tag}-{self.seq}")
         os.mkdir(scratch, 0o700)
@@ -136,12 +137,12 @@ class Zygote:
         t0 = time.monotonic()
         pid = self.fork()
         if pid == 0:
-            self._job_child(plan, program, out_w)  # never returns
+            self._job_child(plan, program, out_w, lim.cpu_budget_s(n))  # never returns
         os.close(out_w)
         os.set_blocking(out_r, False)
         out = bytearray()
         out_total = 0
-        max_out = cfg["max_output_bytes"]
+        max_out = lim.max_output_bytes
 
         def drain() -> bool:
             """Read what is available; False once the pipe reached EOF."""
@@ -161,7 +162,7 @@ class Zygote:
         poller = self.poller
         poller.register(pidfd, select.POLLIN)
         poller.register(out_r, select.POLLIN)
-        deadline = t0 + cfg["timeout_s"]
+        deadline = t0 + lim.timeout_s
         timed_out = False
         out_open = True
         while True:
@@ -193,7 +194,7 @@ class Zygote:
         self.remove_scratch(scratch)
         return status, int(timed_out), rusage.ru_utime + rusage.ru_stime, elapsed, out_total, bytes(out)
 
-    def _job_child(self, plan, program, out_w) -> None:
+    def _job_child(self, plan, program, out_w, cpu_budget_s: float) -> None:
         writer = None
         try:
             writer = verdicts.Writer(mmap.mmap(self.verdict_fd, 0))
@@ -211,7 +212,11 @@ class Zygote:
                 os._exit(SETUP_FAILED_EXIT)
             if "random" in sys.modules:
                 sys.modules["random"].seed()  # forked jobs must not replay the same sequence
-            runner.run(program, inputs, writer, self.cfg["max_value_chars"], self.prebound)
+            # SIGPROF's default action ends the job once it has used its CPU budget; verdicts
+            # already logged are kept. Code that catches or cancels it still meets RLIMIT_CPU
+            # and the wall clock.
+            signal.setitimer(signal.ITIMER_PROF, cpu_budget_s)
+            runner.run(program, inputs, writer, self.limits.max_value_chars, self.prebound)
         except BaseException as e:
             if writer is not None and writer.pos == 0:  # say why instead of a bare exit code
                 writer.add({"setup_error": f"internal error: {type(e).__name__}: {e}", "layer": "internal"},
@@ -230,8 +235,8 @@ class Zygote:
             pass
         if self.scratch_tmpfs:
             try:  # one syscall pair, independent of how many files or how deep
-                isolation.remount_private_tmpfs(self.scratch, self.cfg["max_scratch_mb"],
-                                                self.cfg["max_scratch_files"])
+                isolation.remount_private_tmpfs(self.scratch, self.limits.max_scratch_mb,
+                                                self.limits.max_scratch_files)
                 return
             except OSError:
                 pass
