@@ -137,6 +137,7 @@ def remount_private_tmpfs(target: str, size_mb: int, max_files: int) -> None:
 # *_STAT command). The counts are shm_info.used_ids, msginfo.msgpool and seminfo.semusz.
 _IPC_RMID = 0
 _SYSV = (("shmctl", 14, 0, 13), ("msgctl", 12, 0, 11), ("semctl", 19, 28, 18))
+_IPC_BUF = ctypes.create_string_buffer(512)  # large enough for every *_info / *id_ds struct
 
 
 def _sysv_call(fn: str, ident: int, cmd: int, buf) -> int:
@@ -152,7 +153,7 @@ def sweep_sysv_ipc() -> int:
     Costs three syscalls when there is nothing to remove (the usual case). Only for a
     namespace of the pool's own, once no job process is left in it.
     """
-    buf = ctypes.create_string_buffer(512)
+    buf = _IPC_BUF
     removed = 0
     for fn, info_cmd, count_at, stat_cmd in _SYSV:
         highest = _sysv_call(fn, 0, info_cmd, buf)

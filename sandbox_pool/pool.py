@@ -65,15 +65,59 @@ class _Malformed(Exception):
 
 
 class _Job:
-    __slots__ = ("id", "payload", "n", "future", "started")
-    # started: when the job became the head of its worker's queue (its deadline counts from then)
+    """One caller's (code, inputs), waiting for a worker."""
 
-    def __init__(self, job_id: int, payload: list, n: int, future: asyncio.Future):
-        self.id = job_id
-        self.payload = payload
+    __slots__ = ("code", "code_json", "data", "n", "future", "taken")
+
+    def __init__(self, code: str, code_json: bytes, data: bytes, n: int, future: asyncio.Future):
+        self.code = code
+        self.code_json = code_json
+        self.data = data  # the inputs as one JSON array
         self.n = n
         self.future = future
-        self.started = 0.0
+        self.taken = False  # sent (possibly coalesced into an earlier job of the same code)
+
+
+class _SameCode:
+    """Queued jobs of one code, oldest first (entries already taken are skipped lazily)."""
+
+    __slots__ = ("jobs", "inputs")
+
+    def __init__(self):
+        self.jobs: deque[_Job] = deque()
+        self.inputs = 0  # inputs of the jobs not yet taken
+
+
+class _Wire:
+    """What one worker runs in one fork: one or more caller jobs of the same code, inputs
+    concatenated. Only identical code is ever coalesced, so no two functions share a process."""
+
+    __slots__ = ("id", "parts", "n", "started")
+
+    def __init__(self, wire_id: int, parts: list[_Job], n: int):
+        self.id = wire_id
+        self.parts = parts
+        self.n = n
+        self.started = 0.0  # when it became the head of its worker's queue (its deadline counts from then)
+
+    def payload(self) -> list[bytes]:
+        # [id, n, code] newline inputs: the supervisor passes the inputs on without decoding them.
+        if len(self.parts) == 1:
+            data = self.parts[0].data
+        else:
+            data = b"[" + b",".join([p.data[1:-1] for p in self.parts]) + b"]"
+        return [b"[%d,%d," % (self.id, self.n), self.parts[0].code_json, b"]\n", data]
+
+    def resolve(self, outcomes: list, output: str, elapsed: float) -> None:
+        at = 0
+        for p in self.parts:
+            if not p.future.done():
+                p.future.set_result(JobResult(outcomes[at:at + p.n], output, elapsed))
+            at += p.n
+
+    def fail(self, reason: str) -> None:
+        crashed = Outcome("crashed", None, reason)
+        self.resolve([crashed] * self.n, "", 0.0)
 
 
 class _Worker:
@@ -87,7 +131,7 @@ class _Worker:
         self.fd = conn.fileno()
         self.rbuf = bytearray()
         self.wbuf = bytearray()
-        self.inflight: deque[_Job] = deque()
+        self.inflight: deque[_Wire] = deque()
         self.ready = False
         self.host_pid: int | None = None
         self.uid: int | None = None
@@ -108,7 +152,8 @@ class SandboxPool:
                  scratch_root: str | None = None, disable_layers: Iterable[str] = (),
                  pipeline_depth: int = 2, start_method: str = "forkserver",
                  start_timeout_s: float = 60.0, nice: int = 5, grace_s: float = 2.0,
-                 cpu_base_s: float = 0.2, cpu_per_input_s: float = 0.01):
+                 cpu_base_s: float = 0.2, cpu_per_input_s: float = 0.01,
+                 coalesce_max_inputs: int = 256):
         if timeout_s <= 0 or memory_mb <= 0:
             raise ValueError("timeout_s and memory_mb must be positive")
         unknown = set(disable_layers) - set(DISABLEABLE)
@@ -141,6 +186,10 @@ class SandboxPool:
         )
         self._scratch_parent = scratch_root
         self._depth = max(1, int(pipeline_depth))
+        # Queued jobs of the same code are sent as one job of up to this many inputs: one fork
+        # instead of many (the pipeline sends one small job per function per query).
+        self._coalesce_max = max(1, int(coalesce_max_inputs))
+        self._by_code: dict[str, _SameCode] = {}
         self._start_method = start_method
         self._start_timeout_s = start_timeout_s
         self._workers: list[_Worker] = []
@@ -230,10 +279,12 @@ class SandboxPool:
             if not job.future.done():
                 job.future.set_exception(err)
         self._queue.clear()
+        self._by_code.clear()
         for w in self._workers:
-            for job in w.inflight:
-                if not job.future.done():
-                    job.future.set_exception(err)
+            for wire in w.inflight:
+                for job in wire.parts:
+                    if not job.future.done():
+                        job.future.set_exception(err)
             w.inflight.clear()
             self._detach(w)
             try:
@@ -299,7 +350,8 @@ class SandboxPool:
     # ---- submission and dispatch -----------------------------------------------------------
 
     def _prepare(self, code: str, inputs: Sequence, encoded: dict | None = None):
-        """Precheck and encode one job: a JobResult when it needs no worker, else (id, payload, n)."""
+        """Precheck and encode one job: a JobResult when it needs no worker, else
+        (code, code as JSON, inputs as JSON, n)."""
         if not self._started or self._closing:
             raise RuntimeError("SandboxPool is not running: use 'async with SandboxPool(...)'")
         if self._fatal:
@@ -321,10 +373,7 @@ class SandboxPool:
             data = _dumps(inputs)
             if encoded is not None:
                 encoded[id(inputs)] = (inputs, n, data)  # holding `inputs` keeps its id unique
-        self._next_id += 1
-        # [id, n, code] newline inputs: the supervisor passes the inputs on without decoding them.
-        payload = [b"[%d,%d," % (self._next_id, n), _dumps(code), b"]\n", data]
-        return self._next_id, payload, n
+        return code, _dumps(code), data, n
 
     def _enqueue(self, prepared: list) -> list[asyncio.Future]:
         futs = []
@@ -336,31 +385,79 @@ class SandboxPool:
                 self._counts[REJECTED] += len(item) if item and item[0].status == REJECTED else 0
                 fut.set_result(item)
             else:
-                job_id, payload, n = item
-                self._queue.append(_Job(job_id, payload, n, fut))
+                job = _Job(*item, fut)
+                self._queue.append(job)
+                self._index(job, at_end=True)
             futs.append(fut)
         return futs
+
+    def _index(self, job: _Job, at_end: bool) -> None:
+        same = self._by_code.get(job.code)
+        if same is None:
+            same = self._by_code[job.code] = _SameCode()
+        if at_end:
+            same.jobs.append(job)
+        else:
+            same.jobs.appendleft(job)
+        same.inputs += job.n
+
+    def _take(self, job: _Job, free_slots: int) -> _Wire:
+        """`job` plus queued jobs of the same code (oldest first), as one job for one worker.
+
+        It takes its share of the queued inputs of that code (an even split over the free
+        worker slots, at most the coalescing cap): while workers are idle jobs still spread
+        over them, and the busier the pool the larger the merged jobs.
+        """
+        same = self._by_code[job.code]
+        share = min(self._coalesce_max, -(-same.inputs // free_slots))
+        job.taken = True
+        same.inputs -= job.n
+        parts, n = [job], job.n
+        jobs = same.jobs
+        while jobs:
+            other = jobs[0]
+            if other.taken or other.future.done():
+                jobs.popleft()
+                if not other.taken:
+                    same.inputs -= other.n
+                    other.taken = True
+                continue
+            if n + other.n > share:
+                break
+            jobs.popleft()
+            other.taken = True
+            same.inputs -= other.n
+            parts.append(other)
+            n += other.n
+        if not jobs:
+            del self._by_code[job.code]
+        self._next_id += 1
+        return _Wire(self._next_id, parts, n)
 
     def _dispatch(self) -> None:
         queue = self._queue
         while queue:
             best = None
+            free = 0
             for w in self._workers:
                 if w.ready and not w.dead and len(w.inflight) < self._depth:
+                    free += self._depth - len(w.inflight)
                     if best is None or len(w.inflight) < len(best.inflight):
                         best = w
-                        if not w.inflight:
-                            break
             if best is None:
                 return
             job = queue.popleft()
-            if job.future.done():  # caller gave up (cancelled) before it was sent
+            if job.taken or job.future.done():  # coalesced already, or the caller gave up
+                if not job.taken:
+                    job.taken = True
+                    self._by_code[job.code].inputs -= job.n
                 continue
+            wire = self._take(job, free)
             if not best.inflight:
-                job.started = time.monotonic()
-            best.inflight.append(job)
+                wire.started = time.monotonic()
+            best.inflight.append(wire)
             self._dispatched += 1
-            self._send(best, job.payload)
+            self._send(best, wire.payload())
 
     def _send(self, w: _Worker, parts: list) -> None:
         n = sum(map(len, parts))
@@ -476,8 +573,8 @@ class SandboxPool:
     def _on_result(self, w: _Worker, msg: list) -> None:
         if not w.inflight:
             raise _Malformed("an answer with no job in flight")
-        job = w.inflight[0]
-        outcomes, recs, output, elapsed, busy = _decode_result(msg, job)  # _Malformed: head crashes
+        wire = w.inflight[0]
+        outcomes, recs, output, elapsed, busy = _decode_result(msg, wire)  # _Malformed: head crashes
         w.inflight.popleft()
         if w.inflight:
             w.inflight[0].started = time.monotonic()
@@ -487,8 +584,7 @@ class SandboxPool:
         counts["ok"] += len(outcomes) - len(recs)
         for o in recs:
             counts[o.status] += 1
-        if not job.future.done():
-            job.future.set_result(JobResult(outcomes, output, elapsed))
+        wire.resolve(outcomes, output, elapsed)
 
     # ---- failures ----------------------------------------------------------------------------
 
@@ -531,10 +627,12 @@ class SandboxPool:
             head = inflight[0]
             self._checks += head.n
             self._counts["crashed"] += head.n
-            if not head.future.done():
-                crashed = Outcome("crashed", None, reason)
-                head.future.set_result(JobResult([crashed] * head.n, "", 0.0))
-            self._queue.extendleft(reversed(inflight[1:]))
+            head.fail(reason)
+            for wire in reversed(inflight[1:]):
+                for job in reversed(wire.parts):
+                    job.taken = False
+                    self._queue.appendleft(job)
+                    self._index(job, at_end=False)
         if self._closing:
             return
         if not was_ready:
@@ -561,6 +659,7 @@ class SandboxPool:
             if not job.future.done():
                 job.future.set_exception(err)
         self._queue.clear()
+        self._by_code.clear()
 
     def _arm_watchdog(self) -> None:
         # Supervisors enforce deadlines themselves, so this fires only when a worker is wedged
@@ -649,7 +748,7 @@ def _value(value):
     raise _Malformed("invalid value")
 
 
-def _decode_result(msg: list, job: _Job) -> tuple[list, list, str, float, float]:
+def _decode_result(msg: list, job: _Wire) -> tuple[list, list, str, float, float]:
     """Check a result frame against the job it answers; raise _Malformed on any mismatch.
 
     Returns (outcomes, the outcomes that came as records, output, elapsed, busy)."""

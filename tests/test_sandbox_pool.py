@@ -243,3 +243,35 @@ async def test_jobs_run_at_lower_cpu_priority_than_the_engine(pool):
     out = await pool.evaluate(code, ["x"])
     assert out[0].status == "ok", out[0]
     assert out[0].value >= os.getpriority(os.PRIO_PROCESS, 0) + 5
+
+
+async def test_jobs_of_the_same_code_are_coalesced_and_functions_never_share_a_process():
+    # Many small jobs at once, as the responses stage sends them (one per function per query).
+    fns = {name: "import os\ndef evaluate(x):\n    return f'%s {os.getpid()} {x}'\n" % name
+           for name in ("A", "B", "C")}
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE) as p:
+        queries = [[f"q{q}r{r}" for r in range(8)] for q in range(12)]
+        results = await asyncio.gather(*(p.evaluate_many([(fns[n], texts) for n in fns]) for texts in queries))
+        stats = p.stats()
+    pids_of: dict[str, set] = {n: set() for n in fns}
+    for texts, per_fn in zip(queries, results):
+        for name, res in zip(fns, per_fn):
+            assert len(res) == len(texts) and all(o.ok for o in res), res
+            got = [o.value.split() for o in res]
+            assert [g[0] for g in got] == [name] * len(texts)
+            assert [g[2] for g in got] == texts  # every caller gets its own inputs, in order
+            pids_of[name].update(g[1] for g in got)
+    assert not (pids_of["A"] & pids_of["B"] or pids_of["A"] & pids_of["C"] or pids_of["B"] & pids_of["C"])
+    assert stats["jobs"] == 36 and stats["checks"] == 36 * 8
+    assert stats["dispatched"] < 36  # fewer forks than jobs: queued jobs of one code went together
+
+
+async def test_coalescing_is_capped_and_can_be_switched_off():
+    code = "import os\ndef evaluate(x):\n    return os.getpid()\n"
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_max_inputs=1) as p:
+        res = await p.evaluate_many([(code, [i]) for i in range(6)])
+        assert len({r[0].value for r in res}) == 6 and p.stats()["dispatched"] == 6
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_max_inputs=4) as p:
+        res = await p.evaluate_many([(code, [i, i]) for i in range(6)])
+        assert all(r[0].value == r[1].value for r in res)
+        assert 3 <= p.stats()["dispatched"] < 6  # at most two 2-input jobs per fork
