@@ -24,8 +24,8 @@ import orjson
 from .cgroups import JobCgroups
 from .limits import Limits, WorkerSpec
 from .channel import header, next_frame_size, split_frames
-from .outcome import (CODE_TO_STATUS, C_OK, OK_FALSE, OK_NONE, OK_TRUE, REJECTED, STATUSES,
-                      JobResult, Outcome)
+from .outcome import (CODE_TO_STATUS, C_OK, CRASHED, MEMORY, OK_FALSE, OK_NONE, OK_TRUE, REJECTED,
+                      STATUSES, TIMEOUT, JobResult, Outcome)
 from .precheck import DEFAULT_ALLOWED_MODULES, precheck
 from .runner import one_line
 from .scratch import remove_tree
@@ -67,7 +67,7 @@ class _Malformed(Exception):
 class _Job:
     """One caller's (code, inputs), waiting for a worker."""
 
-    __slots__ = ("code", "code_json", "data", "n", "future", "taken")
+    __slots__ = ("code", "code_json", "data", "n", "future", "taken", "solo")
 
     def __init__(self, code: str, code_json: bytes, data: bytes, n: int, future: asyncio.Future):
         self.code = code
@@ -76,6 +76,7 @@ class _Job:
         self.n = n
         self.future = future
         self.taken = False  # sent (possibly coalesced into an earlier job of the same code)
+        self.solo = False  # runs alone: it lost its verdicts to another job's failure once
 
 
 class _SameCode:
@@ -114,6 +115,28 @@ class _Wire:
             if not p.future.done():
                 p.future.set_result(JobResult(outcomes[at:at + p.n], output, elapsed))
             at += p.n
+
+    def bystanders(self, outcomes: list, tags: str) -> int:
+        """How many trailing parts to run again alone after a job-level failure (timeout,
+        crash, OOM kill): every part from the one it hit on, except the first part, whose
+        inputs ran first in a fresh process exactly as they would have alone. Whatever cut
+        a later part may have been another caller's input or the merged job's size."""
+        if len(self.parts) == 1:
+            return 0
+        i = tags.find("R")
+        while i >= 0:
+            o = outcomes[i]
+            if o.status in (TIMEOUT, CRASHED) or (o.status == MEMORY and o.detail.startswith("job ")):
+                break
+            i = tags.find("R", i + 1)
+        if i < 0:
+            return 0
+        at, k = 0, 0
+        for k, p in enumerate(self.parts):
+            if at + p.n > i:
+                break
+            at += p.n
+        return len(self.parts) - max(k, 1)
 
     def fail(self, reason: str) -> None:
         crashed = Outcome("crashed", None, reason)
@@ -408,6 +431,10 @@ class SandboxPool:
         worker slots, at most the coalescing cap): while workers are idle jobs still spread
         over them, and the busier the pool the larger the merged jobs.
         """
+        self._next_id += 1
+        if job.solo:
+            job.taken = True
+            return _Wire(self._next_id, [job], job.n)
         same = self._by_code[job.code]
         share = min(self._coalesce_max, -(-same.inputs // free_slots))
         job.taken = True
@@ -431,7 +458,6 @@ class SandboxPool:
             n += other.n
         if not jobs:
             del self._by_code[job.code]
-        self._next_id += 1
         return _Wire(self._next_id, parts, n)
 
     def _dispatch(self) -> None:
@@ -450,7 +476,8 @@ class SandboxPool:
             if job.taken or job.future.done():  # coalesced already, or the caller gave up
                 if not job.taken:
                     job.taken = True
-                    self._by_code[job.code].inputs -= job.n
+                    if not job.solo:
+                        self._by_code[job.code].inputs -= job.n
                 continue
             wire = self._take(job, free)
             if not best.inflight:
@@ -579,8 +606,17 @@ class SandboxPool:
         if w.inflight:
             w.inflight[0].started = time.monotonic()
         self._busy_s += busy
-        self._checks += len(outcomes)
         counts = self._counts
+        rerun = wire.bystanders(outcomes, msg[1]) if recs else 0
+        if rerun:  # coalescing must not cost an innocent caller its verdicts
+            keep = wire.parts[:-rerun]
+            for job in reversed(wire.parts[-rerun:]):
+                job.solo, job.taken = True, False
+                self._queue.appendleft(job)
+            wire.parts = keep
+            outcomes = outcomes[:sum(p.n for p in keep)]
+            recs = [o for o in outcomes if o not in (OK_TRUE, OK_FALSE, OK_NONE)]
+        self._checks += len(outcomes)
         counts["ok"] += len(outcomes) - len(recs)
         for o in recs:
             counts[o.status] += 1
@@ -632,7 +668,8 @@ class SandboxPool:
                 for job in reversed(wire.parts):
                     job.taken = False
                     self._queue.appendleft(job)
-                    self._index(job, at_end=False)
+                    if not job.solo:
+                        self._index(job, at_end=False)
         if self._closing:
             return
         if not was_ready:

@@ -9,6 +9,7 @@ against, so each test fails when its protection is removed.
 import asyncio
 import ctypes
 import json
+import logging
 import os
 import signal
 import time
@@ -190,7 +191,7 @@ MEMFDS = (
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="job cgroups need root")
-async def test_memory_of_forked_children_and_memfds_attack_is_bounded_per_job():
+async def test_memory_of_forked_children_and_memfds_attack_is_bounded_per_job(caplog):
     async with _pool(timeout_s=5.0, memory_mb=128) as p:
         assert p.stats()["isolation"]["job_cgroup"], p.stats()
         kids = await p.evaluate(CHILDREN, [3])
@@ -200,8 +201,11 @@ async def test_memory_of_forked_children_and_memfds_attack_is_bounded_per_job():
         assert memfd[0].status == "memory" or (memfd[0].ok and memfd[0].value <= 144), memfd
         assert "memory limit" in (kids[0].detail + memfd[0].detail) or memfd[0].ok
         await _answers_honestly(p)
+    caplog.set_level(logging.WARNING, logger="sandbox_pool")
     async with _pool("job_cgroup", timeout_s=5.0, memory_mb=128) as p:  # control: rlimits alone
         assert "job_cgroup" in p.stats()["degraded"]
+        warned = [r.getMessage() for r in caplog.records if "job_cgroup" in r.getMessage()]
+        assert len(warned) == 1 and "not per job" in warned[0]  # one clear warning
         assert (await p.evaluate(CHILDREN, [3]))[0].value == 3
         assert (await p.evaluate(MEMFDS, [20]))[0].value == 240
 

@@ -275,3 +275,18 @@ async def test_coalescing_is_capped_and_can_be_switched_off():
         res = await p.evaluate_many([(code, [i, i]) for i in range(6)])
         assert all(r[0].value == r[1].value for r in res)
         assert 3 <= p.stats()["dispatched"] < 6  # at most two 2-input jobs per fork
+
+
+async def test_a_coalesced_job_that_fails_does_not_cost_the_other_callers_their_verdicts():
+    code = "def evaluate(x):\n    while x == 'loop':\n        pass\n    return x.upper()\n"
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, pipeline_depth=1) as p:
+        res = await p.evaluate_many([(code, ["loop"]), (code, ["a", "b"]), (code, ["c"])])
+        assert [o.status for o in res[0]] == ["timeout"]  # cut by its CPU budget
+        assert [[o.value for o in r] for r in res[1:]] == [["A", "B"], ["C"]]  # run again alone
+        s = p.stats()
+        assert s["dispatched"] == 3 and s["jobs"] == 3 and s["checks"] == 4 and s["timeout"] == 1  # 1 + 2 alone
+        # A part that the failure hit is run again too unless it ran first: here the loop is
+        # in the second caller's input, so the third caller's check is run again alone.
+        res = await p.evaluate_many([(code, ["d"]), (code, ["e", "loop"]), (code, ["f"])])
+        assert [[o.status for o in r] for r in res] == [["ok"], ["ok", "timeout"], ["ok"]], res
+        assert res[0][0].value == "D" and res[1][0].value == "E" and res[2][0].value == "F"
