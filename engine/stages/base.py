@@ -5,11 +5,12 @@ from __future__ import annotations
 import ast
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 from engine.llm import Completion, SamplingParams
 from engine.prompting import user_message
 from engine.stage import Context
+from sandbox_pool import Outcome
+from sandbox_pool.outcome import OK
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,10 @@ async def ask(ctx: Context, prompt: str, sampling: Sampling) -> list[Completion]
     return await ctx.llm.chat(user_message(prompt), n=sampling.n, params=params)
 
 
-def outcome_bool(outcome: Any) -> bool | None:
+def outcome_bool(outcome: Outcome) -> bool | None:
     """The bool a function returned, or None when it errored, timed out or returned a non-bool."""
-    value = getattr(outcome, "value", None)
-    if getattr(outcome, "status", None) == "ok" and type(value) is bool:
-        return value
+    if outcome.status == OK and type(outcome.value) is bool:
+        return outcome.value
     return None
 
 
