@@ -114,6 +114,9 @@ class Supervisor:
         self.code_ids: OrderedDict[str, int] = OrderedDict()  # mirrors the zygote's compiled cache
         self.next_code_id = 0
         self.seq = 0
+        # Allowed top-level modules bound in every verifier's globals: small models often use
+        # `re` or `string` without importing it, and those modules are imported here anyway.
+        self.prebound: dict[str, object] = {}
 
     # ---- startup -------------------------------------------------------------------------
 
@@ -173,6 +176,8 @@ class Supervisor:
                 mod = importlib.import_module(name)
             except BaseException:
                 continue  # allowed but not installed: importing it in a job is an ordinary error
+            if "." not in name:
+                self.prebound[name] = mod
             # Submodules of allowed stdlib packages (json.decoder, html.parser, collections.abc...).
             path = getattr(mod, "__path__", None)
             if path and os.path.realpath(getattr(mod, "__file__", "") or "").startswith(stdlib):
@@ -238,7 +243,7 @@ class Supervisor:
                 os.close(self.ctl)
                 os.close(self.conn.fd)  # the pool's connection stays with the supervisor
                 zygote.Zygote(self.cfg, zfd, self.job_fd, self.verdict_fd, devnull, self.scratch,
-                              self.ruleset_fd, self.uid, pid_ns).serve()
+                              self.ruleset_fd, self.uid, pid_ns, self.prebound).serve()
             finally:
                 os._exit(1)
         os.close(zfd)

@@ -57,7 +57,8 @@ def write_all(fd: int, data) -> None:
 
 class Zygote:
     def __init__(self, cfg: dict, ctl_fd: int, job_fd: int, verdict_fd: int, devnull: int,
-                 scratch: str, ruleset_fd: int | None, uid: int | None, pid_ns: bool):
+                 scratch: str, ruleset_fd: int | None, uid: int | None, pid_ns: bool,
+                 prebound: dict):
         self.cfg = cfg
         self.ctl = ctl_fd
         self.job_fd = job_fd
@@ -68,6 +69,7 @@ class Zygote:
         self.uid = uid
         self.pid = os.getpid()
         self.pid_ns = pid_ns and self.pid == 1
+        self.prebound = prebound
         self.codes: dict[int, object] = {}
         self.poller = select.poll()  # reused: every object this process allocates costs COW faults
         self.seq = 0
@@ -199,7 +201,7 @@ class Zygote:
                 os._exit(SETUP_FAILED_EXIT)
             if "random" in sys.modules:
                 sys.modules["random"].seed()  # forked jobs must not replay the same sequence
-            runner.run(program, inputs, writer, self.cfg["max_value_chars"])
+            runner.run(program, inputs, writer, self.cfg["max_value_chars"], self.prebound)
         except BaseException as e:
             if writer is not None and writer.pos == 0:  # say why instead of a bare exit code
                 writer.add({"setup_error": f"internal error: {type(e).__name__}: {e}", "layer": "internal"},

@@ -103,6 +103,21 @@ async def test_load_time_failure_fails_every_input(pool):
     assert "ZeroDivisionError" in res[0].detail
 
 
+async def test_allowed_modules_are_usable_without_an_import(pool):
+    # Small models forget `import re`; the allowed modules are already bound in the globals.
+    code = (
+        "def evaluate(x):\n"
+        "    return repr((bool(re.search(r'\\d', x)), x.strip(string.punctuation), json.dumps(x),\n"
+        "                 math.floor(1.5), collections.Counter(x)['a'], 'os' in globals()))\n"
+    )
+    res = await pool.evaluate(code, ["a1a!"])
+    assert res[0].ok, res
+    assert res[0].value == repr((True, "a1a", '"a1a!"', 1, 2, True))  # os is allowed in this pool
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT) as default:  # default allowlist: no os
+        res = await default.evaluate(code, ["a1a!"])
+    assert res[0].ok and res[0].value == repr((True, "a1a", '"a1a!"', 1, 2, False)), res
+
+
 async def test_partial_results_survive_a_timeout(pool):
     code = "def evaluate(x):\n    while x == 'hang':\n        pass\n    return x\n"
     res = await pool.evaluate(code, ["a", "b", "hang", "c"])
