@@ -13,7 +13,8 @@ from string import Template
 PACKAGE = "prompts"
 
 # the LLM calls of the pipeline; each has prompts/<name>.txt
-TEMPLATES = ("augment", "checkable", "verifier", "backtranslate", "nli", "response", "score")
+TEMPLATES = ("augment", "checkable", "verifier", "verifier_code", "verifier_cases", "backtranslate", "nli",
+             "response", "score")
 
 
 class PromptError(KeyError):

@@ -119,7 +119,7 @@ async def test_verifiers_one_request_pooled_and_counted():
         Completion(text='{"func": "def evaluate(response):\\n    return ', finish_reason="length"),
     ]
     llm = ScriptedLLM(lambda name, prompt, n: answers[:n])
-    ctx = make_ctx(llm, verifier_k=5)
+    ctx = make_ctx(llm, verifier_k=5, verifier_style="json")
     [draft] = await VerifierStage().process(Instruction("Do not use any commas."), ctx)
     assert [(c[0], c[2]) for c in llm.calls] == [("verifier", 5)]
     assert "Constraint: Do not use any commas." in llm.calls[0][1]
@@ -131,10 +131,10 @@ async def test_verifiers_one_request_pooled_and_counted():
 
 
 async def test_verifiers_drop_reasons():
-    ctx = make_ctx(ScriptedLLM(lambda name, prompt, n: ["nothing useful"] * n), verifier_k=3)
+    ctx = make_ctx(ScriptedLLM(lambda name, prompt, n: ["nothing useful"] * n), verifier_k=3, verifier_style="json")
     assert await VerifierStage().process(Instruction("Use no commas."), ctx) == []
     assert ctx.funnel.to_dict()["verifiers"]["dropped"] == {"no_parsable_answer": 1}
-    ctx = make_ctx(ScriptedLLM(lambda name, prompt, n: [verifier_json(NO_COMMA, [])] * n), verifier_k=2)
+    ctx = make_ctx(ScriptedLLM(lambda name, prompt, n: [verifier_json(NO_COMMA, [])] * n), verifier_k=2, verifier_style="json")
     assert await VerifierStage().process(Instruction("Use no commas."), ctx) == []
     assert ctx.funnel.to_dict()["verifiers"]["dropped"] == {"no_cases": 1}
 

@@ -88,7 +88,10 @@ def gguf_metadata(path: Path, keys: tuple[str, ...]) -> dict[str, object]:
     """Selected GGUF key/values, read with llama.cpp's own `gguf` reader."""
     from gguf import GGUFReader   # heavy (numpy); only needed once per assembly
 
-    fields = GGUFReader(str(path)).fields
+    try:
+        fields = GGUFReader(str(path)).fields
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"embedded model: not a readable GGUF file ({exc})") from None
     return {k: fields[k].contents() for k in keys if k in fields}
 
 
@@ -104,11 +107,13 @@ def check_metadata(model: PinnedModel, meta: dict[str, object]) -> None:
         raise ModelError("embedded model: the GGUF has no tokenizer.chat_template")
 
 
-def assemble(model: PinnedModel = QWEN_CODER_05B, target_dir: Path | None = None) -> Path:
+def assemble(model: PinnedModel = QWEN_CODER_05B, target_dir: Path | None = None,
+             parts: list[Path] | None = None) -> Path:
     """The verified model file, joined from its chunks on first use (then only re-hashed).
 
     Written to a temporary file and renamed into place, so concurrent first uses never see a
-    half-written model; a cached file that fails the hash is rebuilt."""
+    half-written model; a cached file that fails the hash is rebuilt. `parts`: the chunk
+    files (default: those of the installed chunk packages)."""
     target = (target_dir or cache_dir()) / f"{model.name}.gguf"
     with _lock:
         if str(target) in _ready and target.is_file():
@@ -116,7 +121,7 @@ def assemble(model: PinnedModel = QWEN_CODER_05B, target_dir: Path | None = None
         if target.is_file() and target.stat().st_size == model.size and sha256_of(target) == model.sha256:
             _ready[str(target)] = target
             return target
-        parts = chunk_files(model)
+        parts = parts if parts is not None else chunk_files(model)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         h = hashlib.sha256()

@@ -17,10 +17,19 @@ def settings(ctx: Context) -> Config:
     return ctx.config if isinstance(ctx.config, Config) else Config()
 
 
-async def ask(ctx: Context, prompt: str, *, n: int, temperature: float, max_tokens: int) -> list[Completion]:
-    """One chat request with `n` samples of the same prompt (the server's prefix cache is shared)."""
-    params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
+async def ask(ctx: Context, prompt: str, *, n: int, temperature: float, max_tokens: int,
+              json_schema: str | None = None) -> list[Completion]:
+    """One chat request with `n` samples of the same prompt (the server's prefix cache is shared).
+    `json_schema`: constrained decoding (SGLang and llama-server both accept it)."""
+    params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, json_schema=json_schema)
     return await ctx.llm.chat(user_message(prompt), n=n, params=params)
+
+
+async def complete(ctx: Context, prompt: str, *, n: int, temperature: float, max_tokens: int,
+                   stop: tuple[str, ...]) -> list[Completion]:
+    """One raw text completion (no chat template): the model continues `prompt` until a stop string."""
+    params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, stop=stop)
+    return await ctx.llm.generate(prompt, n=n, params=params)
 
 
 def outcome_bool(outcome: Any) -> bool | None:
