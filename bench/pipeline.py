@@ -70,7 +70,7 @@ async def run_once(cfg: Config, run_dir: Path, url: str) -> tuple[float, dict, l
         seeds = load_seed_instructions(cfg.seeds_path)
         async with make_client(cfg, [url], "sglang") as client, make_pool(cfg) as pool:
             rec = Recording(client)
-            ctx = Context(llm=CachedLLM(rec, store), executor=pool, config=cfg, store=store)
+            ctx = Context(llm=CachedLLM(rec, store), executor=pool)
             t = time.perf_counter()
             summary = await run_full(cfg, seeds, ctx, client, pool, store, run_dir, None, False)
             return time.perf_counter() - t, summary, rec.requests

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import aiohttp
 import orjson
 
 from engine.cache import CachedLLM
@@ -29,9 +30,12 @@ from engine.progress import Progress
 from engine.records import QueryResult, VerifiedInstruction
 from engine.report.observe import Distributions, observe_stages
 from engine.runner import StageSpec, StreamRunner
+from engine.sim.config import SimConfig
+from engine.sim.responders import AUTOIF_FIXTURE
+from engine.sim.server import SimServer
 from engine.stage import Context, Funnel, Stage
-from engine.stages import (BackTranslateStage, QueryJoinStage, ResponseStage, ScoreStage,
-                           default_stages, load_seed_instructions, make_seed_batches)
+from engine.stages import (CHAIN, BackTranslateStage, default_stages, load_seed_instructions,
+                           make_seed_batches)
 from engine.state import StateStore
 from sandbox_pool import SandboxPool
 
@@ -58,9 +62,6 @@ async def open_servers(cfg: Config, backend: str, run_dir: Path) -> AsyncIterato
         yield list(cfg.servers), cfg.api
         return
     if backend == "sim":
-        from engine.sim.config import SimConfig
-        from engine.sim.server import SimServer
-        from engine.sim.responders import AUTOIF_FIXTURE
         async with SimServer(SimConfig(responder=str(AUTOIF_FIXTURE))) as sim:
             log.info("started the SGLang simulator (a test double) at %s", sim.url)
             yield [sim.url], "sglang"
@@ -122,8 +123,6 @@ async def check_reachable(client: Any, urls: list[str]) -> None:
     Any HTTP answer counts (servers without /health answer 404); only a refused, reset or
     timed-out connection means unreachable.
     """
-    import aiohttp
-
     async def answers(url: str) -> str | None:
         try:
             async with client.session.get(url.rstrip("/") + "/health",
@@ -150,8 +149,7 @@ async def open_engine(cfg: Config, backend: str, run_dir: Path, store: StateStor
         client = await stack.enter_async_context(make_client(cfg, urls, api))
         await check_reachable(client, urls)
         pool = await stack.enter_async_context(make_pool(cfg)) if pool_needed else NoPool()
-        yield client, pool, Context(llm=CachedLLM(client, store), executor=pool, config=cfg,
-                                    store=store)
+        yield client, pool, Context(llm=CachedLLM(client, store), executor=pool)
 
 
 class Recorded:
@@ -176,10 +174,9 @@ def probe_counters(client: Any, pool: Any) -> dict:
             "checks": p.get("checks", 0), "pool_busy_s": p.get("busy_s", 0.0)}
 
 
-async def run_stages(stages: list[Stage], source: list, ctx: Context, *, client: Any, pool: Any,
-                     run_dir: Path, metrics_port: int | None, progress: bool,
+async def run_stages(cfg: Config, stages: list[Stage], source: list, ctx: Context, *, client: Any,
+                     pool: Any, run_dir: Path, metrics_port: int | None, progress: bool,
                      sink: Any = None, series: TimeSeries | None = None) -> dict:
-    cfg = ctx.config
     metrics = RunMetrics()
     dists = Distributions()                 # pass rates and scores of every response, for reports
     stages = observe_stages(list(stages), dists)
@@ -259,16 +256,24 @@ async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full",
         store.close()
 
 
+def stages_of(cfg: Config, seeds: list, names: tuple[str, ...] = CHAIN) -> list:
+    """The job's stages; an input file they read that is missing or bad ends the job in one line."""
+    try:
+        return default_stages(cfg, seeds, names=names)
+    except (OSError, ValueError) as exc:
+        raise JobError(f"stages: {exc}") from None
+
+
 async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: Any, store: StateStore,
                 run_dir: Path, metrics_port: int | None, progress: bool) -> dict:
     stages = [Recorded(s, store) if isinstance(s, BackTranslateStage) else s
-              for s in default_stages(cfg, seeds)]        # seeds: as loaded (demo-trimmed)
+              for s in stages_of(cfg, seeds)]        # seeds: as loaded (demo-trimmed)
     source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
 
     def sink(result: QueryResult) -> None:
         store.put_records([result], "final")
 
-    summary = await run_stages(stages, source, ctx, client=client, pool=pool, run_dir=run_dir,
+    summary = await run_stages(cfg, stages, source, ctx, client=client, pool=pool, run_dir=run_dir,
                                metrics_port=metrics_port, progress=progress, sink=sink)
     files = export_run(cfg, store, run_dir / "exports")
     summary["exports"] = {k: str(v) for k, v in files.items()}
@@ -292,13 +297,13 @@ async def run_online_dpo(cfg: Config, ctx: Context, client: Any, pool: Any, stor
         raise JobError(f"{run_dir}: no verified instructions yet; run `autoif run` (mode full) "
                        "with this --output-dir first")
     last: dict = {}
+    stages = stages_of(cfg, [], ("queries", "responses", "scoring"))
     for r in range(1, max(1, rounds) + 1):
         # each round samples afresh (its own cache namespace), and is itself resumable
         llm = CachedLLM(client, store, namespace=f"online-dpo-round-{r}")
-        ctx_r = Context(llm=llm, executor=pool, funnel=Funnel(), config=cfg, store=store)
+        ctx_r = Context(llm=llm, executor=pool, funnel=Funnel())
         results: list[QueryResult] = []
-        stages = [QueryJoinStage(), ResponseStage(), ScoreStage()]
-        last = await run_stages(stages, instructions, ctx_r, client=client, pool=pool,
+        last = await run_stages(cfg, stages, instructions, ctx_r, client=client, pool=pool,
                                 run_dir=run_dir, metrics_port=metrics_port if r == 1 else None,
                                 progress=progress, sink=results.append)
         store.put_records(results, f"online_round_{r}")

@@ -88,13 +88,11 @@ class Funnel:
 
 @dataclass
 class Context:
-    """Everything a stage may use. Built once per run."""
+    """What stages share at run time (their settings come through their constructors). Built once per run."""
 
     llm: LLM
     executor: Executor
     funnel: Funnel = field(default_factory=Funnel)
-    config: Any = None          # engine.config.Config
-    store: Any = None           # engine.state.StateStore (None: no persistence)
 
 
 class Stage(Protocol, Generic[In, Out]):

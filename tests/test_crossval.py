@@ -6,7 +6,8 @@ import pytest
 from engine.config import Config
 from engine.records import Case, Instruction, Verifier, VerifierDraft
 from engine.stage import Context, Funnel
-from engine.stages.crossval import CrossValStage, judge
+from engine.stages import build_stage
+from engine.stages.crossval import judge
 from sandbox_pool import Outcome
 from tests.test_pipeline_doubles import RecordingPool, real_pool
 
@@ -35,10 +36,10 @@ def draft(codes, cases):
 async def run_stage(codes, cases, **cfg):
     # these tests pin the paper's rules; the two-sided rule (on by default) is tested by name
     cfg.setdefault("two_sided_cases", False)
-    ctx = Context(llm=None, executor=None, funnel=Funnel(), config=Config(**cfg))
+    ctx = Context(llm=None, executor=None, funnel=Funnel())
     async with real_pool() as pool:
         ctx.executor = RecordingPool(pool)
-        out = await CrossValStage().process(draft(codes, cases), ctx)
+        out = await build_stage("crossval", Config(**cfg)).process(draft(codes, cases), ctx)
     return out, ctx
 
 

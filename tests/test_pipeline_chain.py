@@ -10,8 +10,7 @@ from engine.config import Config
 from engine.export import ExportOptions, export, instructions_of
 from engine.records import Instruction, QueryResult, VerifiedInstruction
 from engine.stage import Context, Funnel
-from engine.stages import (AugmentStage, BackTranslateStage, CrossValStage, QueryJoinStage, ResponseStage,
-                           ScoreStage, VerifierStage, make_seed_batches)
+from engine.stages import default_stages, make_seed_batches
 from engine.state import StateStore
 from tests.test_pipeline_doubles import ScriptedLLM, real_pool
 
@@ -48,10 +47,9 @@ def script(name, prompt, n):
 
 async def run_pipeline(store: StateStore, cfg: Config) -> tuple[list[QueryResult], ScriptedLLM, Funnel]:
     scripted = ScriptedLLM(script)
-    stages = [AugmentStage(SEEDS), VerifierStage(), CrossValStage(), BackTranslateStage(), QueryJoinStage(),
-              ResponseStage(), ScoreStage()]
+    stages = default_stages(cfg, SEEDS)
     async with real_pool() as pool:
-        ctx = Context(llm=CachedLLM(scripted, store), executor=pool, funnel=Funnel(), config=cfg, store=store)
+        ctx = Context(llm=CachedLLM(scripted, store), executor=pool, funnel=Funnel())
         items: list = make_seed_batches(SEEDS, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
         for stage in stages:                  # breadth-first: the runner streams, the result is the same
             ctx.funnel.count_in(stage.name, len(items))

@@ -10,7 +10,7 @@ import pytest
 from engine.config import Config
 from engine.records import Case, Instruction, Verifier, VerifiedInstruction
 from engine.stage import Context, Funnel
-from engine.stages.backtranslate import BackTranslateStage
+from engine.stages import build_stage
 from engine.stages.nli import TransformersNLI
 from tests.test_pipeline_doubles import ScriptedLLM
 
@@ -64,10 +64,10 @@ def test_model_with_unnamed_labels_is_refused(tmp_path):
 async def test_backtranslate_uses_local_model_from_config(tmp_path):
     path = build_tiny_nli(tmp_path / "con", winner=0)
     llm = ScriptedLLM(lambda name, prompt, n: ["Your reply must be lowercase."])
-    ctx = Context(llm=llm, executor=None, funnel=Funnel(), config=Config(nli_model_path=str(path)))
+    ctx = Context(llm=llm, executor=None, funnel=Funnel())
     item = VerifiedInstruction(Instruction("Do not use any commas."),
                                ((Verifier("def evaluate(response):\n    return True\n"), 1.0),), (Case("a", True),))
-    assert await BackTranslateStage().process(item, ctx) == []
+    assert await build_stage("backtranslate", Config(nli_model_path=str(path))).process(item, ctx) == []
     assert llm.count("backtranslate") == 1 and llm.count("nli") == 0      # the judge was the local model
     assert ctx.funnel.to_dict()["backtranslate.function"]["dropped"] == {"contradiction": 1}
 

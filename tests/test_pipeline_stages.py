@@ -9,8 +9,7 @@ from engine.llm import Completion
 from engine.records import (Case, FunctionResult, Instruction, Query, QueryResult, QueryTask, ResponseRecord,
                             Verifier, VerifiedInstruction)
 from engine.stage import Context, Funnel
-from engine.stages import (AugmentStage, BackTranslateStage, QueryJoinStage, ResponseStage, ScoreStage,
-                           VerifierStage, load_queries, load_seed_instructions, make_seed_batches)
+from engine.stages import build_stage, load_queries, load_seed_instructions, make_seed_batches
 from tests.test_pipeline_doubles import RecordingPool, ScriptedLLM, real_pool
 
 NO_COMMA = "def evaluate(response):\n    return ',' not in response\n"
@@ -18,8 +17,13 @@ LOWER = "def evaluate(response):\n    return response == response.lower()\n"
 RAISES = "def evaluate(response):\n    raise RuntimeError('no')\n"
 
 
-def make_ctx(llm=None, executor=None, **cfg) -> Context:
-    return Context(llm=llm, executor=executor, funnel=Funnel(), config=Config(**cfg))
+def make_ctx(llm=None, executor=None) -> Context:
+    return Context(llm=llm, executor=executor, funnel=Funnel())
+
+
+def make(name, seeds=(), queries=None, **cfg):
+    """The stage `name` as a run builds it, with these Config settings."""
+    return build_stage(name, Config(**cfg), seeds=seeds, queries=queries)
 
 
 def line_after(prompt: str, label: str) -> str:
@@ -73,8 +77,8 @@ async def test_augment_dedups_filters_and_passes_seeds_through():
         return ["Counting is easy.\nYES" if "goodbye" in inst else "NO" if "kind" in inst else "Hmm."]
 
     llm = ScriptedLLM(script)
-    ctx = make_ctx(llm, augment_samples=2, augment_per_prompt=7)
-    stage = AugmentStage(SEEDS)
+    ctx = make_ctx(llm)
+    stage = make("augment", SEEDS, augment_samples=2, augment_per_prompt=7)
     batches = make_seed_batches(SEEDS, batches=2, shown=3)
     outs = [await stage.process(b, ctx) for b in batches]
     texts = [i.text for out in outs for i in out]
@@ -97,8 +101,8 @@ async def test_augment_dedups_filters_and_passes_seeds_through():
 
 async def test_augment_without_filter_and_unreadable_answer():
     llm = ScriptedLLM(lambda name, prompt, n: ["I'd rather not."] if name == "augment" else ["YES"])
-    ctx = make_ctx(llm, checkable_filter=False)
-    out = await AugmentStage(SEEDS).process(make_seed_batches(SEEDS, 1, 2)[0], ctx)
+    ctx = make_ctx(llm)
+    out = await make("augment", SEEDS, checkable_filter=False).process(make_seed_batches(SEEDS, 1, 2)[0], ctx)
     assert [i.text for i in out] == [s.text for s in SEEDS]         # passthrough only
     assert llm.count("checkable") == 0
     assert ctx.funnel.to_dict()["augment.answer"]["dropped"] == {"no_list": 1}
@@ -119,8 +123,8 @@ async def test_verifiers_one_request_pooled_and_counted():
         Completion(text='{"func": "def evaluate(response):\\n    return ', finish_reason="length"),
     ]
     llm = ScriptedLLM(lambda name, prompt, n: answers[:n])
-    ctx = make_ctx(llm, verifier_k=5, verifier_style="json")
-    [draft] = await VerifierStage().process(Instruction("Do not use any commas."), ctx)
+    ctx = make_ctx(llm)
+    [draft] = await make("verifiers", verifier_k=5, verifier_style="json").process(Instruction("Do not use any commas."), ctx)
     assert [(c[0], c[2]) for c in llm.calls] == [("verifier", 5)]
     assert "Constraint: Do not use any commas." in llm.calls[0][1]
     assert len(draft.functions) == 1                  # the second differs only in spacing
@@ -131,11 +135,11 @@ async def test_verifiers_one_request_pooled_and_counted():
 
 
 async def test_verifiers_drop_reasons():
-    ctx = make_ctx(ScriptedLLM(lambda name, prompt, n: ["nothing useful"] * n), verifier_k=3, verifier_style="json")
-    assert await VerifierStage().process(Instruction("Use no commas."), ctx) == []
+    ctx = make_ctx(ScriptedLLM(lambda name, prompt, n: ["nothing useful"] * n))
+    assert await make("verifiers", verifier_k=3, verifier_style="json").process(Instruction("Use no commas."), ctx) == []
     assert ctx.funnel.to_dict()["verifiers"]["dropped"] == {"no_parsable_answer": 1}
-    ctx = make_ctx(ScriptedLLM(lambda name, prompt, n: [verifier_json(NO_COMMA, [])] * n), verifier_k=2, verifier_style="json")
-    assert await VerifierStage().process(Instruction("Use no commas."), ctx) == []
+    ctx = make_ctx(ScriptedLLM(lambda name, prompt, n: [verifier_json(NO_COMMA, [])] * n))
+    assert await make("verifiers", verifier_k=2, verifier_style="json").process(Instruction("Use no commas."), ctx) == []
     assert ctx.funnel.to_dict()["verifiers"]["dropped"] == {"no_cases": 1}
 
 
@@ -166,7 +170,7 @@ async def test_backtranslate_drops_contradicted_functions():
                 SAYS[RAISES]: "These conflict.\nContradiction"}
     llm = ScriptedLLM(bt_script(verdicts))
     ctx = make_ctx(llm)
-    [out] = await BackTranslateStage().process(verified(NO_COMMA, LOWER, RAISES), ctx)
+    [out] = await make("backtranslate").process(verified(NO_COMMA, LOWER, RAISES), ctx)
     assert [f.code for f, _ in out.functions] == [NO_COMMA, LOWER]
     assert [(b.text, b.label) for b in out.back_translations] == [
         (SAYS[NO_COMMA], "entailment"), (SAYS[LOWER], "neutral"), (SAYS[RAISES], "contradiction")]
@@ -176,7 +180,7 @@ async def test_backtranslate_drops_contradicted_functions():
 async def test_backtranslate_instruction_dropped_when_nothing_left():
     llm = ScriptedLLM(bt_script({SAYS[NO_COMMA]: "contradiction", SAYS[LOWER]: "I cannot tell."}))
     ctx = make_ctx(llm)
-    assert await BackTranslateStage().process(verified(NO_COMMA, LOWER), ctx) == []
+    assert await make("backtranslate").process(verified(NO_COMMA, LOWER), ctx) == []
     f = ctx.funnel.to_dict()
     assert f["backtranslate"]["dropped"] == {"no_function_left": 1}
     assert f["backtranslate.function"]["dropped"] == {"contradiction": 1, "unparsable_nli": 1}
@@ -185,7 +189,7 @@ async def test_backtranslate_instruction_dropped_when_nothing_left():
 async def test_backtranslate_off_passes_through():
     llm = ScriptedLLM(lambda *a: pytest.fail("no LLM call expected"))
     item = verified(NO_COMMA)
-    assert await BackTranslateStage().process(item, make_ctx(llm, backtranslate=False)) == [item]
+    assert await make("backtranslate", backtranslate=False).process(item, make_ctx(llm)) == [item]
 
 
 # ---------------------------------------------------------------- queries
@@ -206,16 +210,17 @@ def test_load_queries_formats(tmp_path):
 
 async def test_query_join_is_deterministic_fan_out():
     pool = [Query(f"Question number {i}?") for i in range(10)]
-    ctx = make_ctx(queries_per_instruction=4, seed=3)
+    ctx = make_ctx()
     item = verified(NO_COMMA)
-    tasks = await QueryJoinStage(pool).process(item, ctx)
+    tasks = await make("queries", queries=pool, queries_per_instruction=4, seed=3).process(item, ctx)
     assert len(tasks) == 4 and len({t.query_id for t in tasks}) == 4
     assert all(t.prompt.startswith(t.query) and t.prompt.endswith(item.instruction.text) for t in tasks)
-    again = await QueryJoinStage(pool).process(item, ctx)
+    again = await make("queries", queries=pool, queries_per_instruction=4, seed=3).process(item, ctx)
     assert [t.id for t in again] == [t.id for t in tasks]
-    other = await QueryJoinStage(pool).process(verified(NO_COMMA, text="Use no commas, please."), ctx)
+    other = await make("queries", queries=pool, queries_per_instruction=4, seed=3).process(
+        verified(NO_COMMA, text="Use no commas, please."), ctx)
     assert [t.query_id for t in other] != [t.query_id for t in tasks]
-    assert len(await QueryJoinStage(pool).process(item, make_ctx(queries_per_instruction=50))) == 10
+    assert len(await make("queries", queries=pool, queries_per_instruction=50).process(item, make_ctx())) == 10
 
 
 # ---------------------------------------------------------------- responses (real pool)
@@ -232,8 +237,8 @@ async def test_responses_graded_in_one_batch():
                Completion("tea is", finish_reason="length")]  # passes, but truncated
     llm = ScriptedLLM(lambda name, prompt, n: answers[:n])
     async with real_pool() as pool:
-        ctx = make_ctx(llm, RecordingPool(pool), responses_k=5)
-        [result] = await ResponseStage().process(task_for(NO_COMMA, LOWER, RAISES), ctx)
+        ctx = make_ctx(llm, RecordingPool(pool))
+        [result] = await make("responses", responses_k=5).process(task_for(NO_COMMA, LOWER, RAISES), ctx)
     assert [(c[0], c[2]) for c in llm.calls] == [("response", 5)]
     assert llm.calls[0][1] == "Describe tea.\n\nDo not use any commas in your reply."
     assert len(ctx.executor.batches) == 1 and len(ctx.executor.batches[0]) == 3
@@ -250,11 +255,11 @@ async def test_responses_graded_in_one_batch():
 async def test_responses_threshold_and_drop():
     llm = ScriptedLLM(lambda name, prompt, n: ["Tea, Warm", "tea, warm"][:n])
     async with real_pool() as pool:
-        ctx = make_ctx(llm, pool, responses_k=2)
-        assert await ResponseStage().process(task_for(NO_COMMA, LOWER), ctx) == []    # 0 and exactly 0.5
+        ctx = make_ctx(llm, pool)
+        assert await make("responses", responses_k=2).process(task_for(NO_COMMA, LOWER), ctx) == []    # 0 and exactly 0.5
         assert ctx.funnel.to_dict()["responses"]["dropped"] == {"no_response_passed": 1}
-        ctx = make_ctx(llm, pool, responses_k=2, pass_threshold=0.4)
-        [result] = await ResponseStage().process(task_for(NO_COMMA, LOWER), ctx)
+        ctx = make_ctx(llm, pool)
+        [result] = await make("responses", responses_k=2, pass_threshold=0.4).process(task_for(NO_COMMA, LOWER), ctx)
         assert [r.passed for r in result.responses] == [False, True]
 
 
@@ -275,18 +280,18 @@ async def test_scoring_keeps_high_scores():
 
     llm = ScriptedLLM(script)
     ctx = make_ctx(llm)
-    [out] = await ScoreStage().process(result_with(("good", True), ("meh", True), ("odd", True), ("bad", False)), ctx)
+    [out] = await make("scoring").process(result_with(("good", True), ("meh", True), ("odd", True), ("bad", False)), ctx)
     assert [r.score for r in out.responses] == [9, 5, 0, None]     # the failed one is never judged
     assert llm.count("score") == 3
     assert ctx.funnel.to_dict()["scoring.response"]["dropped"] == {"low_score": 1, "unparsable_score": 1}
 
 
 async def test_scoring_drop_and_off():
-    ctx = make_ctx(ScriptedLLM(lambda *a: ["Score: 7"]), score_min=8)
-    assert await ScoreStage().process(result_with(("x", True)), ctx) == []
+    ctx = make_ctx(ScriptedLLM(lambda *a: ["Score: 7"]))
+    assert await make("scoring", score_min=8).process(result_with(("x", True)), ctx) == []
     assert ctx.funnel.to_dict()["scoring"]["dropped"] == {"low_score": 1}
     ctx = make_ctx(ScriptedLLM(lambda *a: ["no number"]))
-    assert await ScoreStage().process(result_with(("x", True)), ctx) == []
+    assert await make("scoring").process(result_with(("x", True)), ctx) == []
     assert ctx.funnel.to_dict()["scoring"]["dropped"] == {"unparsable_score": 1}
     item = result_with(("x", True))
-    assert await ScoreStage().process(item, make_ctx(ScriptedLLM(lambda *a: pytest.fail()), scoring=False)) == [item]
+    assert await make("scoring", scoring=False).process(item, make_ctx(ScriptedLLM(lambda *a: pytest.fail()))) == [item]

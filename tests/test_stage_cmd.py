@@ -1,4 +1,5 @@
 """`autoif stage NAME`: single stages on the AutoIF reference JSONL formats (real sandbox pool)."""
+import asyncio
 import contextlib
 import subprocess
 import sys
@@ -8,7 +9,12 @@ import orjson
 
 import engine.commands.stage as stage_cmd
 from engine.cli import main
-from tests.test_pipeline_doubles import ScriptedLLM
+from engine.config import Config
+from engine.records import Instruction, Query
+from engine.runner import StreamRunner
+from engine.stage import Context, Funnel
+from engine.stages import default_stages
+from tests.test_pipeline_doubles import ScriptedLLM, real_pool
 
 NO_COMMA = "def evaluate(response):\n    return ',' not in response\n"
 LOWER = "def evaluate(response):\n    return response == response.lower()\n"
@@ -63,7 +69,7 @@ def test_verify_reference_format(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"autoif stage: {src}:2: field 'eval_func' has the wrong type (str)\n" in err
     # the funnel table row: stage, in, kept, out, drop reasons (column widths are layout)
-    assert "verify.response 3 1 1 low_pass_rate=2" in " ".join(err.split())
+    assert "responses.sample 3 1 1 low_pass_rate=2" in " ".join(err.split())
     # the threshold is a config knob
     assert main(["stage", "verify", "--input", str(src), "--output", str(out), "--pass-threshold", "0.4"]) == 0
     assert [r["kept"] for r in read(out)] == [True, True, False]
@@ -165,3 +171,112 @@ def test_real_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert [r["kept"] for r in read(out)] == [True, False]
     assert "autoif stage verify: 1 lines (0 bad); 1 kept, 0 dropped (none)" in proc.stderr
+
+
+def test_stage_and_run_give_the_same_verdicts(tmp_path):
+    """The same answers through `autoif stage crossval` + `verify` and through the stages as
+    `autoif run` builds and streams them (scripted LLM, real pool): the same functions, cases,
+    accuracies, pass rates and verdicts."""
+    instruction, query = "Do not use any commas.", "Describe tea."
+    verifier_answers = [answer(NO_COMMA, [("a b", True), ("a, b", False)]),
+                        answer(LOWER, [("c d", True), ("x, y", False)]),
+                        answer("def evaluate(response):\n    return True\n", [("ok", True)]), "no idea"]
+    responses = ["tea is warm", "Tea is warm", "tea, warm", "Tea, Warm"]
+
+    cv = tmp_path / "cv.jsonl"
+    assert main(["stage", "crossval", "--input", str(write(tmp_path / "a.jsonl", {
+        "instruction": instruction, "gpt-answer": verifier_answers})), "--output", str(cv)]) == 0
+    [cv_row] = read(cv)
+    ver = tmp_path / "ver.jsonl"
+    assert main(["stage", "verify", "--input", str(write(tmp_path / "r.jsonl", {
+        "instruction": instruction, "prompt": f"[Query] {query}", "eval_func": cv_row["eval_func"],
+        "gpt-answer": responses})), "--output", str(ver)]) == 0
+    stage_verdicts = [(r["response"], r["pass_rate"], r["kept"]) for r in read(ver)]
+
+    def script(name, prompt, n):
+        return verifier_answers if name == "verifier" else responses
+
+    async def through_run():
+        cfg = Config(verifier_k=len(verifier_answers), responses_k=len(responses), queries_per_instruction=1)
+        stages = default_stages(cfg, [], [Query(query)], names=("verifiers", "crossval", "queries", "responses"))
+        verified, results = [], []
+
+        class Keep:                       # remembers what crossval lets through
+            name = "keep"
+
+            async def process(self, item, ctx):
+                verified.append(item)
+                return [item]
+
+        async with real_pool() as pool:
+            ctx = Context(llm=ScriptedLLM(script), executor=pool, funnel=Funnel())
+            await StreamRunner(stages[:2] + [Keep()] + stages[2:], ctx, sink=results.append).run(
+                [Instruction(instruction)])
+        return verified, results
+
+    [v], [result] = asyncio.run(through_run())
+    assert [[f.code, acc] for f, acc in v.functions] == cv_row["eval_func"]
+    assert [[c.input, c.expected] for c in v.cases] == cv_row["cases"]
+    assert [(r.text, r.pass_rate, r.passed) for r in result.responses] == stage_verdicts
+    # not a trivial agreement: one function always says True, two cases are dropped, one response fails
+    assert len(v.functions) == 3 and len(v.cases) == 3
+    assert [kept for _, _, kept in stage_verdicts] == [True, True, True, False]
+
+
+def test_plain_text_seed_file(tmp_path, monkeypatch, capsys):
+    """The reference release's seed_instruction.txt: one instruction a line, no JSON."""
+    llm = scripted(monkeypatch, lambda name, prompt, n: {"augment": ["1. Reply in exactly two sentences."],
+                                                        "checkable": ["YES"]}[name] * n)
+    seeds = tmp_path / "seed_instruction.txt"
+    seeds.write_text("Answer with at most 50 words\n\nDo not use any commas\nAnswer with at most 50 words\n")
+    out = tmp_path / "aug.jsonl"
+    assert main(["stage", "augment", "--input", str(seeds), "--output", str(out), "--augment-batches", "1"]) == 0
+    assert sorted((r["source"], r["instruction"]) for r in read(out)) == [
+        ("augment", "Reply in exactly two sentences."), ("seed", "Answer with at most 50 words"),
+        ("seed", "Do not use any commas")]
+    assert llm.count("augment") == 1
+    assert "autoif stage augment: 3 lines (0 bad)" in capsys.readouterr().err
+
+
+def test_dpo_side_reference_files(tmp_path, capsys):
+    """dpo_query_w_funcs rows have no instruction (the prompt is the whole user turn): verify
+    grades them; its output and the reference's {"query", "response": [[text, pass_rate]]} export."""
+    prompt = "Do not use any commas. Describe tea."
+    src = write(tmp_path / "dpo_query_w_funcs.jsonl",
+                {"prompt": prompt, "eval_func": [[NO_COMMA, 0.9]], "gpt-answer": ["tea is warm", "tea, warm"]})
+    out = tmp_path / "ver.jsonl"
+    assert main(["stage", "verify", "--input", str(src), "--output", str(out)]) == 0
+    assert read(out) == [{"query": prompt, "response": "tea is warm", "pass_rate": 1.0, "kept": True},
+                         {"query": prompt, "response": "tea, warm", "pass_rate": 0.0, "kept": False}]
+    scores = write(tmp_path / "dpo_query_eval_score_results.jsonl",
+                   {"query": "Use lowercase. Name a bird.", "response": [["a robin", 1.0], ["A Robin", 0.0]]})
+    for src in (out, scores):
+        out_dir = tmp_path / f"export-{src.stem}"
+        assert main(["stage", "export", "--input", str(src), "--output", str(out_dir)]) == 0
+        dpo = read(out_dir / "dpo_trl.jsonl")
+        assert len(dpo) == 1 and dpo[0]["provenance"]["level"] == "query"
+        assert dpo[0]["prompt"][0]["content"] == (prompt if src == out else "Use lowercase. Name a bird.")
+        assert (dpo[0]["chosen"][0]["content"], dpo[0]["rejected"][0]["content"]) == (
+            ("tea is warm", "tea, warm") if src == out else ("a robin", "A Robin"))
+    # scoring needs the instruction: such rows are refused one line each
+    assert main(["stage", "score", "--input", str(out), "--output", str(tmp_path / "s.jsonl")]) == 0
+    assert f"{out}:1: missing field 'instruction' (the judge needs it)" in capsys.readouterr().err
+
+
+def test_score_reuses_scores_in_the_file(tmp_path, monkeypatch, capsys):
+    """A numeric "score", or the reference's judge answers in "gen", is used as is: no LLM is asked."""
+    llm = scripted(monkeypatch, lambda name, prompt, n: ["Score: 10"])
+    base = {"instruction": "Use no commas.", "query": "Describe tea.", "pass_rate": 1.0, "kept": True}
+    src = write(tmp_path / "scored.jsonl", {**base, "response": "tea is warm", "score": 9},
+                {**base, "response": "tea is hot", "gen": ["Clear and short.\n\nScore: 3"]})
+    out = tmp_path / "out.jsonl"
+    assert main(["stage", "score", "--input", str(src), "--output", str(out)]) == 0
+    assert [(r["response"], r["score"], r["kept"]) for r in read(out)] == [("tea is warm", 9, True),
+                                                                         ("tea is hot", 3, False)]
+    assert llm.calls == []
+    # a row with neither is judged by the LLM, the others still are not
+    src = write(tmp_path / "mixed.jsonl", {**base, "response": "tea is warm", "score": 9},
+                {**base, "response": "tea is green"})
+    assert main(["stage", "score", "--input", str(src), "--output", str(out)]) == 0
+    assert [(r["response"], r["score"]) for r in read(out)] == [("tea is warm", 9), ("tea is green", 10)]
+    assert llm.count("score") == 1

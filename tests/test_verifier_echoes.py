@@ -9,7 +9,7 @@ from engine.parsing import (ParseError, parse_case_answer, parse_code_completion
                             parse_verifier_answer)
 from engine.records import Case, Instruction
 from engine.stage import Context, Funnel
-from engine.stages import VerifierStage
+from engine.stages import build_stage
 from engine.stages.verifiers import CODE_STOPS
 from tests.test_crossval import ALWAYS_TRUE, NO_COMMA, NO_COMMA_COUNT, run_stage
 from tests.test_pipeline_doubles import ScriptedLLM
@@ -76,9 +76,9 @@ CASES = [
 
 async def test_code_style_requests_and_echo_drops():
     llm = ScriptedLLM(lambda name, prompt, n: FUNCTIONS[:n] if name == "verifier_code" else CASES[:n])
-    ctx = Context(llm=llm, executor=None, funnel=Funnel(),
-                  config=Config(verifier_k=5, verifier_case_samples=3, verifier_cases_per_side=2))
-    [draft] = await VerifierStage().process(Instruction(CONSTRAINT), ctx)
+    ctx = Context(llm=llm, executor=None, funnel=Funnel())
+    stage = build_stage("verifiers", Config(verifier_k=5, verifier_case_samples=3, verifier_cases_per_side=2))
+    [draft] = await stage.process(Instruction(CONSTRAINT), ctx)
     by_name = {c[0]: c for c in llm.calls}
     assert sorted(by_name) == ["verifier_cases", "verifier_code"]
     name, prompt, n, params = by_name["verifier_code"]
@@ -103,8 +103,9 @@ async def test_code_style_requests_and_echo_drops():
 async def test_own_example_constraint_may_reuse_its_example_body():
     llm = ScriptedLLM(lambda name, prompt, n: [Completion(text='\n    return ";" not in response')] * n
                       if name == "verifier_code" else [CASES[0]] * n)
-    ctx = Context(llm=llm, executor=None, funnel=Funnel(), config=Config(verifier_k=1, verifier_case_samples=1))
-    [draft] = await VerifierStage().process(Instruction("Never use a semicolon."), ctx)
+    ctx = Context(llm=llm, executor=None, funnel=Funnel())
+    stage = build_stage("verifiers", Config(verifier_k=1, verifier_case_samples=1))
+    [draft] = await stage.process(Instruction("Never use a semicolon."), ctx)
     assert len(draft.functions) == 1
 
 

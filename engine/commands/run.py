@@ -15,6 +15,7 @@ import logging
 import sys
 from dataclasses import replace
 
+from engine.aio import install_uvloop
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.distributed import add_arguments as add_ray_arguments, run_ray
 from engine.job import DEMO, JobError, run_job
@@ -60,11 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if getattr(args, "ray", None) is not None:  # sharded over a Ray cluster
         return run_ray(cfg, args)
-    try:
-        from engine.aio import install_uvloop
-        install_uvloop()
-    except ImportError:
-        pass
+    install_uvloop()
     try:
         result = asyncio.run(run_job(cfg, backend=args.backend, mode=args.mode, rounds=args.rounds,
                                      demo=args.demo, metrics_port=args.metrics_port,

@@ -1,17 +1,17 @@
-"""`autoif stage NAME --input F --output G`: one pipeline stage alone, on the JSONL formats of
-the AutoIF reference release.
+"""`autoif stage NAME --input F --output G`: one pipeline stage alone, on the file formats of the
+AutoIF reference release (engine/reference.py lists them).
 
-  crossval       {"instruction", "gpt-answer": [K raw answers]}
-                 -> {"instruction", "eval_func": [[code, accuracy], ...], "cases": [[input, bool], ...]}
-  verify         {"instruction", "prompt": "... [Query] q", "eval_func": [[code, acc], ...], "gpt-answer": [responses]}
-                 -> one {"instruction", "query", "response", "pass_rate", "kept"} per response
-  augment        {"instruction"} seeds -> {"instruction", "source"} (seeds and new ones)        [LLM]
-  backtranslate  crossval output -> the same with contradicted functions removed              [LLM]
-  score          verify output -> {"instruction", "query", "response", "pass_rate", "score", "kept"} [LLM]
-  export         score (or verify) output, plus crossval-format rows for instruction-level DPO
-                 -> SFT / DPO files in the --output directory
+The command is a reader (reference rows -> the records `autoif run` passes between stages),
+the stage classes `autoif run` uses, run by the same StreamRunner, and a writer (records -> rows):
 
-crossval and verify need only the sandbox pool; the LLM stages take --server URL.
+  augment        seeds (JSONL {"instruction"}, or a .txt file, one a line) -> AugmentStage   [LLM]
+  crossval       K verifier answers per instruction -> VerifierStage, CrossValStage
+  verify         responses per (instruction, query) -> ResponseStage
+  backtranslate  crossval output -> BackTranslateStage                                         [LLM]
+  score          verify output -> ScoreStage (scores already in the file are used, not asked again) [LLM]
+  export         score or verify output, plus crossval rows -> SFT / DPO files in the --output directory
+
+Answers the file holds stand in for the LLM's; the LLM stages take --server URL for the rest.
 A bad line (malformed JSON, missing field) is reported as FILE:LINE on one line and skipped;
 the good lines are still processed; a kept/dropped summary ends the run.
 """
@@ -22,40 +22,29 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable
 
 import orjson
 
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.export import ExportOptions, export
 from engine.job import make_client, make_pool
-from engine.llm import Completion
-from engine.parsing import parse_bool
-from engine.prompting import render
-from engine.records import (Case, Instruction, Query, QueryResult, QueryTask, ResponseRecord, Verifier,
-                            VerifiedInstruction)
+from engine.records import QueryResult, VerifiedInstruction
+from engine.reference import (BadRecord, FileAnswers, count_lines, dpo_side_rows, grouped, instruction_row,
+                              read_crossval, read_rows, read_verify, response_row, score_prompt, score_rows,
+                              verified, verified_row, verify_rows)
+from engine.runner import StageSpec, StreamRunner
 from engine.stage import Context, Funnel
-from engine.stages.augment import AugmentStage, make_seed_batches
-from engine.stages.backtranslate import BackTranslateStage
-from engine.stages.base import tally
-from engine.stages.crossval import CrossValStage
-from engine.stages.responses import grade
-from engine.stages.scoring import ScoreStage
-from engine.stages.verifiers import parse_answers, pool_answers
-
+from engine.stages import build_stage, load_seed_instructions, make_seed_batches
+from engine.stages.scoring import UNSCORED
 
 NAMES = ("augment", "crossval", "verify", "backtranslate", "score", "export")
-NEEDS_LLM = {"augment", "backtranslate", "score"}
+# the stages of `autoif run` each command runs, in order
+CHAINS = {"augment": ("augment",), "crossval": ("verifiers", "crossval"), "verify": ("responses",),
+          "backtranslate": ("backtranslate",), "score": ("scoring",)}
 NEEDS_POOL = {"crossval", "verify"}
-ROW = {"score": "scoring"}          # funnel row of a command whose stage class has another name
-QUERY_MARK = "[Query]"
-
-
-class BadRecord(ValueError):
-    """A line that cannot be used; the message says why (file and line are added by the reader)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,200 +61,116 @@ def _err(message: str) -> None:
     print(f"autoif stage: {message}", file=sys.stderr)
 
 
-# ------------------------------------------------------------ input rows
+class Input:
+    """The input file's lines: counts them, and reports each bad one as FILE:LINE on one line."""
 
-def _field(row: dict, key: str, kind: type | tuple) -> Any:
-    if key not in row:
-        raise BadRecord(f"missing field '{key}'")
-    if not isinstance(row[key], kind):
-        raise BadRecord(f"field '{key}' has the wrong type ({type(row[key]).__name__})")
-    return row[key]
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines = count_lines(path)
+        self.bad = 0
 
+    def error(self, lineno: int, why: str) -> None:
+        _err(f"{self.path}:{lineno}: {why}")
+        self.bad += 1
 
-def _answers(row: dict) -> list[str]:
-    value = _field(row, "gpt-answer", (list, str))
-    answers = [value] if isinstance(value, str) else value
-    if not all(isinstance(a, str) for a in answers):
-        raise BadRecord("field 'gpt-answer' must hold strings")
-    return answers
+    def message(self, text: str) -> None:    # "FILE:LINE: why" from a loader
+        _err(text)
+        self.bad += 1
 
-
-def _functions(row: dict) -> tuple[tuple[Verifier, float], ...]:
-    out = []
-    for entry in _field(row, "eval_func", list):
-        if isinstance(entry, str):
-            out.append((Verifier(code=entry), 1.0))
-        elif (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)
-              and isinstance(entry[1], (int, float))):
-            out.append((Verifier(code=entry[0]), float(entry[1])))
-        else:
-            raise BadRecord("field 'eval_func' must be a list of [code, accuracy]")
-    return tuple(out)
+    def rows(self) -> list[tuple[int, dict]]:
+        return list(read_rows(self.path, self.error))
 
 
-def _cases(row: dict) -> tuple[Case, ...]:
-    out = []
-    for entry in row.get("cases", ()):
-        if isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str):
-            expected = parse_bool(entry[1])
-        elif isinstance(entry, dict) and isinstance(entry.get("input"), str):
-            entry, expected = (entry["input"], None), parse_bool(entry.get("output", entry.get("expected")))
-        else:
-            expected = None
-        if expected is None:
-            raise BadRecord("field 'cases' must be a list of [input, true/false]")
-        out.append(Case(input=entry[0], expected=expected))
-    return tuple(out)
+# ------------------------------------------------------------ readers
+
+class Plan:
+    """What the command runs: the stage inputs, rows dropped while reading, who answers."""
+
+    def __init__(self, model: str) -> None:
+        self.items: list = []
+        self.dropped: Counter[str] = Counter()      # rows dropped before the first stage, by reason
+        self.answers = FileAnswers(model=model)
+        self.needs_llm = False
+        self.seeds: list = []
 
 
-def _verified(row: dict) -> VerifiedInstruction:
-    return VerifiedInstruction(instruction=Instruction(_field(row, "instruction", str), source="input"),
-                               functions=_functions(row), cases=_cases(row))
+def _each(inp: Input, plan: Plan, read: Callable[[dict], Any]) -> None:
+    """`read` on every row; a BadRecord is reported and counted as a dropped row."""
+    for lineno, row in inp.rows():
+        try:
+            plan.items.append(read(row))
+        except BadRecord as exc:
+            inp.error(lineno, str(exc))
+            plan.dropped["bad_record"] += 1
 
 
-def query_of(prompt: str) -> str:
-    """The user query in a reference-format prompt: the text after the last "[Query]"."""
-    at = prompt.rfind(QUERY_MARK)
-    return (prompt[at + len(QUERY_MARK):] if at >= 0 else prompt).strip().lstrip(":").strip()
-
-
-def _verified_out(v: VerifiedInstruction) -> dict:
-    row = {"instruction": v.instruction.text,
-           "eval_func": [[f.code, acc] for f, acc in v.functions],
-           "cases": [[c.input, c.expected] for c in v.cases]}
-    if v.back_translations:
-        row["back_translations"] = [b.to_dict() for b in v.back_translations]
-    return row
-
-
-# ------------------------------------------------------------ the stages on reference rows
-
-Handler = Callable[[dict, Context], Awaitable[list[dict]]]
-
-
-async def do_crossval(row: dict, ctx: Context) -> list[dict]:
-    instruction = Instruction(_field(row, "instruction", str), source="input")
-    answers = _answers(row)
-    drops, cases = Counter(), Counter()
-    parsed = parse_answers(((a, "stop") for a in answers), drops, cases)
-    tally(ctx, "crossval.answer", len(parsed), drops)
-    if not parsed:
-        ctx.funnel.drop("crossval", "no_parsable_answer")
-        return []
-    outs = await CrossValStage().process(pool_answers(instruction, parsed), ctx)
-    return [_verified_out(v) for v in outs]
-
-
-async def do_verify(row: dict, ctx: Context) -> list[dict]:
-    cfg: Config = ctx.config
-    verified = _verified(row)
-    query = query_of(_field(row, "prompt", str))
-    responses = _answers(row)
-    functions = verified.verifiers
-    if not functions:
-        ctx.funnel.drop("verify", "no_functions")
-        return []
-    results = await ctx.executor.evaluate_many([(f.code, responses) for f in functions])
-    records, dropped = grade([Completion(text=r) for r in responses], functions, results, cfg.pass_threshold)
-    tally(ctx, "verify.response", sum(r.passed for r in records), dropped)
-    if not any(r.passed for r in records):
-        ctx.funnel.drop("verify", "no_response_passed")
-    return [{"instruction": verified.instruction.text, "query": query, "response": r.text,
-             "pass_rate": r.pass_rate, "kept": r.passed} for r in records]
-
-
-class _Augment:
-    """Seeds are the whole input, so augment runs once over all rows rather than per row."""
-
-    def __init__(self) -> None:
-        self.seeds: list[Instruction] = []
-
-    def collect(self, rows: list[tuple[int, dict]], path: Path, totals: Totals) -> None:
-        for lineno, row in rows:
-            text = row.get("instruction") or row.get("text")
-            if not isinstance(text, str) or not text.strip():
-                _err(f"{path}:{lineno}: missing field 'instruction'")
-                totals.bad += 1
-                continue
-            self.seeds.append(Instruction(text=text.strip(), source="seed"))
-
-    async def finish(self, ctx: Context) -> list[dict]:
-        cfg: Config = ctx.config
-        unique = list({s.id: s for s in self.seeds}.values())
-        stage = AugmentStage(unique)
-        batches = make_seed_batches(unique, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
-        ctx.funnel.count_in(stage.name, len(batches))
-        outs = await asyncio.gather(*(stage.process(b, ctx) for b in batches))
-        ctx.funnel.count_kept(stage.name, sum(1 for out in outs if out))
-        ctx.funnel.count_out(stage.name, sum(len(out) for out in outs))
-        return [{"instruction": i.text, "source": i.source} for out in outs for i in out]
-
-
-async def do_backtranslate(row: dict, ctx: Context, stage: BackTranslateStage) -> list[dict]:
-    outs = await stage.process(_verified(row), ctx)
-    return [_verified_out(v) for v in outs]
-
-
-def _response_row(row: dict, cfg: Config) -> tuple[QueryResult, ResponseRecord]:
-    instruction = _field(row, "instruction", str)
-    query = _field(row, "query", str)
-    response = _field(row, "response", str)
-    pass_rate = float(row.get("pass_rate", 1.0))
-    passed = bool(row["kept"]) if "kept" in row else pass_rate > cfg.pass_threshold
-    score = row.get("score")
-    record = ResponseRecord(text=response, pass_rate=pass_rate, passed=passed,
-                            score=int(score) if isinstance(score, (int, float)) else None)
-    verified = VerifiedInstruction(instruction=Instruction(instruction, source="input"), functions=(), cases=())
-    task = QueryTask(instruction=verified, query_id=Query(query).id, query=query,
-                     prompt=render("response", query=query, instruction=instruction))
-    return QueryResult(task=task, responses=(record,), model=cfg.model), record
-
-
-async def do_score(row: dict, ctx: Context, stage: ScoreStage) -> list[dict]:
-    """Every verified row gets its score and `kept` (score >= score_min); unverified rows are dropped."""
-    result, record = _response_row(row, ctx.config)
-    if not record.passed:
-        ctx.funnel.drop(stage.name, "not_verified")
-        return []
-    score = await stage.score(ctx, ctx.config, result.task, record)
-    if score is None:
-        ctx.funnel.drop(stage.name, "unparsable_score")
-        return []
-    kept = score >= ctx.config.score_min
-    if not kept:
-        ctx.funnel.drop(stage.name, "low_score")
-    return [{"instruction": row["instruction"], "query": row["query"], "response": record.text,
-             "pass_rate": record.pass_rate, "score": score, "kept": kept}]
-
-
-# ------------------------------------------------------------ driver
-
-@dataclass
-class Totals:
-    lines: int = 0
-    bad: int = 0
-
-
-def read_rows(path: Path, totals: Totals) -> list[tuple[int, dict]]:
-    rows = []
-    with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            totals.lines += 1
+def plan_for(name: str, inp: Input, cfg: Config) -> Plan:
+    plan = Plan(cfg.model)
+    if name == "augment":
+        plan.seeds = load_seed_instructions(inp.path, on_error=inp.message)
+        plan.items = make_seed_batches(plan.seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
+        plan.needs_llm = True
+    elif name == "crossval":
+        _each(inp, plan, lambda row: read_crossval(row, plan.answers))
+    elif name == "verify":
+        _each(inp, plan, lambda row: read_verify(row, plan.answers))
+    elif name == "backtranslate":
+        _each(inp, plan, verified)
+        plan.needs_llm = True
+    elif name == "score":
+        rows: list = []
+        judged: dict[tuple[str, str, str], list[str]] = {}
+        for lineno, row in inp.rows():
             try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                _err(f"{path}:{lineno}: malformed JSON ({exc})")
-                totals.bad += 1
+                instruction, query, record = response_row(row, cfg.pass_threshold)
+                if not instruction.instruction.text:
+                    raise BadRecord("missing field 'instruction' (the judge needs it)")
+                gen = row.get("gen")
+                if gen is not None and not (isinstance(gen, list) and all(isinstance(g, str) for g in gen)):
+                    raise BadRecord("field 'gen' must hold the judge's answers (strings)")
+            except BadRecord as exc:
+                inp.error(lineno, str(exc))
+                plan.dropped["bad_record"] += 1
                 continue
-            if not isinstance(row, dict):
-                _err(f"{path}:{lineno}: expected a JSON object")
-                totals.bad += 1
+            if not record.passed:
+                plan.dropped["not_verified"] += 1
                 continue
-            rows.append((lineno, row))
-    return rows
+            rows.append((instruction, query, record))
+            if gen:
+                judged[(instruction.instruction.text, query, record.text)] = gen
+        plan.items = grouped(rows, cfg.model)
+        for result in plan.items:
+            for r in result.responses:
+                gen = judged.get((result.task.instruction.instruction.text, result.task.query, r.text))
+                if gen:
+                    plan.answers.add(score_prompt(result, r), gen)
+                elif r.score is None:
+                    plan.needs_llm = True
+    return plan
 
+
+# ------------------------------------------------------------ writers
+
+def writer_for(name: str, cfg: Config) -> tuple[Callable[[Any], list[dict]], Callable[[Any], str] | None]:
+    """(output record -> rows, output record -> the id of the input it came from)."""
+    if name == "augment":
+        return instruction_row, None
+    if name in ("crossval", "backtranslate"):
+        return verified_row, lambda v: v.instruction.id
+    if name == "verify":
+        return verify_rows, lambda r: r.task.id
+    return (lambda r: score_rows(r, cfg.score_min, UNSCORED)), lambda r: r.task.id
+
+
+def input_id(item: Any) -> str:
+    if isinstance(item, VerifiedInstruction):
+        return item.instruction.id
+    if isinstance(item, QueryResult):
+        return item.task.id
+    return item.id                          # Instruction, QueryTask
+
+
+# ------------------------------------------------------------ running
 
 @contextlib.asynccontextmanager
 async def open_pool(cfg: Config) -> AsyncIterator[Any]:
@@ -281,49 +186,25 @@ async def open_llm(cfg: Config) -> AsyncIterator[Any]:
         yield client
 
 
-async def _run_rows(name: str, rows: list[tuple[int, dict]], handler: Handler, ctx: Context,
-                    path: Path, totals: Totals) -> list[dict]:
-    """Each row through `handler`, `stage_concurrency` at a time; outputs in input order."""
-    limit = asyncio.Semaphore(ctx.config.stage_concurrency)
-
-    async def one(lineno: int, row: dict) -> list[dict]:
-        async with limit:
-            ctx.funnel.count_in(name)
-            try:
-                out = await handler(row, ctx)
-            except BadRecord as exc:
-                _err(f"{path}:{lineno}: {exc}")
-                totals.bad += 1
-                ctx.funnel.drop(name, "bad_record")
-                return []
-            if any(o.get("kept", True) for o in out):
-                ctx.funnel.count_kept(name)
-            ctx.funnel.count_out(name, len(out))
-            return out
-
-    outputs = await asyncio.gather(*(one(lineno, row) for lineno, row in rows))
-    return [o for out in outputs for o in out]
-
-
-def _export_rows(rows: list[tuple[int, dict]], cfg: Config, path: Path, totals: Totals,
-                 out_dir: Path) -> dict[str, Path]:
-    grouped: dict[tuple[str, str], list[tuple[QueryResult, ResponseRecord]]] = defaultdict(list)
-    instructions: list[VerifiedInstruction] = []
-    for lineno, row in rows:
-        try:
-            if "response" in row:
-                result, record = _response_row(row, cfg)
-                grouped[(row["instruction"], row["query"])].append((result, record))
-            elif "cases" in row:
-                instructions.append(_verified(row))
-            else:
-                raise BadRecord("expected a response row (instruction, query, response) or a crossval row")
-        except BadRecord as exc:
-            _err(f"{path}:{lineno}: {exc}")
-            totals.bad += 1
-    results = [QueryResult(task=group[0][0].task, responses=tuple(r for _, r in group), model=cfg.model)
-               for group in grouped.values()]
-    return export(out_dir, instructions, results, ExportOptions.from_config(cfg))
+async def run_stage(name: str, plan: Plan, cfg: Config) -> tuple[list, Funnel]:
+    """The command's stages, as `autoif run` builds them, over the plan's items."""
+    chain = CHAINS[name]
+    funnel = Funnel()
+    if plan.dropped:
+        funnel.count_in(chain[0], sum(plan.dropped.values()))
+        for reason, n in plan.dropped.items():
+            funnel.drop(chain[0], reason, n)
+    outputs: list = []
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_pool(cfg)) if name in NEEDS_POOL else None
+        if plan.needs_llm:
+            plan.answers.llm = await stack.enter_async_context(open_llm(cfg))
+            plan.answers.model = plan.answers.model or getattr(plan.answers.llm, "model", "")
+        ctx = Context(llm=plan.answers, executor=pool, funnel=funnel)  # type: ignore[arg-type]
+        stages = [StageSpec(build_stage(n, cfg, seeds=plan.seeds), cfg.stage_concurrency) for n in chain]
+        runner = StreamRunner(stages, ctx, queue_size=max(8, cfg.stage_concurrency), sink=outputs.append)
+        await runner.run(plan.items)
+    return outputs, funnel
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -334,44 +215,57 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _export_rows(inp: Input, rows: list[tuple[int, dict]], cfg: Config, out_dir: Path) -> dict[str, Path]:
+    responses: list = []
+    instructions: list[VerifiedInstruction] = []
+    for lineno, row in rows:
+        try:
+            if isinstance(row.get("response"), list):       # the reference's DPO-side rows
+                responses += dpo_side_rows(row)
+            elif "response" in row:
+                responses.append(response_row(row, cfg.pass_threshold))
+            elif "cases" in row:
+                instructions.append(verified(row))
+            else:
+                raise BadRecord("expected a response row (instruction, query, response) or a crossval row")
+        except BadRecord as exc:
+            inp.error(lineno, str(exc))
+    return export(out_dir, instructions, grouped(responses, cfg.model), ExportOptions.from_config(cfg))
+
+
 async def _main(args: argparse.Namespace, cfg: Config) -> int:
     name = args.name
-    path, out_path = Path(args.input), Path(args.output)
-    totals = Totals()
-    rows = read_rows(path, totals)
-    ctx = Context(llm=None, executor=None, funnel=Funnel(), config=cfg)  # type: ignore[arg-type]
+    out_path = Path(args.output)
+    inp = Input(Path(args.input))
     if name == "export":
-        files = _export_rows(rows, cfg, path, totals, out_path)
-        for stem, file in files.items():
+        rows = inp.rows()
+        files = _export_rows(inp, rows, cfg, out_path)
+        for file in files.values():
             print(f"autoif stage export: wrote {file}", file=sys.stderr)
-        print(f"autoif stage export: {totals.lines} lines, {totals.bad} bad", file=sys.stderr)
-        return 0 if rows or not totals.lines else 1
+        print(f"autoif stage export: {inp.lines} lines, {inp.bad} bad", file=sys.stderr)
+        return 0 if rows or not inp.lines else 1
 
-    async with contextlib.AsyncExitStack() as stack:
-        if name in NEEDS_POOL:
-            ctx.executor = await stack.enter_async_context(open_pool(cfg))
-        if name in NEEDS_LLM:
-            ctx.llm = await stack.enter_async_context(open_llm(cfg))
-        if name == "augment":
-            augment = _Augment()
-            augment.collect(rows, path, totals)
-            outputs = await augment.finish(ctx)
-        else:
-            handler: Handler = {
-                "crossval": do_crossval,
-                "verify": do_verify,
-                "backtranslate": lambda r, c, s=BackTranslateStage(): do_backtranslate(r, c, s),
-                "score": lambda r, c, s=ScoreStage(): do_score(r, c, s),
-            }[name]
-            outputs = await _run_rows(ROW.get(name, name), rows, handler, ctx, path, totals)
-    _write_jsonl(out_path, outputs)
-    summary = ctx.funnel.to_dict().get(ROW.get(name, name), {})
-    dropped = summary.get("dropped", {})
-    why = ", ".join(f"{k}={v}" for k, v in dropped.items()) or "none"
-    print(f"autoif stage {name}: {totals.lines} lines ({totals.bad} bad); "
-          f"{summary.get('kept', len(outputs))} kept, {sum(dropped.values())} dropped ({why}); "
-          f"{len(outputs)} records -> {out_path}", file=sys.stderr)
-    print(ctx.funnel.format(), file=sys.stderr)
+    plan = plan_for(name, inp, cfg)
+    outputs, funnel = await run_stage(name, plan, cfg)
+    to_rows, origin = writer_for(name, cfg)
+    if origin is not None:                  # in input order, whatever order they finished in
+        order = {}
+        for i, item in enumerate(plan.items):
+            order.setdefault(input_id(item), i)
+        outputs.sort(key=lambda o: order.get(origin(o), len(order)))
+    rows = [row for o in outputs for row in to_rows(o)]
+    _write_jsonl(out_path, rows)
+    table = funnel.to_dict()
+    chain = CHAINS[name]
+    dropped: Counter[str] = Counter()
+    for stage in chain:
+        dropped.update(table.get(stage, {}).get("dropped", {}))
+    why = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))) or "none"
+    kept = table.get(chain[-1], {}).get("kept", 0)
+    print(f"autoif stage {name}: {inp.lines} lines ({inp.bad} bad); "
+          f"{kept} kept, {sum(dropped.values())} dropped ({why}); "
+          f"{len(rows)} records -> {out_path}", file=sys.stderr)
+    print(funnel.format(), file=sys.stderr)
     return 0
 
 

@@ -8,7 +8,11 @@ Nothing here imports Ray until a sharded run starts.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import shlex
+import sys
 
+from engine.distributed.driver import run_sharded
 from engine.job import JobError
 
 
@@ -33,12 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_ray(cfg, args: argparse.Namespace) -> int:
     """`autoif run --ray ...`: the sharded job; 0 when it completed."""
-    import asyncio
-    import shlex
-    import sys
-
-    from engine.distributed.driver import run_sharded
-
     if getattr(args, "mode", "full") != "full":
         print("autoif run: --ray runs --mode full only", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from engine.config import Config
+from engine.distributed.driver import Driver
 from engine.distributed.sharding import shard_of
 from engine.records import Instruction
 
@@ -48,7 +49,6 @@ JOB = dict(augment_batches=0, verifier_k=4, queries_per_instruction=2, responses
 
 
 async def one(n_shards: int, per_shard: int, work: Path) -> dict:
-    from engine.distributed.driver import Driver
     texts = balanced_instructions(per_shard, n_shards)
     work.mkdir(parents=True, exist_ok=True)
     seeds = work / f"seeds-{n_shards}.jsonl"

@@ -36,8 +36,8 @@ import orjson
 
 from engine.config import Config
 from engine.job import Recorded, open_engine, open_store, run_stages
-from engine.stages import (AugmentStage, BackTranslateStage, CrossValStage, QueryJoinStage,
-                           ResponseStage, ScoreStage, VerifierStage, make_seed_batches)
+from engine.stages import (CHAIN, BackTranslateStage, build_stage, default_stages,
+                           make_seed_batches)
 from engine.metrics import TimeSeries
 from engine.records import Instruction, Query, QueryResult, VerifiedInstruction
 from engine.stage import Context, Funnel
@@ -64,8 +64,9 @@ async def _phase(cfg: Config, backend: str, directory: Path, store: Any, events:
     async with open_engine(cfg, backend, directory, store, pool_needed=pool_needed) as (client, pool, ctx):
         tick = asyncio.create_task(_ticker(events, ctx.funnel, series))
         try:
-            return await run_stages(stages, source, ctx, client=client, pool=pool, run_dir=directory,
-                                    metrics_port=None, progress=False, sink=sink, series=series)
+            return await run_stages(cfg, stages, source, ctx, client=client, pool=pool,
+                                    run_dir=directory, metrics_port=None, progress=False, sink=sink,
+                                    series=series)
         finally:
             tick.cancel()
 
@@ -165,7 +166,7 @@ async def augment_events(cfg: Config, seeds: list[Instruction], *, backend: str,
         series = TimeSeries(interval_s=TICK_S)
         out: list[Instruction] = []
 
-        stage = Recorded(AugmentStage(seeds), store, "augment")
+        stage = Recorded(build_stage("augment", cfg, seeds=seeds), store, "augment")
         source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
         task = asyncio.create_task(_phase(cfg, backend, directory, store, events, series, [stage],
                                           source, out.append, pool_needed=False))
@@ -228,8 +229,8 @@ async def shard_events(cfg: Config, instructions: list[Instruction], *, index: i
             store.put_records([result], "final")
             events.put("results", [result.to_dict()])
 
-        stages = [VerifierStage(), CrossValStage(), Streamed(BackTranslateStage(), store),
-                  QueryJoinStage(queries), ResponseStage(), ScoreStage()]
+        stages = [Streamed(s, store) if isinstance(s, BackTranslateStage) else s
+                  for s in default_stages(cfg, [], queries, names=CHAIN[1:])]
         task = asyncio.create_task(_phase(cfg, backend, directory, store, events, series, stages,
                                           instructions, sink))
         async for ev in events.drain(task):

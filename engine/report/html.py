@@ -15,6 +15,9 @@ from typing import Any
 import orjson
 
 from engine.config import Config
+from engine.records import QueryResult
+from engine.report.observe import Distributions
+from engine.state import StateStore
 
 
 class ReportError(RuntimeError):
@@ -33,9 +36,6 @@ def load_summary(run_dir: Path) -> dict:
 
 def stored_distributions(run_dir: Path) -> dict:
     """Pass rates and scores of the stored (kept) results, when the summary has none."""
-    from engine.records import QueryResult
-    from engine.report.observe import Distributions
-    from engine.state import StateStore
     dists = Distributions()
     db = run_dir / "state.sqlite"
     if db.exists():

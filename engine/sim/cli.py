@@ -6,7 +6,9 @@ import asyncio
 import logging
 import sys
 
+from engine.aio import run as aio_run
 from engine.sim.config import FaultConfig, LatencyModel, SimConfig
+from engine.sim.server import SimServer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,8 +54,6 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 
 async def serve(config: SimConfig) -> None:
-    from engine.sim.server import SimServer
-
     async with SimServer(config) as sim:
         print(f"SGLang simulator (test double) listening on {sim.url}", flush=True)
         await asyncio.Event().wait()
@@ -63,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = config_from_args(args)
-    from engine.aio import run as aio_run
-
     try:
         aio_run(serve(config))
     except KeyboardInterrupt:

@@ -12,15 +12,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
-
-from engine.config import Config
 from engine.dedup import Deduper
 from engine.jsonl import read_texts
 from engine.parsing import parse_instruction_list, parse_yes_no
 from engine.prompting import packaged_file, render
 from engine.records import Instruction, SeedBatch, normalize_instruction
 from engine.stage import Context
-from engine.stages.base import ask, settings, tally
+from engine.stages.base import Sampling, ask, tally
 
 
 def _seed_text(row: object) -> str | None:
@@ -29,14 +27,14 @@ def _seed_text(row: object) -> str | None:
 
 def load_seed_instructions(path: str | Path | None = None,
                            on_error: Callable[[str], None] | None = None) -> list[Instruction]:
-    """Seeds from JSONL lines {"instruction": ...} (or "text"); exact duplicates removed.
+    """Seeds from JSONL lines {"instruction": ...} (or "text"), or a .txt file's lines; exact duplicates removed.
 
     A bad line raises ValueError naming file and line, unless `on_error` takes the message.
     """
     path = Path(path) if path else packaged_file("seed_instructions.jsonl")
     seen: set[str] = set()
     seeds: list[Instruction] = []
-    for text in read_texts(path, _seed_text, "no 'instruction' string", on_error):
+    for text in read_texts(path, _seed_text, "missing field 'instruction'", on_error):
         key = normalize_instruction(text)
         if key not in seen:
             seen.add(key)
@@ -91,47 +89,42 @@ class InOrder:
 class AugmentStage:
     """SeedBatch -> Instruction*: the batch's passthrough seeds plus new checkable instructions.
 
-    `seeds`: every seed of the run, indexed in the deduper up front so a proposal that repeats a
-    seed is dropped whichever batch finishes first. One AugmentStage holds one deduper for the run.
+    `seeds`: every seed of the run, indexed in `deduper` here, up front, so a proposal that repeats
+    a seed is dropped whichever batch finishes first. One AugmentStage holds one deduper for the run.
+    `per_prompt`: new instructions asked for in each prompt; `sampling`: the augment request;
+    `checkable`: the judge request asking whether code can check a proposal (None: no such filter).
     """
 
     name = "augment"
 
-    def __init__(self, seeds: Sequence[Instruction] = (), deduper: Deduper | None = None) -> None:
+    def __init__(self, seeds: Sequence[Instruction], *, deduper: Deduper, per_prompt: int,
+                 sampling: Sampling, checkable: Sampling | None) -> None:
         self.seeds = tuple(seeds)
-        self._deduper = deduper
-        self._seeded = False
+        self.deduper = deduper
+        self.per_prompt = per_prompt
+        self.sampling = sampling
+        self.checkable = checkable
         self._order = InOrder()
-
-    def deduper(self, cfg: Config) -> Deduper:
-        if self._deduper is None:
-            self._deduper = Deduper(threshold=cfg.dedup_threshold, ngram=cfg.dedup_ngram)
-        if not self._seeded:
-            for s in self.seeds:
-                self._deduper.add(s.text)
-            self._seeded = True
-        return self._deduper
+        for s in self.seeds:
+            deduper.add(s.text)
 
     async def process(self, batch: SeedBatch, ctx: Context) -> list[Instruction]:
-        cfg = settings(ctx)
         out: list[Instruction] = list(batch.passthrough)
         try:
-            dedup = self.deduper(cfg)
             if not self.seeds:              # seeds given up front are indexed already
                 for s in batch.passthrough:
-                    dedup.add(s.text)
+                    self.deduper.add(s.text)
             if batch.shown:
-                out += await self._propose(batch, ctx, cfg, dedup)
+                out += await self._propose(batch, ctx)
         finally:
             await self._order.finish(batch.index)   # also when the LLM call failed
         if not out:
             ctx.funnel.drop(self.name, "no_new_instructions")
         return out
 
-    async def _propose(self, batch: SeedBatch, ctx: Context, cfg: Config, dedup: Deduper) -> list[Instruction]:
-        prompt = render("augment", seeds=format_examples(batch.shown), count=cfg.augment_per_prompt)
-        answers = await ask(ctx, prompt, n=cfg.augment_samples,
-                            temperature=cfg.augment_temperature, max_tokens=cfg.augment_max_tokens)
+    async def _propose(self, batch: SeedBatch, ctx: Context) -> list[Instruction]:
+        prompt = render("augment", seeds=format_examples(batch.shown), count=self.per_prompt)
+        answers = await ask(ctx, prompt, self.sampling)
         await self._order.wait_turn(batch.index)
         dropped: Counter[str] = Counter()
         fresh: list[str] = []
@@ -141,7 +134,7 @@ class AugmentStage:
             if not proposed:
                 unreadable["no_list"] += 1
             for text in proposed:
-                reason = dedup.check(text)
+                reason = self.deduper.check(text)
                 if reason:
                     dropped[reason] += 1
                 else:
@@ -149,8 +142,8 @@ class AugmentStage:
         tally(ctx, f"{self.name}.answer", len(answers) - unreadable["no_list"], unreadable)
         await self._order.finish(batch.index)   # dedup done: the next batch may dedup now
         kept = fresh
-        if cfg.checkable_filter and fresh:
-            verdicts = await asyncio.gather(*(self._checkable(ctx, cfg, t) for t in fresh))
+        if self.checkable is not None and fresh:
+            verdicts = await asyncio.gather(*(self._checkable(ctx, self.checkable, t) for t in fresh))
             kept = []
             for text, verdict in zip(fresh, verdicts):
                 if verdict is True:
@@ -160,7 +153,6 @@ class AugmentStage:
         tally(ctx, f"{self.name}.candidate", len(kept), dropped)
         return [Instruction(text=t, source="augment") for t in kept]
 
-    async def _checkable(self, ctx: Context, cfg: Config, text: str) -> bool | None:
-        answers = await ask(ctx, render("checkable", instruction=text), n=1,
-                            temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens)
+    async def _checkable(self, ctx: Context, judge: Sampling, text: str) -> bool | None:
+        answers = await ask(ctx, render("checkable", instruction=text), judge)
         return parse_yes_no(answers[0].text) if answers else None

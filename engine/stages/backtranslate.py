@@ -9,43 +9,32 @@ import asyncio
 from collections import Counter
 from dataclasses import replace
 
-from engine.config import Config
 from engine.parsing import parse_back_translation
 from engine.prompting import render
 from engine.records import BackTranslation, Verifier, VerifiedInstruction
 from engine.stage import Context
-from engine.stages.base import ask, settings, tally
-from engine.stages.nli import LLMJudge, NLIJudge, TransformersNLI
+from engine.stages.base import Sampling, ask, tally
+from engine.stages.nli import NLIJudge
 
 
 class BackTranslateStage:
     """VerifiedInstruction -> VerifiedInstruction with contradicted functions removed.
 
-    `nli`: the judge; None picks TransformersNLI when config.nli_model_path is set, else LLMJudge.
-    With config.backtranslate off, items pass through unchanged.
+    `nli`: the judge of (original, back-translation); `sampling`: the back-translation request.
+    With `enabled` off, items pass through unchanged.
     """
 
     name = "backtranslate"
 
-    def __init__(self, nli: NLIJudge | None = None) -> None:
-        self._nli = nli
-        self._loading = asyncio.Lock()
-
-    async def judge(self, cfg: Config) -> NLIJudge:
-        async with self._loading:             # load a local model once, off the event loop
-            if self._nli is None:
-                if cfg.nli_model_path:
-                    self._nli = await asyncio.to_thread(TransformersNLI, cfg.nli_model_path, cfg.nli_device)
-                else:
-                    self._nli = LLMJudge()
-        return self._nli
+    def __init__(self, *, nli: NLIJudge, sampling: Sampling, enabled: bool = True) -> None:
+        self.nli = nli
+        self.sampling = sampling
+        self.enabled = enabled
 
     async def process(self, item: VerifiedInstruction, ctx: Context) -> list[VerifiedInstruction]:
-        cfg = settings(ctx)
-        if not cfg.backtranslate:
+        if not self.enabled:
             return [item]
-        nli = await self.judge(cfg)
-        verdicts = await asyncio.gather(*(self._check(ctx, cfg, nli, item.instruction.text, f)
+        verdicts = await asyncio.gather(*(self._check(ctx, item.instruction.text, f)
                                           for f, _ in item.functions))
         kept, translations, dropped = [], [], Counter()
         for (f, accuracy), (translation, reason) in zip(item.functions, verdicts):
@@ -61,14 +50,13 @@ class BackTranslateStage:
             return []
         return [replace(item, functions=tuple(kept), back_translations=tuple(translations))]
 
-    async def _check(self, ctx: Context, cfg: Config, nli: NLIJudge, original: str,
+    async def _check(self, ctx: Context, original: str,
                      function: Verifier) -> tuple[BackTranslation | None, str | None]:
-        answers = await ask(ctx, render("backtranslate", code=function.code.rstrip()), n=1,
-                            temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens)
+        answers = await ask(ctx, render("backtranslate", code=function.code.rstrip()), self.sampling)
         text = parse_back_translation(answers[0].text) if answers else ""
         if not text:
             return None, "empty_back_translation"
-        label = await nli.classify(original, text, ctx)
+        label = await self.nli.classify(original, text, ctx)
         if label is None:
             return None, "unparsable_nli"
         translation = BackTranslation(verifier_id=function.id, text=text, label=label)

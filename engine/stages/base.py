@@ -1,35 +1,38 @@
-"""Small helpers every stage shares: reading the config, asking the LLM, reading sandbox outcomes,
-and counting sub-items (answers, cases, responses) in their own funnel rows."""
+"""Small helpers every stage shares: how a request samples, asking the LLM, reading sandbox
+outcomes, and counting sub-items (answers, cases, responses) in their own funnel rows."""
 from __future__ import annotations
 
 import ast
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
-from engine.config import Config
 from engine.llm import Completion, SamplingParams
 from engine.prompting import user_message
 from engine.stage import Context
 
 
-def settings(ctx: Context) -> Config:
-    """The run's Config (defaults when the context carries none)."""
-    return ctx.config if isinstance(ctx.config, Config) else Config()
+@dataclass(frozen=True)
+class Sampling:
+    """How one kind of request samples: `n` answers of at most `max_tokens` at `temperature`."""
+
+    n: int
+    temperature: float
+    max_tokens: int
 
 
-async def ask(ctx: Context, prompt: str, *, n: int, temperature: float, max_tokens: int,
-              json_schema: str | None = None) -> list[Completion]:
+async def ask(ctx: Context, prompt: str, sampling: Sampling, *, json_schema: str | None = None) -> list[Completion]:
     """One chat request with `n` samples of the same prompt (the server's prefix cache is shared).
     `json_schema`: constrained decoding (SGLang and llama-server both accept it)."""
-    params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, json_schema=json_schema)
-    return await ctx.llm.chat(user_message(prompt), n=n, params=params)
+    params = SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                            json_schema=json_schema)
+    return await ctx.llm.chat(user_message(prompt), n=sampling.n, params=params)
 
 
-async def complete(ctx: Context, prompt: str, *, n: int, temperature: float, max_tokens: int,
-                   stop: tuple[str, ...]) -> list[Completion]:
+async def complete(ctx: Context, prompt: str, sampling: Sampling, *, stop: tuple[str, ...]) -> list[Completion]:
     """One raw text completion (no chat template): the model continues `prompt` until a stop string."""
-    params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, stop=stop)
-    return await ctx.llm.generate(prompt, n=n, params=params)
+    params = SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature, stop=stop)
+    return await ctx.llm.generate(prompt, n=sampling.n, params=params)
 
 
 def outcome_bool(outcome: Any) -> bool | None:

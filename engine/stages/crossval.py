@@ -17,7 +17,7 @@ from typing import Sequence
 
 from engine.records import Case, Verifier, VerifiedInstruction, VerifierDraft
 from engine.stage import Context
-from engine.stages.base import code_key, outcome_bool, settings, tally
+from engine.stages.base import code_key, outcome_bool, tally
 
 
 @dataclass
@@ -86,20 +86,28 @@ def judge(functions: Sequence[Verifier], cases: Sequence[Case], results: Sequenc
 
 
 class CrossValStage:
-    """VerifierDraft -> VerifiedInstruction (kept functions with their accuracy, kept cases)."""
+    """VerifierDraft -> VerifiedInstruction (kept functions with their accuracy, kept cases).
+    The thresholds are the rules of the module docstring."""
 
     name = "crossval"
 
+    def __init__(self, *, case_agreement: float, function_accuracy: float, min_functions: int = 1,
+                 min_cases: int = 1, two_sided: bool = True) -> None:
+        self.two_sided = two_sided
+        self.case_agreement = case_agreement
+        self.function_accuracy = function_accuracy
+        self.min_functions = min_functions
+        self.min_cases = min_cases
+
     async def process(self, item: VerifierDraft, ctx: Context) -> list[VerifiedInstruction]:
-        cfg = settings(ctx)
         functions, cases, dup_functions, dup_cases = _distinct(item)
         if not functions or not cases:
             ctx.funnel.drop(self.name, "no_functions" if not functions else "no_cases")
             return []
         inputs = [c.input for c in cases]
         results = await ctx.executor.evaluate_many([(f.code, inputs) for f in functions])
-        verdict = judge(functions, cases, results, cfg.case_agreement, cfg.function_accuracy,
-                        cfg.min_functions, cfg.min_cases, cfg.two_sided_cases)
+        verdict = judge(functions, cases, results, self.case_agreement, self.function_accuracy,
+                        self.min_functions, self.min_cases, self.two_sided)
         verdict.function_drops["duplicate"] += dup_functions
         verdict.case_drops["duplicate"] += dup_cases
         tally(ctx, f"{self.name}.function", len(verdict.functions), verdict.function_drops)

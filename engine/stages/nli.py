@@ -12,7 +12,7 @@ from typing import Protocol
 from engine.parsing import parse_nli_label
 from engine.prompting import render
 from engine.stage import Context
-from engine.stages.base import ask, settings
+from engine.stages.base import Sampling, ask
 
 LABELS = ("entailment", "neutral", "contradiction")
 
@@ -24,10 +24,13 @@ class NLIJudge(Protocol):
 
 
 class LLMJudge:
+    """The pipeline's LLM as the judge; `sampling`: its request."""
+
+    def __init__(self, sampling: Sampling) -> None:
+        self.sampling = sampling
+
     async def classify(self, premise: str, hypothesis: str, ctx: Context) -> str | None:
-        cfg = settings(ctx)
-        answers = await ask(ctx, render("nli", premise=premise, hypothesis=hypothesis), n=1,
-                            temperature=cfg.judge_temperature, max_tokens=cfg.judge_max_tokens)
+        answers = await ask(ctx, render("nli", premise=premise, hypothesis=hypothesis), self.sampling)
         return parse_nli_label(answers[0].text) if answers else None
 
 

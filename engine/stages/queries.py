@@ -11,12 +11,10 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-
 from engine.jsonl import read_texts
 from engine.prompting import packaged_file, render
 from engine.records import Query, QueryTask, VerifiedInstruction
 from engine.stage import Context
-from engine.stages.base import settings
 
 
 def query_text(row: Any) -> str | None:
@@ -51,26 +49,23 @@ def load_queries(path: str | Path | None = None, on_error: Callable[[str], None]
 
 
 class QueryJoinStage:
-    """VerifiedInstruction -> N QueryTasks. `queries`: the pool (None: config.queries_path or built-in)."""
+    """VerifiedInstruction -> N QueryTasks: `per_instruction` of `queries`, picked by the
+    instruction id and the run's `seed`."""
 
     name = "queries"
 
-    def __init__(self, queries: Sequence[Query] | None = None) -> None:
-        self._queries = list(queries) if queries is not None else None
-
-    def pool(self, ctx: Context) -> list[Query]:
-        if self._queries is None:
-            self._queries = load_queries(settings(ctx).queries_path or None)
-        return self._queries
+    def __init__(self, queries: Sequence[Query], *, per_instruction: int, seed: int) -> None:
+        self.queries = list(queries)
+        self.per_instruction = per_instruction
+        self.seed = seed
 
     async def process(self, item: VerifiedInstruction, ctx: Context) -> list[QueryTask]:
-        cfg = settings(ctx)
-        pool = self.pool(ctx)
+        pool = self.queries
         if not pool:
             ctx.funnel.drop(self.name, "no_queries")
             return []
-        rng = random.Random(f"{cfg.seed}:{item.instruction.id}")
-        chosen = rng.sample(pool, min(cfg.queries_per_instruction, len(pool)))
+        rng = random.Random(f"{self.seed}:{item.instruction.id}")
+        chosen = rng.sample(pool, min(self.per_instruction, len(pool)))
         return [QueryTask(instruction=item, query_id=q.id, query=q.text,
                           prompt=render("response", query=q.text, instruction=item.instruction.text))
                 for q in chosen]

@@ -11,7 +11,7 @@ from typing import Sequence
 from engine.llm import Completion
 from engine.records import FunctionResult, QueryResult, QueryTask, ResponseRecord, Verifier
 from engine.stage import Context
-from engine.stages.base import ask, outcome_bool, settings, tally
+from engine.stages.base import Sampling, ask, outcome_bool, tally
 
 
 def grade(completions: Sequence[Completion], functions: Sequence[Verifier], results: Sequence[Sequence],
@@ -36,24 +36,28 @@ def grade(completions: Sequence[Completion], functions: Sequence[Verifier], resu
 
 
 class ResponseStage:
-    """QueryTask -> QueryResult with all K responses; dropped when none passes."""
+    """QueryTask -> QueryResult with all K responses; dropped when none passes.
+
+    `sampling`: the response request (its n is K); `pass_threshold`: see the module docstring."""
 
     name = "responses"
 
+    def __init__(self, *, sampling: Sampling, pass_threshold: float) -> None:
+        self.sampling = sampling
+        self.pass_threshold = pass_threshold
+
     async def process(self, item: QueryTask, ctx: Context) -> list[QueryResult]:
-        cfg = settings(ctx)
         functions = item.instruction.verifiers
         if not functions:
             ctx.funnel.drop(self.name, "no_functions")
             return []
-        completions = await ask(ctx, item.prompt, n=cfg.responses_k,
-                                temperature=cfg.response_temperature, max_tokens=cfg.response_max_tokens)
+        completions = await ask(ctx, item.prompt, self.sampling)
         if not completions:
             ctx.funnel.drop(self.name, "no_completions")
             return []
         texts = [c.text for c in completions]
         results = await ctx.executor.evaluate_many([(f.code, texts) for f in functions])
-        records, dropped = grade(completions, functions, results, cfg.pass_threshold)
+        records, dropped = grade(completions, functions, results, self.pass_threshold)
         kept = sum(r.passed for r in records)
         tally(ctx, f"{self.name}.sample", kept, dropped)
         if not kept:

@@ -24,14 +24,13 @@ from typing import Iterable
 
 import orjson
 
-from engine.config import Config
 from engine.llm import Completion
 from engine.parsing import (ParseError, ParsedVerifier, parse_case_answer,
                             parse_code_completion, parse_verifier_answer, prompt_examples)
 from engine.prompting import render, template
 from engine.records import Case, Instruction, Verifier, VerifierDraft, normalize_instruction
 from engine.stage import Context
-from engine.stages.base import ask, code_key, complete, settings, tally
+from engine.stages.base import Sampling, ask, code_key, complete, tally
 
 # where a completed function ends: the next few-shot entry, a second definition, test code
 CODE_STOPS = ("\n# Constraint", "\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "```")
@@ -133,21 +132,30 @@ def parse_case_answers(answers: list[Completion], drops: Counter, case_counts: C
 
 class VerifierStage:
     """Instruction -> VerifierDraft (K functions and the cases pooled); dropped when no function
-    or no case is left."""
+    or no case is left.
+
+    `sampling`: the function request (its n is K, the functions per instruction); `style`:
+    "code" or "json" (module docstring); `cases`: the code style's test-case request, asking for
+    `cases_per_side` passing and failing replies per answer."""
 
     name = "verifiers"
 
+    def __init__(self, *, sampling: Sampling, style: str = "code", cases: Sampling | None = None,
+                 cases_per_side: int = 3) -> None:
+        if style not in ("code", "json"):
+            raise ValueError(f"verifier style {style!r}: expected 'code' or 'json'")
+        self.sampling, self.style, self.cases_per_side = sampling, style, cases_per_side
+        self.cases = cases or Sampling(2, sampling.temperature, 768)
+
     async def process(self, item: Instruction, ctx: Context) -> list[VerifierDraft]:
-        cfg = settings(ctx)
         answer_drops: Counter[str] = Counter()
         case_counts: Counter[str] = Counter()
-        if cfg.verifier_style == "json":
-            answers = await ask(ctx, render("verifier", instruction=item.text), n=cfg.verifier_k,
-                                temperature=cfg.verifier_temperature, max_tokens=cfg.verifier_max_tokens)
+        if self.style == "json":
+            answers = await ask(ctx, render("verifier", instruction=item.text), self.sampling)
             parsed = parse_answers(((a.text, a.finish_reason) for a in answers), answer_drops, case_counts)
             drop_echoed_cases(parsed, example_cases("verifier"), case_counts)
         else:
-            parsed = await self._code_style(item, ctx, cfg, answer_drops, case_counts)
+            parsed = await self._code_style(item, ctx, answer_drops, case_counts)
         tally(ctx, f"{self.name}.answer", sum(1 for p in parsed if p.code), answer_drops)
         case_counts["kept"] -= case_counts["template_echo"]
         tally(ctx, f"{self.name}.case", case_counts["kept"],
@@ -161,16 +169,13 @@ class VerifierStage:
             return []
         return [draft]
 
-    async def _code_style(self, item: Instruction, ctx: Context, cfg: Config, answer_drops: Counter,
+    async def _code_style(self, item: Instruction, ctx: Context, answer_drops: Counter,
                           case_counts: Counter) -> list[ParsedVerifier]:
         code_prompt = render("verifier_code", instruction=item.text)
-        cases_prompt = render("verifier_cases", instruction=item.text, n=cfg.verifier_cases_per_side)
+        cases_prompt = render("verifier_cases", instruction=item.text, n=self.cases_per_side)
         functions, case_answers = await asyncio.gather(
-            complete(ctx, code_prompt, n=cfg.verifier_k, temperature=cfg.verifier_temperature,
-                     max_tokens=cfg.verifier_max_tokens, stop=CODE_STOPS),
-            ask(ctx, cases_prompt, n=cfg.verifier_case_samples, temperature=cfg.verifier_temperature,
-                max_tokens=cfg.verifier_case_max_tokens,
-                json_schema=cases_schema(cfg.verifier_cases_per_side)))
+            complete(ctx, code_prompt, self.sampling, stop=CODE_STOPS),
+            ask(ctx, cases_prompt, self.cases, json_schema=cases_schema(self.cases_per_side)))
         case_drops: Counter[str] = Counter()
         parsed = parse_functions(item, functions, answer_drops)
         cases = parse_case_answers(case_answers, case_drops, case_counts)
