@@ -280,6 +280,7 @@ async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: An
                                metrics_port=metrics_port, progress=progress, sink=sink)
     files = export_run(cfg, store, run_dir / "exports")
     summary["exports"] = {k: str(v) for k, v in files.items()}
+    summary["truncation"] = ctx.funnel.truncation()   # token limits should make this rare
     store.save_funnel(summary["funnel"])
     write_summary(run_dir, "summary.json", summary, ctx.funnel)
     return summary
