@@ -61,12 +61,19 @@ class Config:
     # verifiers
     verifier_k: int = _f(8, "verifiers", "verification answers (function + cases) sampled per instruction", lo=1)
     verifier_temperature: float = _f(0.7, "verifiers", "sampling temperature of verifier generation", lo=0)
-    verifier_max_tokens: int = _f(1536, "verifiers", "max new tokens of a verifier answer", lo=1)
+    verifier_max_tokens: int = _f(1536, "verifiers", "max new tokens of a verifier answer (json style) or function (code style)", lo=1)
+    verifier_style: str = _f("code", "verifiers", "code: each function is a few-shot code completion and test cases a "
+                             "separate JSON request (small models follow it); json: one JSON answer holds both",
+                             choices=("code", "json"))
+    verifier_case_samples: int = _f(2, "verifiers", "code style: test-case answers sampled per instruction", lo=1)
+    verifier_cases_per_side: int = _f(3, "verifiers", "code style: passing and failing cases asked for in each answer", lo=1)
+    verifier_case_max_tokens: int = _f(768, "verifiers", "code style: max new tokens of a test-case answer", lo=1)
     # crossval
     case_agreement: float = _f(0.5, "crossval", "a case is kept when MORE than this share of functions agree with it", lo=0, hi=1)
     function_accuracy: float = _f(0.5, "crossval", "a function is kept when its accuracy on kept cases is MORE than this", lo=0, hi=1)
     min_functions: int = _f(1, "crossval", "an instruction needs at least this many kept functions", lo=1)
     min_cases: int = _f(1, "crossval", "an instruction needs at least this many kept cases", lo=1)
+    two_sided_cases: bool = _f(True, "crossval", "an instruction needs kept cases expecting True AND cases expecting False")
     # backtranslate
     backtranslate: bool = _f(True, "backtranslate", "back-translate functions and drop contradicted ones")
     nli_model_path: str = _f("", "backtranslate", "local NLI model directory (transformers); empty: the LLM judges")

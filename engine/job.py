@@ -42,12 +42,15 @@ from sandbox_pool import SandboxPool
 
 log = logging.getLogger("autoif.job")
 
-# `--demo`: a handful of seeds and queries, every stage for real, minutes on a laptop CPU.
-DEMO = dict(augment_batches=2, augment_seeds_shown=4, augment_per_prompt=3, verifier_k=3,
-            queries_per_instruction=2, responses_k=3, max_inflight_requests=8,
-            stage_concurrency=8, verifier_max_tokens=512, response_max_tokens=256,
-            judge_max_tokens=64, augment_max_tokens=256, output_dir="runs/demo")
-DEMO_SEEDS = 4
+# `--demo`: a handful of seeds and queries, every stage for real, minutes on a laptop CPU. Sized
+# for the embedded 0.5B model on 2 cores: the first seeds of the built-in set are ones it can
+# follow, token limits leave truncation rare, and enough queries for 20+ SFT rows.
+DEMO = dict(augment_batches=1, augment_seeds_shown=4, augment_per_prompt=4, verifier_k=4,
+            verifier_case_samples=2, verifier_cases_per_side=3, queries_per_instruction=6,
+            responses_k=3, max_inflight_requests=8, stage_concurrency=8, verifier_max_tokens=200,
+            verifier_case_max_tokens=400, response_max_tokens=384, judge_max_tokens=128,
+            augment_max_tokens=256, output_dir="runs/demo")
+DEMO_SEEDS = 6
 
 
 # -- pieces ------------------------------------------------------------------------------
@@ -274,6 +277,7 @@ async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: An
                                metrics_port=metrics_port, progress=progress, sink=sink)
     files = export_run(cfg, store, run_dir / "exports")
     summary["exports"] = {k: str(v) for k, v in files.items()}
+    summary["truncation"] = ctx.funnel.truncation()   # token limits should make this rare
     store.save_funnel(summary["funnel"])
     write_summary(run_dir, "summary.json", summary, ctx.funnel)
     return summary

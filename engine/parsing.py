@@ -198,6 +198,7 @@ def parse_verifier_answer(text: str) -> ParsedVerifier:
     code = clean_code(next(obj[k] for k in _FUNC_KEYS if k in obj))
     if not re.search(r"^\s*def\s+evaluate\s*\(", code, re.M):
         raise ParseError("no_evaluate_function")
+    check_not_placeholder(code)
     raw_cases = next((obj[k] for k in _CASE_KEYS if k in obj), None)
     parsed = ParsedVerifier(code=code, missing_cases=raw_cases is None)
     if isinstance(raw_cases, dict):          # {"input": ..., "output": ...} alone
@@ -332,3 +333,90 @@ def parse_back_translation(text: str) -> str:
         if para:
             return para
     return ""
+
+
+# ---------------------------------------------------------------- verifiers, two-request form
+
+EVALUATE_HEADER = "def evaluate(response: str) -> bool:\n"
+
+
+def _is_placeholder_body(code: str) -> bool:
+    """True when evaluate() only restates a template: its body is `...`, `pass` or a docstring."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "evaluate":
+            return all(isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+                                                   and (s.value.value is Ellipsis or isinstance(s.value.value, str)))
+                       for s in node.body)
+    return False
+
+
+def check_not_placeholder(code: str) -> str:
+    if _is_placeholder_body(code):
+        raise ParseError("template_echo", "evaluate() body is only ... / pass")
+    return code
+
+
+def parse_code_completion(text: str, header: str = EVALUATE_HEADER) -> str:
+    """The whole function from a completion of `header`: its indented body, up to the first line
+    that is not indented (the next example, a test call, prose)."""
+    body: list[str] = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if line.strip() and not line[:1].isspace():
+            break
+        body.append(line.rstrip())
+    while body and not body[-1].strip():
+        body.pop()
+    while body and not body[0].strip():
+        body.pop(0)
+    if not any(line.strip() for line in body):
+        raise ParseError("no_body")
+    return check_not_placeholder(header + "\n".join(body) + "\n")
+
+
+def prompt_examples(template_text: str) -> set[str]:
+    """Every double-quoted JSON string in a prompt template: a case equal to one is an echo."""
+    found = set()
+    for m in re.finditer(r'"((?:[^"\\\n]|\\.)*)"', template_text):
+        try:
+            found.add(json.loads(f'"{m.group(1)}"').strip())
+        except ValueError:
+            continue
+    return found
+
+
+def parse_case_answer(text: str) -> ParsedVerifier:
+    """Test cases from {"follow": [...], "break": [...]}, or a list of {"input", "output"}
+    (also under "cases"). The code field stays empty."""
+    saw_json = False
+    for candidate in json_candidates(text):
+        try:
+            value = _unwrap(loads_lenient(candidate))
+        except ParseError:
+            continue
+        saw_json = True
+        parsed = ParsedVerifier(code="")
+        if isinstance(value, dict) and ("follow" in value or "break" in value):
+            for key, expected in (("follow", True), ("break", False)):
+                items = value.get(key) or []
+                for item in items if isinstance(items, list) else [items]:
+                    if isinstance(item, str):
+                        parsed.cases.append(Case(input=item, expected=expected))
+                    else:
+                        parsed.bad_cases += 1
+            return parsed
+        if isinstance(value, dict):         # one {"input", "output"} alone, or {"cases": [...]}
+            value = [value] if any(k in value for k in _INPUT_KEYS) else \
+                next((value[k] for k in _CASE_KEYS if k in value), None)
+        if isinstance(value, list):
+            for entry in value:
+                case = _read_case(entry)
+                if case is None:
+                    parsed.bad_cases += 1
+                else:
+                    parsed.cases.append(case)
+            return parsed
+    raise ParseError("no_cases_field" if saw_json else "no_json")

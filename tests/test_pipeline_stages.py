@@ -124,7 +124,7 @@ async def test_verifiers_one_request_pooled_and_counted():
     ]
     llm = ScriptedLLM(lambda name, prompt, n: answers[:n])
     ctx = make_ctx(llm)
-    [draft] = await make("verifiers", verifier_k=5).process(Instruction("Do not use any commas."), ctx)
+    [draft] = await make("verifiers", verifier_k=5, verifier_style="json").process(Instruction("Do not use any commas."), ctx)
     assert [(c[0], c[2]) for c in llm.calls] == [("verifier", 5)]
     assert "Constraint: Do not use any commas." in llm.calls[0][1]
     assert len(draft.functions) == 1                  # the second differs only in spacing
@@ -136,10 +136,10 @@ async def test_verifiers_one_request_pooled_and_counted():
 
 async def test_verifiers_drop_reasons():
     ctx = make_ctx(ScriptedLLM(lambda name, prompt, n: ["nothing useful"] * n))
-    assert await make("verifiers", verifier_k=3).process(Instruction("Use no commas."), ctx) == []
+    assert await make("verifiers", verifier_k=3, verifier_style="json").process(Instruction("Use no commas."), ctx) == []
     assert ctx.funnel.to_dict()["verifiers"]["dropped"] == {"no_parsable_answer": 1}
     ctx = make_ctx(ScriptedLLM(lambda name, prompt, n: [verifier_json(NO_COMMA, [])] * n))
-    assert await make("verifiers", verifier_k=2).process(Instruction("Use no commas."), ctx) == []
+    assert await make("verifiers", verifier_k=2, verifier_style="json").process(Instruction("Use no commas."), ctx) == []
     assert ctx.funnel.to_dict()["verifiers"]["dropped"] == {"no_cases": 1}
 
 

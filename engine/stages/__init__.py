@@ -53,10 +53,15 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
                             checkable=judge if cfg.checkable_filter else None)
     if name == "verifiers":
         return VerifierStage(sampling=Sampling(cfg.verifier_k, cfg.verifier_temperature,
-                                               cfg.verifier_max_tokens))
+                                               cfg.verifier_max_tokens),
+                             style=cfg.verifier_style,
+                             cases=Sampling(cfg.verifier_case_samples, cfg.verifier_temperature,
+                                            cfg.verifier_case_max_tokens),
+                             cases_per_side=cfg.verifier_cases_per_side)
     if name == "crossval":
         return CrossValStage(case_agreement=cfg.case_agreement, function_accuracy=cfg.function_accuracy,
-                             min_functions=cfg.min_functions, min_cases=cfg.min_cases)
+                             min_functions=cfg.min_functions, min_cases=cfg.min_cases,
+                             two_sided=cfg.two_sided_cases)
     if name == "backtranslate":
         if not cfg.backtranslate:           # no judge is loaded for a stage that passes through
             return BackTranslateStage(nli=LLMJudge(judge), sampling=judge, enabled=False)

@@ -22,10 +22,18 @@ class Sampling:
     max_tokens: int
 
 
-async def ask(ctx: Context, prompt: str, sampling: Sampling) -> list[Completion]:
-    """One chat request with `n` samples of the same prompt (the server's prefix cache is shared)."""
-    params = SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature)
+async def ask(ctx: Context, prompt: str, sampling: Sampling, *, json_schema: str | None = None) -> list[Completion]:
+    """One chat request with `n` samples of the same prompt (the server's prefix cache is shared).
+    `json_schema`: constrained decoding (SGLang and llama-server both accept it)."""
+    params = SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                            json_schema=json_schema)
     return await ctx.llm.chat(user_message(prompt), n=sampling.n, params=params)
+
+
+async def complete(ctx: Context, prompt: str, sampling: Sampling, *, stop: tuple[str, ...]) -> list[Completion]:
+    """One raw text completion (no chat template): the model continues `prompt` until a stop string."""
+    params = SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature, stop=stop)
+    return await ctx.llm.generate(prompt, n=sampling.n, params=params)
 
 
 def outcome_bool(outcome: Outcome) -> bool | None:

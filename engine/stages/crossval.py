@@ -4,7 +4,9 @@ All functions x all cases of one instruction run in ONE executor batch. Then:
 - a function whose outcomes are all "rejected" did not compile / failed the precheck: removed;
 - a case is kept when MORE than `case_agreement` of the compiling functions return its expected bool;
 - a function is kept when its accuracy on the kept cases is MORE than `function_accuracy`;
-- the instruction survives with at least `min_cases` cases and `min_functions` functions.
+- the instruction survives with at least `min_cases` cases and `min_functions` functions,
+  and (with `two_sided`) only if its kept cases expect True at least once AND False at least
+  once: agreement on one side alone is no evidence (a constant function passes it).
 An error, a timeout or a non-bool return counts as a wrong answer.
 """
 from __future__ import annotations
@@ -44,7 +46,7 @@ def _distinct(draft: VerifierDraft) -> tuple[list[Verifier], list[Case], int, in
 
 def judge(functions: Sequence[Verifier], cases: Sequence[Case], results: Sequence[Sequence[Outcome]],
           case_agreement: float, function_accuracy: float,
-          min_functions: int = 1, min_cases: int = 1) -> CrossValVerdict:
+          min_functions: int = 1, min_cases: int = 1, two_sided: bool = False) -> CrossValVerdict:
     """Apply the rules to executor results (results[i][j]: function i on case j)."""
     fdrops: Counter[str] = Counter()
     cdrops: Counter[str] = Counter()
@@ -68,6 +70,10 @@ def judge(functions: Sequence[Verifier], cases: Sequence[Case], results: Sequenc
     if len(kept_cases) < min_cases:
         fdrops["no_kept_cases"] += len(answers)
         return CrossValVerdict([], [], fdrops, cdrops, "no_case_agreed")
+    if two_sided and len({cases[j].expected for j in kept_cases}) < 2:
+        fdrops["one_sided_cases"] += len(answers)
+        cdrops["one_sided"] += len(kept_cases)
+        return CrossValVerdict([], [], fdrops, cdrops, "one_sided")
 
     kept_functions: list[tuple[Verifier, float]] = []
     for f, vals in answers:
@@ -88,7 +94,8 @@ class CrossValStage:
     name = "crossval"
 
     def __init__(self, *, case_agreement: float, function_accuracy: float, min_functions: int = 1,
-                 min_cases: int = 1) -> None:
+                 min_cases: int = 1, two_sided: bool = True) -> None:
+        self.two_sided = two_sided
         self.case_agreement = case_agreement
         self.function_accuracy = function_accuracy
         self.min_functions = min_functions
@@ -102,7 +109,7 @@ class CrossValStage:
         inputs = [c.input for c in cases]
         results = await ctx.executor.evaluate_many([(f.code, inputs) for f in functions])
         verdict = judge(functions, cases, results, self.case_agreement, self.function_accuracy,
-                        self.min_functions, self.min_cases)
+                        self.min_functions, self.min_cases, self.two_sided)
         verdict.function_drops["duplicate"] += dup_functions
         verdict.case_drops["duplicate"] += dup_cases
         tally(ctx, f"{self.name}.function", len(verdict.functions), verdict.function_drops)

@@ -1,18 +1,62 @@
-"""Verifiers: K sampled answers per instruction, each a Python `evaluate` function plus test cases.
+"""Verifiers: K sampled Python `evaluate` functions per instruction, plus test cases.
 
-The K answers come from one request with n=K, so the server computes the prompt once.
-Functions and cases from all answers are pooled (de-duplicated) for cross-validation.
+Two ways to ask (config.verifier_style):
+- "code" (default): the function is a few-shot code completion (prompts/verifier_code.txt ends
+  with `# Constraint: ...` and the `def evaluate` line; stop at the next example), sampled K
+  times in one request; the test cases are a separate short chat request (n =
+  verifier_case_samples) constrained to a JSON object of passing ("follow") and failing
+  ("break") replies. Models of 0.5B parameters follow this; they copy the skeleton of a
+  JSON-with-code prompt instead.
+- "json": one chat request with n=K, each answer a JSON object with the function as a string
+  and its cases (the reference release's format, which `autoif stage` also reads).
+
+Either way, answers that only echo the prompt's templates are dropped (a body of `...`/`pass`,
+a few-shot example's function under another constraint, a case equal to a prompt example),
+and functions and cases from all answers are pooled (de-duplicated) for cross-validation.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
+import re
 from collections import Counter
 from typing import Iterable
 
-from engine.parsing import ParseError, ParsedVerifier, parse_verifier_answer
-from engine.prompting import render
-from engine.records import Case, Instruction, Verifier, VerifierDraft
+import orjson
+
+from engine.llm import Completion
+from engine.parsing import (ParseError, ParsedVerifier, parse_case_answer,
+                            parse_code_completion, parse_verifier_answer, prompt_examples)
+from engine.prompting import render, template
+from engine.records import Case, Instruction, Verifier, VerifierDraft, normalize_instruction
 from engine.stage import Context
-from engine.stages.base import Sampling, ask, code_key, tally
+from engine.stages.base import Sampling, ask, code_key, complete, tally
+
+# where a completed function ends: the next few-shot entry, a second definition, test code
+CODE_STOPS = ("\n# Constraint", "\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "```")
+
+
+def cases_schema(per_side: int) -> str:
+    """JSON schema of a test-case answer: 1..per_side replies on each side."""
+    side = {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": per_side}
+    return orjson.dumps({"type": "object", "properties": {"follow": side, "break": side},
+                         "required": ["follow", "break"], "additionalProperties": False}).decode()
+
+
+@functools.lru_cache(maxsize=None)
+def example_functions(name: str = "verifier_code") -> dict[str, str]:
+    """code_key -> constraint of each worked example in a few-shot template."""
+    out = {}
+    for block in re.split(r"^# Constraint: ", template(name).template, flags=re.M)[1:]:
+        constraint, _, code = block.partition("\n")
+        if "$" not in constraint:
+            out[code_key(code.strip() + "\n")] = normalize_instruction(constraint)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def example_cases(name: str) -> frozenset[str]:
+    return frozenset(prompt_examples(template(name).template))
 
 
 def pool_answers(instruction: Instruction, parsed: Iterable[ParsedVerifier]) -> VerifierDraft:
@@ -20,15 +64,23 @@ def pool_answers(instruction: Instruction, parsed: Iterable[ParsedVerifier]) -> 
     functions: dict[str, Verifier] = {}
     cases: dict[tuple[str, bool], Case] = {}
     for p in parsed:
-        functions.setdefault(code_key(p.code), Verifier(code=p.code))
+        if p.code:
+            functions.setdefault(code_key(p.code), Verifier(code=p.code))
         for case in p.cases:
             cases.setdefault((case.input, case.expected), case)
     return VerifierDraft(instruction=instruction, functions=tuple(functions.values()),
                          cases=tuple(cases.values()))
 
 
+def drop_echoed_cases(parsed: list[ParsedVerifier], examples: frozenset[str], case_counts: Counter) -> None:
+    for p in parsed:
+        kept = [c for c in p.cases if c.input.strip() not in examples]
+        case_counts["template_echo"] += len(p.cases) - len(kept)
+        p.cases = kept
+
+
 def parse_answers(texts: Iterable[tuple[str, str]], answer_drops: Counter, case_counts: Counter) -> list[ParsedVerifier]:
-    """Parse (text, finish_reason) answers; failures land in `answer_drops` by reason."""
+    """Parse (text, finish_reason) JSON-style answers; failures land in `answer_drops` by reason."""
     parsed = []
     for text, finish in texts:
         try:
@@ -42,24 +94,73 @@ def parse_answers(texts: Iterable[tuple[str, str]], answer_drops: Counter, case_
     return parsed
 
 
-class VerifierStage:
-    """Instruction -> VerifierDraft (K proposals pooled); dropped when no answer parses or no case exists.
+def parse_functions(instruction: Instruction, answers: list[Completion], drops: Counter) -> list[ParsedVerifier]:
+    """Code-style function completions -> functions; a few-shot example's function given for
+    another constraint is an echo of the prompt, not an answer."""
+    examples = example_functions()
+    own = normalize_instruction(instruction.text)
+    out = []
+    for a in answers:
+        if a.finish_reason == "length":
+            drops["truncated"] += 1
+            continue
+        try:
+            code = parse_code_completion(a.text)
+        except ParseError as exc:
+            drops[exc.reason] += 1
+            continue
+        if examples.get(code_key(code), own) != own:
+            drops["template_echo"] += 1
+            continue
+        out.append(ParsedVerifier(code=code))
+    return out
 
-    `sampling`: the verifier request (its n is K, the answers per instruction)."""
+
+def parse_case_answers(answers: list[Completion], drops: Counter, case_counts: Counter) -> list[ParsedVerifier]:
+    out = []
+    for a in answers:
+        try:
+            p = parse_case_answer(a.text)
+        except ParseError as exc:
+            drops["truncated" if a.finish_reason == "length" else exc.reason] += 1
+            continue
+        case_counts["kept"] += len(p.cases)
+        case_counts["bad_case"] += p.bad_cases
+        out.append(p)
+    return out
+
+
+class VerifierStage:
+    """Instruction -> VerifierDraft (K functions and the cases pooled); dropped when no function
+    or no case is left.
+
+    `sampling`: the function request (its n is K, the functions per instruction); `style`:
+    "code" or "json" (module docstring); `cases`: the code style's test-case request, asking for
+    `cases_per_side` passing and failing replies per answer."""
 
     name = "verifiers"
 
-    def __init__(self, *, sampling: Sampling) -> None:
-        self.sampling = sampling
+    def __init__(self, *, sampling: Sampling, style: str = "code", cases: Sampling | None = None,
+                 cases_per_side: int = 3) -> None:
+        if style not in ("code", "json"):
+            raise ValueError(f"verifier style {style!r}: expected 'code' or 'json'")
+        self.sampling, self.style, self.cases_per_side = sampling, style, cases_per_side
+        self.cases = cases or Sampling(2, sampling.temperature, 768)
 
     async def process(self, item: Instruction, ctx: Context) -> list[VerifierDraft]:
-        answers = await ask(ctx, render("verifier", instruction=item.text), self.sampling)
         answer_drops: Counter[str] = Counter()
         case_counts: Counter[str] = Counter()
-        parsed = parse_answers(((a.text, a.finish_reason) for a in answers), answer_drops, case_counts)
-        tally(ctx, f"{self.name}.answer", len(parsed), answer_drops)
-        tally(ctx, f"{self.name}.case", case_counts["kept"], Counter(bad_case=case_counts["bad_case"]))
-        if not parsed:
+        if self.style == "json":
+            answers = await ask(ctx, render("verifier", instruction=item.text), self.sampling)
+            parsed = parse_answers(((a.text, a.finish_reason) for a in answers), answer_drops, case_counts)
+            drop_echoed_cases(parsed, example_cases("verifier"), case_counts)
+        else:
+            parsed = await self._code_style(item, ctx, answer_drops, case_counts)
+        tally(ctx, f"{self.name}.answer", sum(1 for p in parsed if p.code), answer_drops)
+        case_counts["kept"] -= case_counts["template_echo"]
+        tally(ctx, f"{self.name}.case", case_counts["kept"],
+              Counter(bad_case=case_counts["bad_case"], template_echo=case_counts["template_echo"]))
+        if not any(p.code for p in parsed):
             ctx.funnel.drop(self.name, "no_parsable_answer")
             return []
         draft = pool_answers(item, parsed)
@@ -67,3 +168,17 @@ class VerifierStage:
             ctx.funnel.drop(self.name, "no_cases")
             return []
         return [draft]
+
+    async def _code_style(self, item: Instruction, ctx: Context, answer_drops: Counter,
+                          case_counts: Counter) -> list[ParsedVerifier]:
+        code_prompt = render("verifier_code", instruction=item.text)
+        cases_prompt = render("verifier_cases", instruction=item.text, n=self.cases_per_side)
+        functions, case_answers = await asyncio.gather(
+            complete(ctx, code_prompt, self.sampling, stop=CODE_STOPS),
+            ask(ctx, cases_prompt, self.cases, json_schema=cases_schema(self.cases_per_side)))
+        case_drops: Counter[str] = Counter()
+        parsed = parse_functions(item, functions, answer_drops)
+        cases = parse_case_answers(case_answers, case_drops, case_counts)
+        tally(ctx, f"{self.name}.case_answer", len(cases), case_drops)
+        drop_echoed_cases(cases, example_cases("verifier_cases"), case_counts)
+        return parsed + cases
