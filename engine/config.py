@@ -50,6 +50,7 @@ class Config:
     max_retries: int = _f(3, "run", "retries of a failed LLM request", volatile=True, lo=0)
     max_inflight_requests: int = _f(256, "run", "LLM requests in flight at once", volatile=True, lo=1)
     stage_concurrency: int = _f(64, "run", "items each stage processes at once", volatile=True, lo=1)
+    max_bad_input_share: float = _f(0.1, "run", "bad lines skipped (with a warning) in a seeds or queries file, as a share of its lines; more refuses the run", volatile=True, lo=0, hi=1)
     # augment
     augment_batches: int = _f(8, "augment", "self-instruct prompts (each shows a sample of seeds)", lo=0)
     augment_seeds_shown: int = _f(8, "augment", "seed instructions shown in each prompt", lo=1)
@@ -94,7 +95,7 @@ class Config:
     export_dpo: bool = _f(True, "export", "write DPO pairs (instruction and query level)")
     sft_per_query: int = _f(1, "export", "SFT examples kept per (instruction, query), best first", lo=1)
     dpo_pairs_per_instruction: int = _f(2, "export", "instruction-level DPO pairs per instruction", lo=0)
-    parquet: bool = _f(True, "export", "also write Parquet when pyarrow is installed", volatile=True)
+    parquet: bool = _f(True, "export", "also write Parquet (pyarrow)", volatile=True)
 
     # ------------------------------------------------------------ views
 

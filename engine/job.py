@@ -13,25 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator
+
+import sqlite3
 
 import orjson
 
 from engine.cache import CachedLLM
 from engine.client import LLMClient, RetryPolicy
 from engine.config import Config
-from engine.export import ExportOptions, export
+from engine.export import ExportOptions, export, pyarrow_available
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
-from engine.progress import Progress
+from engine.outcome import EXIT_FAILED, EXIT_USAGE, closing_lines, is_storage_failure
+from engine.progress import Progress, print_funnel
 from engine.records import QueryResult, VerifiedInstruction
 from engine.report.observe import Distributions, observe_stages
 from engine.runner import StageSpec, StreamRunner
 from engine.stage import Context, Funnel, Stage
 from engine.stages import (BackTranslateStage, QueryJoinStage, ResponseStage, ScoreStage,
-                           default_stages, load_seed_instructions, make_seed_batches)
+                           default_stages, load_queries, load_seed_instructions, make_seed_batches)
 from engine.state import StateStore
 from sandbox_pool import SandboxPool
 
@@ -46,7 +51,72 @@ DEMO_SEEDS = 4
 
 
 class JobError(RuntimeError):
-    """A one-line reason the job could not run (bad input, no server, mismatched run dir)."""
+    """A one-line reason the job could not run (no server, mismatched run dir, disk full)."""
+
+    exit_code = EXIT_FAILED
+
+
+class RefusedError(JobError):
+    """Refused before any work: missing or bad input files, an unusable output directory."""
+
+    exit_code = EXIT_USAGE
+
+
+# -- before any work ---------------------------------------------------------------------
+
+def load_inputs(cfg: Config) -> tuple[list, list]:
+    """Seed instructions and queries, read in full before anything starts.
+
+    Bad lines are skipped with a warning while they are at most `max_bad_input_share` of a
+    file; more than that (or no usable line at all) refuses the run in one line.
+    """
+    def read(what: str, path: str, loader):
+        bad: list[str] = []
+        try:
+            items = loader(path or None, on_error=bad.append)
+        except OSError as exc:
+            raise RefusedError(f"{what} {path}: {exc.strerror or exc}") from None
+        total = len(items) + len(bad)        # distinct usable lines plus bad ones (a lower bound)
+        if bad and (not items or len(bad) > cfg.max_bad_input_share * total):
+            raise RefusedError(f"{what} {path}: {len(bad)} of {total} lines are bad (more than "
+                               f"--max-bad-input-share {cfg.max_bad_input_share:g}); first: {bad[0]}")
+        if not items:
+            raise RefusedError(f"{what} {path or '(built-in)'}: no usable lines")
+        if bad:
+            log.warning("%s %s: skipped %d bad line(s), e.g. %s", what, path, len(bad), bad[0])
+        return items
+
+    return (read("seed instructions", cfg.seeds_path, load_seed_instructions),
+            read("queries", cfg.queries_path, load_queries))
+
+
+def preflight(cfg: Config, run_dir: Path) -> tuple[list, list]:
+    """Everything that can be refused before any work: inputs, Parquet, the output directory.
+    Returns (seeds, queries)."""
+    seeds, queries = load_inputs(cfg)
+    if cfg.parquet and not pyarrow_available():
+        raise RefusedError("Parquet exports need pyarrow (pip install pyarrow); "
+                           "or write JSONL only with --no-parquet")
+    check_output_dir(run_dir)
+    return seeds, queries
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """The run directory exists (or is created) and takes a file; else one line, before any work."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RefusedError(f"--output-dir {run_dir} is a file, not a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RefusedError(f"--output-dir {run_dir}: cannot create it ({exc.strerror or exc})") from None
+    for d in (run_dir, run_dir / "exports"):
+        if d.is_dir():
+            try:
+                fd, probe = tempfile.mkstemp(dir=d, prefix=".autoif-write-check-")
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as exc:
+                raise RefusedError(f"--output-dir {d} cannot be written ({exc.strerror or exc})") from None
 
 
 # -- pieces ------------------------------------------------------------------------------
@@ -140,6 +210,35 @@ async def check_reachable(client: Any, urls: list[str]) -> None:
         log.warning("server unreachable, continuing with the others: %s", p)
 
 
+async def served_model(client: Any, urls: list[str]) -> str | None:
+    """The model name a server reports: OpenAI's /v1/models (SGLang, vLLM, llama-server),
+    else SGLang's /get_model_info. None when no server says."""
+    import aiohttp
+
+    for url in urls:
+        for path, pick in (("/v1/models", lambda j: j["data"][0]["id"]),
+                           ("/get_model_info", lambda j: j["model_path"])):
+            try:
+                async with client.session.get(url.rstrip("/") + path,
+                                              timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    if resp.status != 200:
+                        continue
+                    name = pick(await resp.json(content_type=None))
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, LookupError,
+                    TypeError):
+                continue
+            if isinstance(name, str) and name.strip():
+                return name.strip()
+    return None
+
+
+def model_name(cfg: Config, store: StateStore) -> str:
+    """The model of the run's provenance: as given, else as the server named it."""
+    if cfg.model not in ("", "default"):
+        return cfg.model
+    return store.get_meta("served_model") or cfg.model
+
+
 @contextlib.asynccontextmanager
 async def open_engine(cfg: Config, backend: str, run_dir: Path, store: StateStore,
                       pool_needed: bool = True) -> AsyncIterator[tuple[Any, Any, Context]]:
@@ -149,6 +248,10 @@ async def open_engine(cfg: Config, backend: str, run_dir: Path, store: StateStor
         urls, api = await stack.enter_async_context(open_servers(cfg, backend, run_dir))
         client = await stack.enter_async_context(make_client(cfg, urls, api))
         await check_reachable(client, urls)
+        if cfg.model in ("", "default"):      # provenance names the model the server serves
+            name = await served_model(client, urls)
+            if name:
+                store.set_meta("served_model", name)
         pool = await stack.enter_async_context(make_pool(cfg)) if pool_needed else NoPool()
         yield client, pool, Context(llm=CachedLLM(client, store), executor=pool, config=cfg,
                                     store=store)
@@ -213,6 +316,8 @@ async def run_stages(stages: list[Stage], source: list, ctx: Context, *, client:
     out["pool"] = pool.stats() if hasattr(pool, "stats") else {}
     out["timeseries"] = series.to_list()
     out["distributions"] = dists.to_dict()
+    if runner.failure is not None:
+        out["failure"] = str(runner.failure)
     return out
 
 
@@ -232,8 +337,11 @@ def write_summary(run_dir: Path, name: str, summary: dict, funnel: Funnel) -> No
     tmp.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
                                  default=str))
     tmp.replace(path)
-    print("\n" + funnel.format(), file=sys.stderr)
+    print(file=sys.stderr)
+    print_funnel(funnel.to_dict(), sys.stderr)
     print(f"wall {summary['wall_s']:.1f}s; summary: {path}", file=sys.stderr)
+    for line in closing_lines(summary):     # the last lines: what was lost, what to do
+        print(line, file=sys.stderr)
 
 
 # -- the job ------------------------------------------------------------------------------
@@ -242,27 +350,36 @@ async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full",
                   demo: bool = False, metrics_port: int | None = None,
                   progress: bool = True) -> dict:
     run_dir = Path(cfg.output_dir)
-    store = open_store(cfg, run_dir)
+    seeds, queries = preflight(cfg, run_dir)
+    if demo:
+        seeds = seeds[:DEMO_SEEDS]
     try:
-        try:
-            seeds = load_seed_instructions(cfg.seeds_path or None)
-        except (OSError, ValueError) as exc:
-            raise JobError(f"seed instructions: {exc}") from None
-        if demo:
-            seeds = seeds[:DEMO_SEEDS]
-        async with open_engine(cfg, backend, run_dir, store) as (client, pool, ctx):
-            if mode == "online-dpo":
-                return await run_online_dpo(cfg, ctx, client, pool, store, run_dir, rounds,
-                                         metrics_port, progress)
-            return await run_full(cfg, seeds, ctx, client, pool, store, run_dir, metrics_port, progress)
+        store = open_store(cfg, run_dir)
+    except sqlite3.Error as exc:
+        raise RefusedError(f"--output-dir {run_dir}: cannot open state.sqlite ({exc})") from None
+    try:
+        with storage_errors(run_dir):
+            return await _run_mode(cfg, backend, mode, rounds, seeds, queries, store, run_dir,
+                                   metrics_port, progress)
     finally:
         store.close()
 
 
+async def _run_mode(cfg: Config, backend: str, mode: str, rounds: int, seeds: list, queries: list,
+                    store: StateStore, run_dir: Path, metrics_port: int | None, progress: bool) -> dict:
+    async with open_engine(cfg, backend, run_dir, store) as (client, pool, ctx):
+        if mode == "online-dpo":
+            return await run_online_dpo(cfg, ctx, client, pool, store, run_dir, rounds,
+                                        metrics_port, progress, queries)
+        return await run_full(cfg, seeds, ctx, client, pool, store, run_dir, metrics_port,
+                              progress, queries)
+
+
 async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: Any, store: StateStore,
-                run_dir: Path, metrics_port: int | None, progress: bool) -> dict:
+                run_dir: Path, metrics_port: int | None, progress: bool,
+                queries: list | None = None) -> dict:
     stages = [Recorded(s, store) if isinstance(s, BackTranslateStage) else s
-              for s in default_stages(cfg, seeds)]        # seeds: as loaded (demo-trimmed)
+              for s in default_stages(cfg, seeds, queries)]   # seeds: as loaded (demo-trimmed)
     source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
 
     def sink(result: QueryResult) -> None:
@@ -270,22 +387,49 @@ async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: An
 
     summary = await run_stages(stages, source, ctx, client=client, pool=pool, run_dir=run_dir,
                                metrics_port=metrics_port, progress=progress, sink=sink)
-    files = export_run(cfg, store, run_dir / "exports")
-    summary["exports"] = {k: str(v) for k, v in files.items()}
-    store.save_funnel(summary["funnel"])
-    write_summary(run_dir, "summary.json", summary, ctx.funnel)
+    stopped_by_storage(summary, run_dir)
+    summary.update(model=model_name(cfg, store), config_hash=cfg.config_hash(), config=cfg.to_dict())
+    with storage_errors(run_dir):
+        files = export_run(cfg, store, run_dir / "exports")
+        summary["exports"] = {k: str(v) for k, v in files.items()}
+        store.save_funnel(summary["funnel"])
+        write_summary(run_dir, "summary.json", summary, ctx.funnel)
     return summary
+
+
+def stopped_by_storage(summary: dict, run_dir: Path) -> None:
+    if summary.get("stopped") == "failed":
+        raise JobError(f"stopped: cannot write to {run_dir} ({summary.get('failure')}); every "
+                       "record stored before is kept: free space and run the same command again")
+
+
+@contextlib.contextmanager
+def storage_errors(run_dir: Path):
+    """Disk full (or read-only) while writing exports or the summary: one line, not a traceback.
+    Exports are written to a temporary name and renamed, so older files stay whole."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as exc:
+        if not is_storage_failure(exc) and not isinstance(exc, PermissionError):
+            raise
+        raise JobError(f"cannot write to {run_dir} ({exc}); every record stored before is kept: "
+                       "free space and run the same command again") from None
 
 
 def export_run(cfg: Config, store: StateStore, out_dir: Path, results: list | None = None) -> dict:
     instructions = list(store.iter_records(VerifiedInstruction, BackTranslateStage.name))
     if results is None:
         results = list(store.iter_records(QueryResult, "final"))
-    return export(out_dir, instructions, results, ExportOptions.from_config(cfg))
+    return export(out_dir, instructions, results, export_options(cfg, store))
+
+
+def export_options(cfg: Config, store: StateStore) -> ExportOptions:
+    return replace(ExportOptions.from_config(cfg), model=model_name(cfg, store))
 
 
 async def run_online_dpo(cfg: Config, ctx: Context, client: Any, pool: Any, store: StateStore,
-                      run_dir: Path, rounds: int, metrics_port: int | None, progress: bool) -> dict:
+                      run_dir: Path, rounds: int, metrics_port: int | None, progress: bool,
+                      queries: list | None = None) -> dict:
     """Stages 5-7 again per round, the policy model as the server; one pair file per round."""
     instructions = list(store.iter_records(VerifiedInstruction, BackTranslateStage.name))
     if not instructions:
@@ -297,17 +441,19 @@ async def run_online_dpo(cfg: Config, ctx: Context, client: Any, pool: Any, stor
         llm = CachedLLM(client, store, namespace=f"online-dpo-round-{r}")
         ctx_r = Context(llm=llm, executor=pool, funnel=Funnel(), config=cfg, store=store)
         results: list[QueryResult] = []
-        stages = [QueryJoinStage(), ResponseStage(), ScoreStage()]
+        stages = [QueryJoinStage(queries), ResponseStage(), ScoreStage()]
         last = await run_stages(stages, instructions, ctx_r, client=client, pool=pool,
                                 run_dir=run_dir, metrics_port=metrics_port if r == 1 else None,
                                 progress=progress, sink=results.append)
+        stopped_by_storage(last, run_dir)
         store.put_records(results, f"online_round_{r}")
         out_dir = run_dir / "online_dpo" / f"round_{r:03d}"
         # pairs from this round's policy samples only: instruction-level pairs (from test
         # cases) do not change between rounds and are in the full run's exports already
-        files = export(out_dir, [], results, replace(ExportOptions.from_config(cfg), formats=()))
-        last["exports"] = {k: str(v) for k, v in files.items()}
-        write_summary(run_dir, f"summary_online_round_{r:03d}.json", last, ctx_r.funnel)
+        with storage_errors(run_dir):
+            files = export(out_dir, [], results, replace(export_options(cfg, store), formats=()))
+            last["exports"] = {k: str(v) for k, v in files.items()}
+            write_summary(run_dir, f"summary_online_round_{r:03d}.json", last, ctx_r.funnel)
         if last.get("stopped") != "completed":   # interrupted: no further rounds
             break
     return last

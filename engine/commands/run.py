@@ -18,6 +18,7 @@ from dataclasses import replace
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.distributed import add_arguments as add_ray_arguments, run_ray
 from engine.job import DEMO, JobError, run_job
+from engine.outcome import EXIT_USAGE, exit_code
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = resolve_config(args)
     except ConfigError as exc:
         print(f"autoif run: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.dry_run:
         print(cfg.dump())
         return 0
@@ -71,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
                                      progress=not args.no_progress))
     except JobError as exc:
         print(f"autoif run: {exc}", file=sys.stderr)
-        return 1
-    return 0 if result.get("stopped") in ("completed", "drained") else 1
+        return exc.exit_code
+    return exit_code(result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from engine.job import JobError
+from engine.outcome import exit_code
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,5 +52,5 @@ def run_ray(cfg, args: argparse.Namespace) -> int:
             max_restarts=args.max_shard_restarts))
     except JobError as exc:
         print(f"autoif run: {exc}", file=sys.stderr)
-        return 1
-    return 0 if result.get("stopped") == "completed" else 1
+        return exc.exit_code
+    return exit_code(result)

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from engine.config import Config
-from engine.job import DEMO_SEEDS, JobError, export_run, open_store, write_summary
-from engine.stages import BackTranslateStage, load_queries, load_seed_instructions
+from engine.job import DEMO_SEEDS, JobError, export_run, open_store, preflight, write_summary
+from engine.stages import BackTranslateStage
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
 from engine.records import Instruction, QueryResult, VerifiedInstruction
 from engine.report.observe import Distributions
@@ -196,6 +196,7 @@ class Driver:
 
         self._connect()
         n = self.n
+        seeds, queries = preflight(self.cfg, self.run_dir)   # refused in one line before any work
         store = open_store(self.cfg, self.run_dir)
         old = store.get_meta("shards")
         if old is not None and int(old) != n or (existing_shard_counts(self.run_dir) - {n}):
@@ -205,11 +206,6 @@ class Driver:
                            "(each shard's answers are cached in its own state file)")
         store.set_meta("shards", str(n))
         try:
-            try:
-                seeds = load_seed_instructions(self.cfg.seeds_path or None)
-                queries = load_queries(self.cfg.queries_path or None)
-            except (OSError, ValueError) as exc:
-                raise JobError(f"inputs: {exc}") from None
             if self.demo:
                 seeds = seeds[:DEMO_SEEDS]
             return await self._run(store, seeds, queries)

@@ -14,11 +14,11 @@ __all__ = [
 ]
 
 
-def default_stages(config=None, seeds=None) -> list:
+def default_stages(config=None, seeds=None, queries=None) -> list:
     """The stage chain of a full run (SeedBatch in, QueryResult out).
 
-    `seeds`: the run's seed instructions (default: read from config.seeds_path)."""
+    `seeds` / `queries`: the run's inputs (default: read from config.seeds_path / queries_path)."""
     if seeds is None:
         seeds = load_seed_instructions(getattr(config, "seeds_path", "") or None)
     return [AugmentStage(seeds), VerifierStage(), CrossValStage(), BackTranslateStage(),
-            QueryJoinStage(), ResponseStage(), ScoreStage()]
+            QueryJoinStage(queries), ResponseStage(), ScoreStage()]
