@@ -14,6 +14,7 @@ import time
 from collections import deque
 from typing import Callable, Mapping, TextIO
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -72,11 +73,11 @@ class Progress:
     def __init__(self, runner: StreamRunner, probe: Callable[[], dict], *,
                  stream: TextIO | None = None, interval_s: float = 1.0,
                  log_every_s: float = 10.0, series: TimeSeries | None = None,
-                 pool_workers: int = 1) -> None:
+                 pool_workers: int = 1, console: Console | None = None) -> None:
         self.runner = runner
         self.probe = probe
-        self.stream = stream or sys.stderr
-        self.console = Console(file=self.stream, highlight=False)
+        self.console = console or Console(file=stream or sys.stderr, highlight=False)
+        self.stream = self.console.file
         self.interval_s = interval_s
         self.log_every_s = log_every_s
         self.series = series
@@ -167,9 +168,10 @@ class Progress:
     def table(self, snap: dict) -> Group:
         """The live view on a terminal: the headline over one row per stage."""
         funnel = self.runner.ctx.funnel.to_dict()
-        table = Table(show_edge=False, pad_edge=False, expand=False)
-        table.add_column("stage", no_wrap=True)
-        for col in ("in", "kept", "out", "dropped", "lost", "queued", "busy", "items/s"):
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
+        table.add_column("stage", no_wrap=True, overflow="ellipsis")
+        # short headers: nine columns fit 80 terminal columns with a 24-character stage name
+        for col in ("in", "kept", "out", "drop", "lost", "queue", "busy", "/s"):
             table.add_column(col, justify="right")
         rates = snap.get("stage_s", [])
         for i, spec in enumerate(self.runner.specs):
