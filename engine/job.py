@@ -164,7 +164,8 @@ def open_store(cfg: Config, run_dir: Path) -> StateStore:
 
 
 def make_client(cfg: Config, urls: list[str], api: str) -> Any:
-    return LLMClient(urls, model=cfg.model, api=api, max_in_flight=cfg.max_inflight_requests,
+    return LLMClient(urls, model=cfg.model, api=api, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY"),
+                     max_in_flight=cfg.max_inflight_requests,
                      retry=RetryPolicy(attempts=cfg.max_retries + 1),
                      request_timeout=cfg.request_timeout_s)
 
@@ -388,7 +389,7 @@ async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: An
     summary = await run_stages(stages, source, ctx, client=client, pool=pool, run_dir=run_dir,
                                metrics_port=metrics_port, progress=progress, sink=sink)
     stopped_by_storage(summary, run_dir)
-    summary.update(model=model_name(cfg, store), config_hash=cfg.config_hash(), config=cfg.to_dict())
+    summary.update(model=model_name(cfg, store), config_hash=cfg.config_hash(), config=cfg.public_dict())
     with storage_errors(run_dir):
         files = export_run(cfg, store, run_dir / "exports")
         summary["exports"] = {k: str(v) for k, v in files.items()}

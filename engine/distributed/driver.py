@@ -392,7 +392,7 @@ class Driver:
             "pool": _sum_numbers([s.get("pool", {}) for s in shards]),
             "timeseries": self.series.to_list(),
             "distributions": Distributions.merge([s.get("distributions", {}) for s in shards]),
-            "config": self.cfg.to_dict(),
+            "config": self.cfg.public_dict(),
             "ray": {"shards": self.n, "restarts": dict(self.restarts),
                     "instructions_per_shard": [s.get("instructions", 0) for s in shards]},
             "shards": [{k: s.get(k) for k in ("shard", "node", "instructions", "wall_s", "sink_items",
