@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -281,10 +282,11 @@ def probe_counters(client: Any, pool: Any) -> dict:
 
 
 async def run_stages(stages: list[Stage], source: list, ctx: Context, *, client: Any, pool: Any,
-                     run_dir: Path, metrics_port: int | None, progress: bool,
-                     sink: Any = None, series: TimeSeries | None = None) -> dict:
+                     run_dir: Path, progress: bool, sink: Any = None,
+                     series: TimeSeries | None = None, metrics: RunMetrics | None = None) -> dict:
+    """The stages over the source; `metrics`: the job's (served or not), else this run's own."""
     cfg = ctx.config
-    metrics = RunMetrics()
+    metrics = metrics or RunMetrics()
     dists = Distributions()                 # pass rates and scores of every response, for reports
     stages = observe_stages(list(stages), dists)
     specs = [StageSpec(s, cfg.stage_concurrency) for s in stages]
@@ -292,14 +294,11 @@ async def run_stages(stages: list[Stage], source: list, ctx: Context, *, client:
                           metrics=metrics)
     runner.install_signal_handlers()
     series = series if series is not None else TimeSeries(interval_s=1.0)
-    LiveCollector(stats=lambda: {"in_flight": client.stats().get("in_flight", 0),
-                                 **probe_counters(client, pool)},
-                  point=lambda: series.points[-1] if series.points else {},
-                  queues=runner.queue_depths, funnel=ctx.funnel.to_dict,
-                  distributions=dists.to_dict).register(metrics)
-    if metrics_port:
-        metrics.serve(metrics_port)
-        log.info("metrics at http://127.0.0.1:%d/metrics", metrics_port)
+    stats = client.stats if hasattr(client, "stats") else dict
+    metrics.attach(LiveCollector(stats=lambda: {**stats(), **probe_counters(client, pool)},
+                                 point=lambda: series.points[-1] if series.points else {},
+                                 queues=runner.queue_depths, funnel=ctx.funnel.to_dict,
+                                 distributions=dists.to_dict))
     # the time series is sampled whether or not the progress line is shown
     reporter = Progress(runner, lambda: probe_counters(client, pool), series=series,
                         pool_workers=getattr(pool, "n_workers", 1) or 1,
@@ -311,7 +310,6 @@ async def run_stages(stages: list[Stage], source: list, ctx: Context, *, client:
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
-        metrics.close()
     out = summary.to_dict()
     out["client"] = client.stats() if hasattr(client, "stats") else {}
     out["pool"] = pool.stats() if hasattr(pool, "stats") else {}
@@ -349,7 +347,10 @@ def write_summary(run_dir: Path, name: str, summary: dict, funnel: Funnel) -> No
 
 async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full", rounds: int = 1,
                   demo: bool = False, metrics_port: int | None = None,
+                  metrics_host: str = "127.0.0.1", metrics_keep_s: float = 0.0,
                   progress: bool = True) -> dict:
+    """The job; with `metrics_port`, Prometheus metrics are served on metrics_host:port while it
+    runs and, `metrics_keep_s` > 0 (< 0: until interrupted), for that long after it."""
     run_dir = Path(cfg.output_dir)
     seeds, queries = preflight(cfg, run_dir)
     if demo:
@@ -358,26 +359,37 @@ async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full",
         store = open_store(cfg, run_dir)
     except sqlite3.Error as exc:
         raise RefusedError(f"--output-dir {run_dir}: cannot open state.sqlite ({exc})") from None
+    metrics = RunMetrics()
     try:
+        if metrics_port:
+            metrics.serve(metrics_port, metrics_host)
+            log.info("metrics at http://%s:%d/metrics", metrics_host, metrics_port)
         with storage_errors(run_dir):
-            return await _run_mode(cfg, backend, mode, rounds, seeds, queries, store, run_dir,
-                                   metrics_port, progress)
+            summary = await _run_mode(cfg, backend, mode, rounds, seeds, queries, store, run_dir,
+                                      metrics, progress)
+        await metrics.linger(metrics_keep_s)
+        return summary
+    except OSError as exc:
+        if metrics_port and exc.errno == errno.EADDRINUSE:
+            raise RefusedError(f"--metrics-port {metrics_port}: {exc.strerror}") from None
+        raise
     finally:
+        metrics.close()
         store.close()
 
 
 async def _run_mode(cfg: Config, backend: str, mode: str, rounds: int, seeds: list, queries: list,
-                    store: StateStore, run_dir: Path, metrics_port: int | None, progress: bool) -> dict:
+                    store: StateStore, run_dir: Path, metrics: RunMetrics, progress: bool) -> dict:
     async with open_engine(cfg, backend, run_dir, store) as (client, pool, ctx):
         if mode == "online-dpo":
             return await run_online_dpo(cfg, ctx, client, pool, store, run_dir, rounds,
-                                        metrics_port, progress, queries)
-        return await run_full(cfg, seeds, ctx, client, pool, store, run_dir, metrics_port,
+                                        metrics, progress, queries)
+        return await run_full(cfg, seeds, ctx, client, pool, store, run_dir, metrics,
                               progress, queries)
 
 
 async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: Any, store: StateStore,
-                run_dir: Path, metrics_port: int | None, progress: bool,
+                run_dir: Path, metrics: RunMetrics | None, progress: bool,
                 queries: list | None = None) -> dict:
     stages = [Recorded(s, store) if isinstance(s, BackTranslateStage) else s
               for s in default_stages(cfg, seeds, queries)]   # seeds: as loaded (demo-trimmed)
@@ -387,7 +399,7 @@ async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: An
         store.put_records([result], "final")
 
     summary = await run_stages(stages, source, ctx, client=client, pool=pool, run_dir=run_dir,
-                               metrics_port=metrics_port, progress=progress, sink=sink)
+                               metrics=metrics, progress=progress, sink=sink)
     stopped_by_storage(summary, run_dir)
     summary.update(model=model_name(cfg, store), config_hash=cfg.config_hash(), config=cfg.public_dict())
     with storage_errors(run_dir):
@@ -429,7 +441,7 @@ def export_options(cfg: Config, store: StateStore) -> ExportOptions:
 
 
 async def run_online_dpo(cfg: Config, ctx: Context, client: Any, pool: Any, store: StateStore,
-                      run_dir: Path, rounds: int, metrics_port: int | None, progress: bool,
+                      run_dir: Path, rounds: int, metrics: RunMetrics | None, progress: bool,
                       queries: list | None = None) -> dict:
     """Stages 5-7 again per round, the policy model as the server; one pair file per round."""
     instructions = list(store.iter_records(VerifiedInstruction, BackTranslateStage.name))
@@ -444,7 +456,7 @@ async def run_online_dpo(cfg: Config, ctx: Context, client: Any, pool: Any, stor
         results: list[QueryResult] = []
         stages = [QueryJoinStage(queries), ResponseStage(), ScoreStage()]
         last = await run_stages(stages, instructions, ctx_r, client=client, pool=pool,
-                                run_dir=run_dir, metrics_port=metrics_port if r == 1 else None,
+                                run_dir=run_dir, metrics=metrics,
                                 progress=progress, sink=results.append)
         stopped_by_storage(last, run_dir)
         store.put_records(results, f"online_round_{r}")

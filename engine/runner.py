@@ -86,10 +86,6 @@ class StreamRunner:
         self._signals: list[int] = []
         self._errors_logged = 0
         self.failure: BaseException | None = None   # what ended the run early (disk full, ...)
-        for i, spec in enumerate(self.specs):
-            self.metrics.gauge(f"autoif_queue_depth_{_metric_name(spec.stage.name)}",
-                               f"Items waiting for stage {spec.stage.name}",
-                               lambda i=i: self.queues[i].qsize() if self.queues else 0)
 
     # -- control -------------------------------------------------------------------
     def stop(self, abort: bool = False) -> None:
@@ -269,8 +265,3 @@ def _len_or_none(source: Any) -> int | None:
         return len(source)
     except TypeError:
         return None
-
-
-def _metric_name(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)
-

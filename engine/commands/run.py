@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics on --metrics-host:PORT while running (default: off)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                        help="address the metrics server binds (default: 127.0.0.1; 0.0.0.0: every interface)")
+    parser.add_argument("--metrics-keep", type=float, default=0.0, metavar="SECONDS",
+                        help="after the run, keep serving its final metrics this long; -1: until "
+                             "Ctrl-C (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     add_ray_arguments(parser)                 # --ray [ADDRESS], --shards, ...: engine/distributed
     add_config_arguments(parser)
@@ -67,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(run_job(cfg, backend=args.backend, mode=args.mode, rounds=args.rounds,
                                      demo=args.demo, metrics_port=args.metrics_port,
+                                     metrics_host=args.metrics_host, metrics_keep_s=args.metrics_keep,
                                      progress=not args.no_progress))
     except JobError as exc:
         print(f"autoif run: {exc}", file=sys.stderr)

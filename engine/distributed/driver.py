@@ -115,6 +115,7 @@ class Driver:
 
     def __init__(self, cfg: Config, *, shards: int | None = None, backend: str = "embedded",
                  demo: bool = False, address: str | None = None, metrics_port: int | None = None,
+                 metrics_host: str = "127.0.0.1",
                  progress: bool = True, shard_cpus: float = 1.0, shard_gpus: float = 0.0,
                  node_serve: str | None = None, node_serve_args: Sequence[str] = (),
                  max_restarts: int = 3) -> None:
@@ -124,6 +125,7 @@ class Driver:
         self.demo = demo
         self.address = address
         self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
         self.progress = progress
         self.shard_cpus = shard_cpus
         self.shard_gpus = shard_gpus
@@ -223,11 +225,12 @@ class Driver:
         self.series = TimeSeries(interval_s=SAMPLE_S)      # t = 0 when the work starts
         metrics = RunMetrics()
         funnel_now = lambda: self._merged_funnel(live=True).to_dict()  # noqa: E731
-        LiveCollector(stats=self._stats_now, point=lambda: self.series.points[-1] if self.series.points else {},
-                      queues=self._queues_now, funnel=funnel_now).register(metrics)
+        metrics.attach(LiveCollector(stats=self._stats_now,
+                                     point=lambda: self.series.points[-1] if self.series.points else {},
+                                     queues=self._queues_now, funnel=funnel_now))
         if self.metrics_port:
-            metrics.serve(self.metrics_port)
-            log.info("metrics at http://127.0.0.1:%d/metrics", self.metrics_port)
+            metrics.serve(self.metrics_port, self.metrics_host)
+            log.info("metrics at http://%s:%d/metrics", self.metrics_host, self.metrics_port)
         sampler = asyncio.create_task(self._sample(t0))
         self._store = store
         try:

@@ -65,7 +65,7 @@ async def _phase(cfg: Config, backend: str, directory: Path, store: Any, events:
         tick = asyncio.create_task(_ticker(events, ctx.funnel, series))
         try:
             return await run_stages(stages, source, ctx, client=client, pool=pool, run_dir=directory,
-                                    metrics_port=None, progress=False, sink=sink, series=series)
+                                    progress=False, sink=sink, series=series)
         finally:
             tick.cancel()
 
