@@ -171,7 +171,7 @@ def pass_rate_chart(dist: dict, path: Path, threshold: float | None = None) -> P
     if threshold is not None:
         handles.append(ax.axvline(threshold, color="#c00", linestyle="--",
                                   label=f"kept when > {threshold:g}"))
-    ax.legend(handles=handles, fontsize=8, loc="upper left")
+    ax.legend(handles=handles, fontsize=8, loc="upper center")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(-0.1, 1)
     ax.set_xticks([-0.05] + [round(x / 10, 1) for x in range(1, 11)])
