@@ -153,10 +153,10 @@ class Progress:
         return out
 
     def headline(self, snap: dict) -> str:
-        return (f"[{_fmt_dur(time.monotonic() - self._t0)}] gen {_fmt_rate(snap['req_s'])} req/s "
-                f"{_fmt_rate(snap['tok_s'])} tok/s | pool {_fmt_rate(snap['chk_s'])} chk/s "
-                f"busy {snap['pool_busy']:.0%} | queued {sum(snap['queues'].values())} "
-                f"in-flight {snap['in_flight']} | ETA {_fmt_dur(self.eta_s())}")
+        return (f"[{_fmt_dur(time.monotonic() - self._t0)}] ETA {_fmt_dur(self.eta_s())} | "
+                f"gen {_fmt_rate(snap['req_s'])} req/s {_fmt_rate(snap['tok_s'])} tok/s | pool "
+                f"{_fmt_rate(snap['chk_s'])} chk/s busy {snap['pool_busy']:.0%} | queued "
+                f"{sum(snap['queues'].values())} in-flight {snap['in_flight']}")
 
     def render(self, snap: dict) -> str:
         """The plain line (logs, CI): the headline and in>kept per main stage."""

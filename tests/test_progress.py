@@ -47,7 +47,7 @@ async def test_plain_lines_from_the_first_tick_when_not_a_terminal():
     await drive(progress, runner, 20)
     lines = out.getvalue().splitlines()
     # a short run still says something: the first tick, then where it ended (no escape codes)
-    assert len(lines) == 2 and all(line.startswith("[00:00] gen ") for line in lines)
+    assert len(lines) == 2 and all(line.startswith("[00:00] ETA ") for line in lines)
     assert "a:20>20" in lines[-1] and "\x1b" not in out.getvalue()
 
 
