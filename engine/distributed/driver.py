@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from engine.config import Config
-from engine.job import DEMO_SEEDS, JobError, export_run, open_store, preflight, write_summary
+from engine.job import (DEMO_SEEDS, JobError, export_run, model_name, open_store, preflight,
+                        write_summary)
 from engine.stages import BackTranslateStage
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
 from engine.records import Instruction, QueryResult, VerifiedInstruction
@@ -402,6 +403,10 @@ class Driver:
                                                "stopped", "replayed", "t0", "client", "pool",
                                                "timeseries")} for s in shards],
         }
+        served = next((p.get("model") for p in [augment, *shards] if p.get("model")), None)
+        if served and not store.get_meta("served_model"):
+            store.set_meta("served_model", served)     # the name the shards' servers reported
+        summary.update(model=model_name(self.cfg, store), config_hash=self.cfg.config_hash())
         store.save_funnel(summary["funnel"])
         files = export_run(self.cfg, store, self.run_dir / "exports")
         summary["exports"] = {k: str(v) for k, v in files.items()}
