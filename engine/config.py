@@ -25,9 +25,12 @@ except ModuleNotFoundError:  # Python 3.10
 
 
 def _f(default: Any, section: str, help: str, *, volatile: bool = False,
-       lo: float | None = None, hi: float | None = None, choices: tuple = ()) -> Any:
+       lo: float | None = None, hi: float | None = None, choices: tuple = (),
+       flags: tuple[str, ...] = (), secret: bool = False) -> Any:
+    """A field; `flags`: its command-line spellings when not just --field-name (the first is the
+    main one); `secret`: never printed nor written to summaries."""
     meta = {"section": section, "help": help, "volatile": volatile, "lo": lo, "hi": hi,
-            "choices": choices}
+            "choices": choices, "flags": flags, "secret": secret}
     if isinstance(default, list):
         return field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -36,8 +39,12 @@ def _f(default: Any, section: str, help: str, *, volatile: bool = False,
 @dataclass
 class Config:
     # run
-    model: str = _f("default", "run", "model name sent to the server and written into provenance")
-    servers: list[str] = _f([], "run", "LLM server base URLs (empty: `autoif run` starts one)", volatile=True)
+    model: str = _f("default", "run", "model name sent to the server and written into provenance "
+                    "(default: the name the server reports)", flags=("--model", "--model-path"))
+    servers: list[str] = _f([], "run", "LLM server base URL; repeat for several (none: `autoif run` starts one)",
+                            volatile=True, flags=("--server",))
+    api_key: str = _f("", "run", "API key sent as a bearer token (default: $OPENAI_API_KEY)",
+                      volatile=True, secret=True)
     api: str = _f("auto", "run", "server protocol (auto: detect)", volatile=True,
                   choices=("auto", "sglang", "openai"))
     output_dir: str = _f("runs/autoif", "run", "run directory (state database, exports)", volatile=True)
@@ -48,6 +55,7 @@ class Config:
     max_retries: int = _f(3, "run", "retries of a failed LLM request", volatile=True, lo=0)
     max_inflight_requests: int = _f(256, "run", "LLM requests in flight at once", volatile=True, lo=1)
     stage_concurrency: int = _f(64, "run", "items each stage processes at once", volatile=True, lo=1)
+    max_bad_input_share: float = _f(0.1, "run", "bad lines skipped (with a warning) in a seeds or queries file, as a share of its lines; more refuses the run", volatile=True, lo=0, hi=1)
     # augment
     augment_batches: int = _f(8, "augment", "self-instruct prompts (each shows a sample of seeds)", lo=0)
     augment_seeds_shown: int = _f(8, "augment", "seed instructions shown in each prompt", lo=1)
@@ -99,12 +107,16 @@ class Config:
     export_dpo: bool = _f(True, "export", "write DPO pairs (instruction and query level)")
     sft_per_query: int = _f(1, "export", "SFT examples kept per (instruction, query), best first", lo=1)
     dpo_pairs_per_instruction: int = _f(2, "export", "instruction-level DPO pairs per instruction", lo=0)
-    parquet: bool = _f(True, "export", "also write Parquet when pyarrow is installed", volatile=True)
+    parquet: bool = _f(True, "export", "also write Parquet (pyarrow)", volatile=True)
 
     # ------------------------------------------------------------ views
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def public_dict(self) -> dict[str, Any]:
+        """to_dict() with secrets masked: what summaries, reports and dumps show."""
+        return {k: ("***" if v and FIELDS[k].metadata["secret"] else v) for k, v in self.to_dict().items()}
 
     def config_hash(self) -> str:
         """Hash of the fields that shape the data (volatile ones excluded); 12 hex digits."""
@@ -119,6 +131,9 @@ class Config:
             if f.metadata["section"] != section:
                 section = f.metadata["section"]
                 lines.append(f"\n[{section}]")
+            if f.metadata["secret"]:
+                lines.append(f"# {f.name}: {f.metadata['help']} (not shown)")
+                continue
             lines.append(f"{f.name} = {_toml_value(getattr(self, f.name))}  # {f.metadata['help']}")
         return "\n".join(lines) + "\n"
 
@@ -153,7 +168,9 @@ def _check(name: str, value: Any) -> Any:
         value = float(value)
     elif kind is list:
         if isinstance(value, str):
-            value = [x.strip() for x in value.split(",") if x.strip()]
+            value = [value]
+        if isinstance(value, list) and all(isinstance(x, str) for x in value):
+            value = [y.strip() for x in value for y in x.split(",") if y.strip()]   # A,B or repeated
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise ValueError(f"expected a list of strings, got {value!r}")
         value = list(value)
@@ -219,24 +236,40 @@ def flag_name(name: str) -> str:
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, config_flag: bool = True,
                          only: tuple[str, ...] | None = None) -> None:
-    """`--config FILE` and one flag per field (`--verifier-k 4`, `--no-scoring`).
+    """`--config FILE` and one flag per field (`--verifier-k 4`, `--no-scoring`), with the
+    default and the choices in each help line.
 
     Flags default to SUPPRESS, so only the ones given override the file.
     """
     group = parser.add_argument_group("configuration (overrides the --config file)")
     if config_flag:
         group.add_argument("--config", metavar="FILE", default=None, help="TOML config file")
+    defaults = Config()
     for name, f in FIELDS.items():
         if only is not None and name not in only:
             continue
         kind = _TYPES[name]
-        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": f.metadata["help"]}
+        meta = f.metadata
+        flags = meta["flags"] or (flag_name(name),)
+        help_text = meta["help"]
+        if meta["choices"]:
+            help_text += f"; one of: {', '.join(meta['choices'])}" + (" (comma-separated)" if kind is list else "")
+        default = getattr(defaults, name)
+        if not meta["secret"] and "(default" not in help_text and default not in ("", []):
+            shown = ",".join(default) if isinstance(default, list) else default
+            help_text += f" (default: {shown})"
+        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
+                              "help": help_text.replace("%", "%%")}
         if kind is bool:
-            group.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, **kw)
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
+        elif kind is list and meta["flags"]:          # a repeatable flag (--server A --server B)
+            group.add_argument(*flags, action="append", metavar="URL", type=str, **kw)
         elif kind is list:
-            group.add_argument(flag_name(name), metavar="A,B", type=str, **kw)
+            group.add_argument(*flags, metavar="A,B", type=str, **kw)
+        elif meta["choices"]:
+            group.add_argument(*flags, choices=meta["choices"], **kw)
         else:
-            group.add_argument(flag_name(name), type=kind, metavar=kind.__name__.upper(), **kw)
+            group.add_argument(*flags, type=kind, metavar=kind.__name__.upper(), **kw)
 
 
 def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
@@ -246,7 +279,8 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
             try:
                 values[name] = _check(name, getattr(args, name))
             except ValueError as exc:
-                raise ConfigError(f"{flag_name(name)}: {exc}") from None
+                raise ConfigError(f"{(FIELDS[name].metadata['flags'] or (flag_name(name),))[0]}: "
+                                  f"{exc}") from None
     return Config(**values)
 
 

@@ -5,6 +5,7 @@
     ├── InputError           an input file, or one of its lines, that cannot be used (also a ValueError)
     ├── PromptError          a prompt template that is missing or does not render (also a KeyError)
     ├── JobError             the job cannot run: mismatched run directory, no server answers, ...
+    │   └── RefusedError         refused before any work: bad inputs, an unusable output directory
     ├── ReportError          no report can be made from a run directory
     ├── ServerError          a server the engine starts and stops (engine.servers)
     │   └── ServerStartError     it exited, or never became healthy, while starting
@@ -26,6 +27,8 @@ raise these re-export them
 """
 from __future__ import annotations
 
+from engine.outcome import EXIT_FAILED, EXIT_USAGE
+
 
 class AutoIFError(Exception):
     """The root of every error the engine raises on purpose."""
@@ -44,7 +47,15 @@ class PromptError(AutoIFError, KeyError):
 
 
 class JobError(AutoIFError, RuntimeError):
-    """A one-line reason the job could not run (bad input, no server, mismatched run dir)."""
+    """A one-line reason the job could not run (no server, mismatched run dir, disk full)."""
+
+    exit_code = EXIT_FAILED
+
+
+class RefusedError(JobError):
+    """Refused before any work: missing or bad input files, an unusable output directory."""
+
+    exit_code = EXIT_USAGE
 
 
 class ReportError(AutoIFError, RuntimeError):

@@ -2,13 +2,19 @@
 
 SFT: the best kept responses of each (instruction, query) — verified (pass rate above the
 threshold) and, when scored, scored at least `score_min`.
-DPO, two levels:
-- instruction level (from cross-validated test cases): prompt = the instruction,
-  chosen = a case input expected True, rejected = one expected False;
-- query level: chosen = a response with pass rate >= 0.5, rejected = one with pass rate 0.
-Every record carries `provenance` (instruction id, function ids, pass rate, score, model,
-config hash). JSONL always; Parquet too when pyarrow imports. Files are written to a temp
-name and renamed, so a reader never sees half a file.
+DPO, two levels, in two sets of files (each file is one table: every row has one schema,
+which `datasets.load_dataset("json")`, TRL and LLaMA-Factory need):
+- query level (`dpo_trl`, `dpo_llamafactory`): chosen = a response with pass rate >= 0.5,
+  rejected = one with pass rate 0;
+- instruction level (`dpo_cases_trl`, `dpo_cases_llamafactory`, from cross-validated test
+  cases): prompt = the instruction, chosen = a case input expected True, rejected = one
+  expected False.
+`verifiers.jsonl`: each kept instruction with its functions' code, accuracies and cases.
+`dataset_info.json`: LLaMA-Factory's dataset entries for the training files.
+Every record carries `provenance` (instruction id, function ids, model, config hash, and
+pass rate and score where there is one). JSONL, and Parquet unless turned off (pyarrow is a
+dependency). Files are written to a temp name and renamed, so a reader never sees half a
+file; their mode follows the umask.
 """
 from __future__ import annotations
 
@@ -65,10 +71,16 @@ def _rank(r: ResponseRecord) -> tuple:
     return (r.score or 0, r.pass_rate, -len(r.text))
 
 
+def _model(result: QueryResult, opts: ExportOptions) -> str:
+    """The model that wrote the responses; the run's (named by the server) when the request
+    went out as "default"."""
+    return result.model if result.model not in ("", "default") else opts.model or result.model
+
+
 def _provenance(result: QueryResult, level: str, opts: ExportOptions, **extra: Any) -> dict:
     inst = result.task.instruction
     return {"level": level, "instruction_id": inst.instruction.id, "query_id": result.task.query_id,
-            "function_ids": [f.id for f, _ in inst.functions], "model": result.model or opts.model,
+            "function_ids": [f.id for f, _ in inst.functions], "model": _model(result, opts),
             "config_hash": opts.config_hash, **extra}
 
 
@@ -98,20 +110,41 @@ def query_pairs(results: Iterable[QueryResult], opts: ExportOptions) -> list[Exa
     return out
 
 
+def _distinct(instructions: Iterable[VerifiedInstruction]) -> list[VerifiedInstruction]:
+    return list({inst.instruction.id: inst for inst in instructions}.values())
+
+
 def instruction_pairs(instructions: Iterable[VerifiedInstruction], opts: ExportOptions) -> list[Example]:
-    out, seen = [], set()
-    for inst in instructions:
-        if inst.instruction.id in seen:
-            continue
-        seen.add(inst.instruction.id)
+    """Pairs of test cases (one expected True, one expected False) per instruction: another
+    table than the query-level pairs (no query, no pass rate), so another file."""
+    out = []
+    for inst in _distinct(instructions):
         good = [c for c in inst.cases if c.expected]
         bad = [c for c in inst.cases if not c.expected]
         for c, r in list(zip(good, bad))[:opts.dpo_pairs_per_instruction]:
             out.append(Example(inst.instruction.text, c.input, r.input, {
-                "level": "instruction", "instruction_id": inst.instruction.id, "query_id": None,
-                "function_ids": [f.id for f, _ in inst.functions], "pass_rate": None, "score": None,
+                "level": "instruction", "instruction_id": inst.instruction.id,
+                "function_ids": [f.id for f, _ in inst.functions],
                 "model": opts.model, "config_hash": opts.config_hash}))
     return out
+
+
+def verifier_rows(instructions: Iterable[VerifiedInstruction], opts: ExportOptions) -> list[dict]:
+    """Each kept instruction with its functions (code, accuracy, back-translation) and cases,
+    so the verifiers can be reused (as rewards, or to check other data)."""
+    rows = []
+    for inst in _distinct(instructions):
+        bt = {b.verifier_id: b for b in inst.back_translations}
+        rows.append({
+            "instruction_id": inst.instruction.id, "instruction": inst.instruction.text,
+            "source": inst.instruction.source,
+            "functions": [{"id": f.id, "code": f.code, "accuracy": float(acc),
+                           "back_translation": bt[f.id].text if f.id in bt else "",
+                           "nli_label": bt[f.id].label if f.id in bt else ""}
+                          for f, acc in inst.functions],
+            "cases": [{"input": c.input, "expected": c.expected} for c in inst.cases],
+            "model": opts.model, "config_hash": opts.config_hash})
+    return rows
 
 
 def instructions_of(results: Iterable[QueryResult]) -> list[VerifiedInstruction]:
@@ -151,12 +184,63 @@ SFT_WRITERS = {"alpaca": alpaca, "sharegpt": sharegpt, "trl": trl_sft}
 DPO_WRITERS = {"llamafactory": llamafactory_dpo, "trl": trl_dpo}
 
 
+# ------------------------------------------------------------ tables
+
+@dataclass(frozen=True)
+class Table:
+    """One export file: rows that all share one schema, and how LLaMA-Factory reads it
+    (`dataset_info`: its entry in dataset_info.json, None when it is not a training set)."""
+
+    stem: str
+    rows: list[dict]
+    dataset_info: dict | None = None
+
+
+_SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}
+_OPENAI_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
+SFT_DATASET_INFO = {
+    "alpaca": {"columns": {"prompt": "instruction", "query": "input", "response": "output"}},
+    "sharegpt": {"formatting": "sharegpt", "columns": {"messages": "conversations"}, "tags": _SHAREGPT_TAGS},
+    "trl": {"formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": _OPENAI_TAGS},
+}
+DPO_DATASET_INFO = {"ranking": True, "formatting": "sharegpt",
+                    "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"},
+                    "tags": _SHAREGPT_TAGS}
+
+
+def tables(instructions: Iterable[VerifiedInstruction], results: Iterable[QueryResult],
+           opts: ExportOptions) -> list[Table]:
+    """Every export table. Another export is one more Table here."""
+    instructions, results = list(instructions), list(results)
+    out: list[Table] = []
+    sft = sft_examples(results, opts)
+    for fmt in opts.formats:
+        out.append(Table(f"sft_{fmt}", [SFT_WRITERS[fmt](e) for e in sft], SFT_DATASET_INFO[fmt]))
+    if opts.dpo:
+        for name, examples in (("dpo", query_pairs(results, opts)),
+                               ("dpo_cases", instruction_pairs(instructions, opts))):
+            out.append(Table(f"{name}_llamafactory", [llamafactory_dpo(e) for e in examples],
+                             DPO_DATASET_INFO))
+            out.append(Table(f"{name}_trl", [trl_dpo(e) for e in examples]))
+    if instructions:
+        out.append(Table("verifiers", verifier_rows(instructions, opts)))
+    return out
+
+
 # ------------------------------------------------------------ files
 
-def _atomic(path: Path, write) -> None:
+def _mode() -> int:
+    """What open() would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _atomic(path: Path, write, mode: int | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _mode() if mode is None else mode)   # mkstemp makes 0600; follow the umask
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -167,8 +251,12 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     _atomic(path, lambda fh: fh.writelines(orjson.dumps(r) + b"\n" for r in rows))
+
+
+class ParquetUnavailable(RuntimeError):
+    """Parquet asked for and pyarrow cannot be imported."""
 
 
 def pyarrow_available() -> bool:
@@ -181,31 +269,42 @@ def pyarrow_available() -> bool:
 
 
 def write_parquet(path: Path, rows: Sequence[dict]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ParquetUnavailable(f"Parquet needs pyarrow ({exc}): pip install pyarrow, "
+                                 "or turn it off with --no-parquet") from None
     table = pa.Table.from_pylist(list(rows))
     _atomic(path, lambda fh: pq.write_table(table, fh))
 
 
 def export(out_dir: str | Path, instructions: Iterable[VerifiedInstruction], results: Iterable[QueryResult],
            opts: ExportOptions) -> dict[str, Path]:
-    """Write every file; returns {file stem: path}. Empty sets still get (empty) JSONL files."""
+    """Write every table with rows as JSONL (and Parquet), then dataset_info.json; returns
+    {file stem: path}. An empty table writes no file (a 0-byte JSONL loads nowhere) and removes
+    the file a rerun of the same run left before."""
     out_dir = Path(out_dir)
-    results = list(results)
-    files: dict[str, list[dict]] = {}
-    sft = sft_examples(results, opts)
-    for fmt in opts.formats:
-        files[f"sft_{fmt}"] = [SFT_WRITERS[fmt](e) for e in sft]
-    if opts.dpo:
-        pairs = instruction_pairs(instructions, opts) + query_pairs(results, opts)
-        for fmt, writer in DPO_WRITERS.items():
-            files[f"dpo_{fmt}"] = [writer(e) for e in pairs]
-    parquet = opts.parquet and pyarrow_available()
     written: dict[str, Path] = {}
-    for stem, rows in files.items():
-        written[stem] = out_dir / f"{stem}.jsonl"
-        write_jsonl(written[stem], rows)
-        if parquet and rows:
-            written[f"{stem}.parquet"] = out_dir / f"{stem}.parquet"
-            write_parquet(written[f"{stem}.parquet"], rows)
+    info: dict[str, dict] = {}
+    for table in tables(instructions, results, opts):
+        paths = {table.stem: out_dir / f"{table.stem}.jsonl"}
+        if opts.parquet:
+            paths[f"{table.stem}.parquet"] = out_dir / f"{table.stem}.parquet"
+        if not table.rows:
+            for path in paths.values():
+                path.unlink(missing_ok=True)
+            continue
+        write_jsonl(paths[table.stem], table.rows)
+        if opts.parquet:
+            write_parquet(paths[f"{table.stem}.parquet"], table.rows)
+        written.update(paths)
+        if table.dataset_info is not None:
+            info[f"autoif_{table.stem}"] = {"file_name": f"{table.stem}.jsonl", **table.dataset_info}
+    info_path = out_dir / "dataset_info.json"
+    if info:
+        _atomic(info_path, lambda fh: fh.write(orjson.dumps(info, option=orjson.OPT_INDENT_2)))
+        written["dataset_info"] = info_path
+    else:
+        info_path.unlink(missing_ok=True)
     return written

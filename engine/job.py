@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator
+
+import sqlite3
 
 import aiohttp
 import orjson
@@ -24,10 +29,11 @@ import orjson
 from engine.cache import CachedLLM
 from engine.client import LLMClient, RetryPolicy
 from engine.config import Config
-from engine.errors import JobError
-from engine.export import ExportOptions, export
+from engine.errors import JobError, RefusedError
+from engine.export import ExportOptions, export, pyarrow_available
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
-from engine.progress import Progress
+from engine.outcome import closing_lines, is_storage_failure
+from engine.progress import Progress, print_funnel
 from engine.records import QueryResult, VerifiedInstruction
 from engine.report.observe import Distributions, observe_stages
 from engine.runner import StageSpec, StreamRunner
@@ -35,8 +41,8 @@ from engine.sim.config import SimConfig
 from engine.sim.responders import AUTOIF_FIXTURE
 from engine.sim.server import SimServer
 from engine.stage import Context, Funnel, Stage
-from engine.stages import (CHAIN, BackTranslateStage, default_stages, load_seed_instructions,
-                           make_seed_batches)
+from engine.stages import (CHAIN, BackTranslateStage, default_stages, load_queries,
+                           load_seed_instructions, make_seed_batches)
 from engine.state import StateStore
 from sandbox_pool import SandboxPool
 
@@ -51,6 +57,63 @@ DEMO = dict(augment_batches=1, augment_seeds_shown=4, augment_per_prompt=4, veri
             verifier_case_max_tokens=400, response_max_tokens=384, judge_max_tokens=128,
             augment_max_tokens=256, output_dir="runs/demo")
 DEMO_SEEDS = 6
+
+
+# -- before any work ---------------------------------------------------------------------
+
+def load_inputs(cfg: Config) -> tuple[list, list]:
+    """Seed instructions and queries, read in full before anything starts.
+
+    Bad lines are skipped with a warning while they are at most `max_bad_input_share` of a
+    file; more than that (or no usable line at all) refuses the run in one line.
+    """
+    def read(what: str, path: str, loader):
+        bad: list[str] = []
+        try:
+            items = loader(path or None, on_error=bad.append)
+        except OSError as exc:
+            raise RefusedError(f"{what} {path}: {exc.strerror or exc}") from None
+        total = len(items) + len(bad)        # distinct usable lines plus bad ones (a lower bound)
+        if bad and (not items or len(bad) > cfg.max_bad_input_share * total):
+            raise RefusedError(f"{what} {path}: {len(bad)} of {total} lines are bad (more than "
+                               f"--max-bad-input-share {cfg.max_bad_input_share:g}); first: {bad[0]}")
+        if not items:
+            raise RefusedError(f"{what} {path or '(built-in)'}: no usable lines")
+        if bad:
+            log.warning("%s %s: skipped %d bad line(s), e.g. %s", what, path, len(bad), bad[0])
+        return items
+
+    return (read("seed instructions", cfg.seeds_path, load_seed_instructions),
+            read("queries", cfg.queries_path, load_queries))
+
+
+def preflight(cfg: Config, run_dir: Path) -> tuple[list, list]:
+    """Everything that can be refused before any work: inputs, Parquet, the output directory.
+    Returns (seeds, queries)."""
+    seeds, queries = load_inputs(cfg)
+    if cfg.parquet and not pyarrow_available():
+        raise RefusedError("Parquet exports need pyarrow (pip install pyarrow); "
+                           "or write JSONL only with --no-parquet")
+    check_output_dir(run_dir)
+    return seeds, queries
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """The run directory exists (or is created) and takes a file; else one line, before any work."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RefusedError(f"--output-dir {run_dir} is a file, not a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RefusedError(f"--output-dir {run_dir}: cannot create it ({exc.strerror or exc})") from None
+    for d in (run_dir, run_dir / "exports"):
+        if d.is_dir():
+            try:
+                fd, probe = tempfile.mkstemp(dir=d, prefix=".autoif-write-check-")
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as exc:
+                raise RefusedError(f"--output-dir {d} cannot be written ({exc.strerror or exc})") from None
 
 
 # -- pieces ------------------------------------------------------------------------------
@@ -95,7 +158,8 @@ def open_store(cfg: Config, run_dir: Path) -> StateStore:
 
 
 def make_client(cfg: Config, urls: list[str], api: str) -> Any:
-    return LLMClient(urls, model=cfg.model, api=api, max_in_flight=cfg.max_inflight_requests,
+    return LLMClient(urls, model=cfg.model, api=api, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY"),
+                     max_in_flight=cfg.max_inflight_requests,
                      retry=RetryPolicy(attempts=cfg.max_retries + 1),
                      request_timeout=cfg.request_timeout_s)
 
@@ -139,6 +203,34 @@ async def check_reachable(client: Any, urls: list[str]) -> None:
         log.warning("server unreachable, continuing with the others: %s", p)
 
 
+async def served_model(client: Any, urls: list[str]) -> str | None:
+    """The model name a server reports: OpenAI's /v1/models (SGLang, vLLM, llama-server),
+    else SGLang's /get_model_info. None when no server says."""
+
+    for url in urls:
+        for path, pick in (("/v1/models", lambda j: j["data"][0]["id"]),
+                           ("/get_model_info", lambda j: j["model_path"])):
+            try:
+                async with client.session.get(url.rstrip("/") + path,
+                                              timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    if resp.status != 200:
+                        continue
+                    name = pick(await resp.json(content_type=None))
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, LookupError,
+                    TypeError):
+                continue
+            if isinstance(name, str) and name.strip():
+                return name.strip()
+    return None
+
+
+def model_name(cfg: Config, store: StateStore) -> str:
+    """The model of the run's provenance: as given, else as the server named it."""
+    if cfg.model not in ("", "default"):
+        return cfg.model
+    return store.get_meta("served_model") or cfg.model
+
+
 @contextlib.asynccontextmanager
 async def open_engine(cfg: Config, backend: str, run_dir: Path, store: StateStore,
                       pool_needed: bool = True) -> AsyncIterator[tuple[Any, Any, Context]]:
@@ -148,6 +240,10 @@ async def open_engine(cfg: Config, backend: str, run_dir: Path, store: StateStor
         urls, api = await stack.enter_async_context(open_servers(cfg, backend, run_dir))
         client = await stack.enter_async_context(make_client(cfg, urls, api))
         await check_reachable(client, urls)
+        if cfg.model in ("", "default"):      # provenance names the model the server serves
+            name = await served_model(client, urls)
+            if name:
+                store.set_meta("served_model", name)
         pool = await stack.enter_async_context(make_pool(cfg)) if pool_needed else NoPool()
         yield client, pool, Context(llm=CachedLLM(client, store), executor=pool)
 
@@ -175,9 +271,10 @@ def probe_counters(client: Any, pool: Any) -> dict:
 
 
 async def run_stages(cfg: Config, stages: list[Stage], source: list, ctx: Context, *, client: Any,
-                     pool: Any, run_dir: Path, metrics_port: int | None, progress: bool,
-                     sink: Any = None, series: TimeSeries | None = None) -> dict:
-    metrics = RunMetrics()
+                     pool: Any, run_dir: Path, progress: bool, sink: Any = None,
+                     series: TimeSeries | None = None, metrics: RunMetrics | None = None) -> dict:
+    """The stages over the source; `metrics`: the job's (served or not), else this run's own."""
+    metrics = metrics or RunMetrics()
     dists = Distributions()                 # pass rates and scores of every response, for reports
     stages = observe_stages(list(stages), dists)
     specs = [StageSpec(s, cfg.stage_concurrency) for s in stages]
@@ -185,14 +282,11 @@ async def run_stages(cfg: Config, stages: list[Stage], source: list, ctx: Contex
                           metrics=metrics)
     runner.install_signal_handlers()
     series = series if series is not None else TimeSeries(interval_s=1.0)
-    LiveCollector(stats=lambda: {"in_flight": client.stats().get("in_flight", 0),
-                                 **probe_counters(client, pool)},
-                  point=lambda: series.points[-1] if series.points else {},
-                  queues=runner.queue_depths, funnel=ctx.funnel.to_dict,
-                  distributions=dists.to_dict).register(metrics)
-    if metrics_port:
-        metrics.serve(metrics_port)
-        log.info("metrics at http://127.0.0.1:%d/metrics", metrics_port)
+    stats = client.stats if hasattr(client, "stats") else dict
+    metrics.attach(LiveCollector(stats=lambda: {**stats(), **probe_counters(client, pool)},
+                                 point=lambda: series.points[-1] if series.points else {},
+                                 queues=runner.queue_depths, funnel=ctx.funnel.to_dict,
+                                 distributions=dists.to_dict))
     # the time series is sampled whether or not the progress line is shown
     reporter = Progress(runner, lambda: probe_counters(client, pool), series=series,
                         pool_workers=getattr(pool, "n_workers", 1) or 1,
@@ -204,12 +298,13 @@ async def run_stages(cfg: Config, stages: list[Stage], source: list, ctx: Contex
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
-        metrics.close()
     out = summary.to_dict()
     out["client"] = client.stats() if hasattr(client, "stats") else {}
     out["pool"] = pool.stats() if hasattr(pool, "stats") else {}
     out["timeseries"] = series.to_list()
     out["distributions"] = dists.to_dict()
+    if runner.failure is not None:
+        out["failure"] = str(runner.failure)
     return out
 
 
@@ -229,91 +324,147 @@ def write_summary(run_dir: Path, name: str, summary: dict, funnel: Funnel) -> No
     tmp.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
                                  default=str))
     tmp.replace(path)
-    print("\n" + funnel.format(), file=sys.stderr)
+    print(file=sys.stderr)
+    print_funnel(funnel.to_dict(), sys.stderr)
     print(f"wall {summary['wall_s']:.1f}s; summary: {path}", file=sys.stderr)
+    for line in closing_lines(summary):     # the last lines: what was lost, what to do
+        print(line, file=sys.stderr)
 
 
 # -- the job ------------------------------------------------------------------------------
 
 async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full", rounds: int = 1,
                   demo: bool = False, metrics_port: int | None = None,
+                  metrics_host: str = "127.0.0.1", metrics_keep_s: float = 0.0,
                   progress: bool = True) -> dict:
+    """The job; with `metrics_port`, Prometheus metrics are served on metrics_host:port while it
+    runs and, `metrics_keep_s` > 0 (< 0: until interrupted), for that long after it."""
     run_dir = Path(cfg.output_dir)
-    store = open_store(cfg, run_dir)
+    seeds, queries = preflight(cfg, run_dir)
+    if demo:
+        seeds = seeds[:DEMO_SEEDS]
     try:
-        try:
-            seeds = load_seed_instructions(cfg.seeds_path or None)
-        except (OSError, ValueError) as exc:
-            raise JobError(f"seed instructions: {exc}") from None
-        if demo:
-            seeds = seeds[:DEMO_SEEDS]
-        async with open_engine(cfg, backend, run_dir, store) as (client, pool, ctx):
-            if mode == "online-dpo":
-                return await run_online_dpo(cfg, ctx, client, pool, store, run_dir, rounds,
-                                         metrics_port, progress)
-            return await run_full(cfg, seeds, ctx, client, pool, store, run_dir, metrics_port, progress)
+        store = open_store(cfg, run_dir)
+    except sqlite3.Error as exc:
+        raise RefusedError(f"--output-dir {run_dir}: cannot open state.sqlite ({exc})") from None
+    metrics = RunMetrics()
+    try:
+        if metrics_port:
+            metrics.serve(metrics_port, metrics_host)
+            log.info("metrics at http://%s:%d/metrics", metrics_host, metrics_port)
+        with storage_errors(run_dir):
+            summary = await _run_mode(cfg, backend, mode, rounds, seeds, queries, store, run_dir,
+                                      metrics, progress)
+        await metrics.linger(metrics_keep_s)
+        return summary
+    except OSError as exc:
+        if metrics_port and exc.errno == errno.EADDRINUSE:
+            raise RefusedError(f"--metrics-port {metrics_port}: {exc.strerror}") from None
+        raise
     finally:
+        metrics.close()
         store.close()
 
 
-def stages_of(cfg: Config, seeds: list, names: tuple[str, ...] = CHAIN) -> list:
+async def _run_mode(cfg: Config, backend: str, mode: str, rounds: int, seeds: list, queries: list,
+                    store: StateStore, run_dir: Path, metrics: RunMetrics, progress: bool) -> dict:
+    async with open_engine(cfg, backend, run_dir, store) as (client, pool, ctx):
+        if mode == "online-dpo":
+            return await run_online_dpo(cfg, ctx, client, pool, store, run_dir, rounds,
+                                        metrics, progress, queries)
+        return await run_full(cfg, seeds, ctx, client, pool, store, run_dir, metrics,
+                              progress, queries)
+
+
+def stages_of(cfg: Config, seeds: list, queries: list | None,
+              names: tuple[str, ...] = CHAIN) -> list:
     """The job's stages; an input file they read that is missing or bad ends the job in one line."""
     try:
-        return default_stages(cfg, seeds, names=names)
+        return default_stages(cfg, seeds, queries, names=names)
     except (OSError, ValueError) as exc:
         raise JobError(f"stages: {exc}") from None
 
 
 async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: Any, store: StateStore,
-                run_dir: Path, metrics_port: int | None, progress: bool) -> dict:
+                run_dir: Path, metrics: RunMetrics | None, progress: bool,
+                queries: list | None = None) -> dict:
     stages = [Recorded(s, store) if isinstance(s, BackTranslateStage) else s
-              for s in stages_of(cfg, seeds)]        # seeds: as loaded (demo-trimmed)
+              for s in stages_of(cfg, seeds, queries)]   # seeds: as loaded (demo-trimmed)
     source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
 
     def sink(result: QueryResult) -> None:
         store.put_records([result], "final")
 
     summary = await run_stages(cfg, stages, source, ctx, client=client, pool=pool, run_dir=run_dir,
-                               metrics_port=metrics_port, progress=progress, sink=sink)
-    files = export_run(cfg, store, run_dir / "exports")
-    summary["exports"] = {k: str(v) for k, v in files.items()}
-    summary["truncation"] = ctx.funnel.truncation()   # token limits should make this rare
-    store.save_funnel(summary["funnel"])
-    write_summary(run_dir, "summary.json", summary, ctx.funnel)
+                               metrics=metrics, progress=progress, sink=sink)
+    stopped_by_storage(summary, run_dir)
+    summary.update(model=model_name(cfg, store), config_hash=cfg.config_hash(), config=cfg.public_dict())
+    with storage_errors(run_dir):
+        files = export_run(cfg, store, run_dir / "exports")
+        summary["exports"] = {k: str(v) for k, v in files.items()}
+        summary["truncation"] = ctx.funnel.truncation()   # token limits should make this rare
+        store.save_funnel(summary["funnel"])
+        write_summary(run_dir, "summary.json", summary, ctx.funnel)
     return summary
+
+
+def stopped_by_storage(summary: dict, run_dir: Path) -> None:
+    if summary.get("stopped") == "failed":
+        raise JobError(f"stopped: cannot write to {run_dir} ({summary.get('failure')}); every "
+                       "record stored before is kept: free space and run the same command again")
+
+
+@contextlib.contextmanager
+def storage_errors(run_dir: Path):
+    """Disk full (or read-only) while writing exports or the summary: one line, not a traceback.
+    Exports are written to a temporary name and renamed, so older files stay whole."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as exc:
+        if not is_storage_failure(exc) and not isinstance(exc, PermissionError):
+            raise
+        raise JobError(f"cannot write to {run_dir} ({exc}); every record stored before is kept: "
+                       "free space and run the same command again") from None
 
 
 def export_run(cfg: Config, store: StateStore, out_dir: Path, results: list | None = None) -> dict:
     instructions = list(store.iter_records(VerifiedInstruction, BackTranslateStage.name))
     if results is None:
         results = list(store.iter_records(QueryResult, "final"))
-    return export(out_dir, instructions, results, ExportOptions.from_config(cfg))
+    return export(out_dir, instructions, results, export_options(cfg, store))
+
+
+def export_options(cfg: Config, store: StateStore) -> ExportOptions:
+    return replace(ExportOptions.from_config(cfg), model=model_name(cfg, store))
 
 
 async def run_online_dpo(cfg: Config, ctx: Context, client: Any, pool: Any, store: StateStore,
-                      run_dir: Path, rounds: int, metrics_port: int | None, progress: bool) -> dict:
+                      run_dir: Path, rounds: int, metrics: RunMetrics | None, progress: bool,
+                      queries: list | None = None) -> dict:
     """Stages 5-7 again per round, the policy model as the server; one pair file per round."""
     instructions = list(store.iter_records(VerifiedInstruction, BackTranslateStage.name))
     if not instructions:
         raise JobError(f"{run_dir}: no verified instructions yet; run `autoif run` (mode full) "
                        "with this --output-dir first")
+    stages = stages_of(cfg, [], queries, ("queries", "responses", "scoring"))
     last: dict = {}
-    stages = stages_of(cfg, [], ("queries", "responses", "scoring"))
     for r in range(1, max(1, rounds) + 1):
         # each round samples afresh (its own cache namespace), and is itself resumable
         llm = CachedLLM(client, store, namespace=f"online-dpo-round-{r}")
         ctx_r = Context(llm=llm, executor=pool, funnel=Funnel())
         results: list[QueryResult] = []
         last = await run_stages(cfg, stages, instructions, ctx_r, client=client, pool=pool,
-                                run_dir=run_dir, metrics_port=metrics_port if r == 1 else None,
+                                run_dir=run_dir, metrics=metrics,
                                 progress=progress, sink=results.append)
+        stopped_by_storage(last, run_dir)
         store.put_records(results, f"online_round_{r}")
         out_dir = run_dir / "online_dpo" / f"round_{r:03d}"
         # pairs from this round's policy samples only: instruction-level pairs (from test
         # cases) do not change between rounds and are in the full run's exports already
-        files = export(out_dir, [], results, replace(ExportOptions.from_config(cfg), formats=()))
-        last["exports"] = {k: str(v) for k, v in files.items()}
-        write_summary(run_dir, f"summary_online_round_{r:03d}.json", last, ctx_r.funnel)
+        with storage_errors(run_dir):
+            files = export(out_dir, [], results, replace(export_options(cfg, store), formats=()))
+            last["exports"] = {k: str(v) for k, v in files.items()}
+            write_summary(run_dir, f"summary_online_round_{r:03d}.json", last, ctx_r.funnel)
         if last.get("stopped") != "completed":   # interrupted: no further rounds
             break
     return last

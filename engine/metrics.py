@@ -5,11 +5,18 @@ several runs in one process (tests, benchmarks) never share counters.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import signal
 import time
 from collections import deque
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+log = logging.getLogger("autoif.metrics")
 
 # Seconds buckets for one item's trip through one stage (LLM calls dominate).
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, float("inf"))
@@ -22,21 +29,42 @@ class RunMetrics:
                              ["stage", "outcome"], registry=self.registry)
         self.latency = Histogram("autoif_stage_seconds", "Time one item spends in a stage",
                                  ["stage"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self._gauges: dict[str, Gauge] = {}
         self._server = None
-
-    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        """A value read when scraped (queue depths, requests in flight, pool busy fraction)."""
-        g = Gauge(name, help_text, registry=self.registry)
-        g.set_function(read)
-        self._gauges[name] = g
+        self._live: LiveCollector | None = None
+        self.attach(LiveCollector())        # zeros until a run attaches its own readers
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        from prometheus_client import start_http_server
         self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+
+    async def linger(self, seconds: float) -> None:
+        """Keep serving the final values for `seconds` (< 0: until interrupted), so a scraper
+        that comes by after the run still sees them; Ctrl-C ends it early."""
+        if self._server is None or seconds == 0:
+            return
+        log.info("run finished; serving its final metrics %s (Ctrl-C to stop)",
+                 "until interrupted" if seconds < 0 else f"for {seconds:g} s")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), None if seconds < 0 else seconds)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
+
+    def attach(self, collector: LiveCollector) -> None:
+        """The run's live view; a later run of the same job (an online-DPO round) replaces it."""
+        if self._live is not None:
+            self.registry.unregister(self._live)
+        self.registry.register(collector)
+        self._live = collector
 
     def close(self) -> None:
         if self._server is not None:
@@ -59,6 +87,15 @@ class RunMetrics:
                     elif s.name.endswith("_count"):
                         out.setdefault(s.labels["stage"], {})["timed"] = int(s.value)
         return out
+
+
+def _histogram(name: str, text: str, buckets: list[tuple[str, int]], total: float) -> HistogramMetricFamily:
+    """A histogram family from per-bucket counts (upper bounds as strings, the last "+Inf")."""
+    cumulative, running = [], 0
+    for le, n in buckets:
+        running += n
+        cumulative.append((le, float(running)))
+    return HistogramMetricFamily(name, text, buckets=cumulative, sum_value=float(total))
 
 
 class TimeSeries:
@@ -89,23 +126,28 @@ class TimeSeries:
 
 
 class LiveCollector:
-    """Run-wide gauges read at scrape time, besides the per-stage counters above.
+    """Run-wide metrics read at scrape time, besides the per-stage counters above; Prometheus
+    conventions: counters for counts (`_total`), histograms for distributions, labels rather
+    than one name per stage or server.
 
-    - autoif_llm_requests_in_flight, autoif_llm_completion_tokens (counter), autoif_pool_checks
-      (counter): from the client's and the pool's own stats;
+    - autoif_llm_requests_in_flight (gauge), autoif_llm_requests_total,
+      autoif_llm_completion_tokens_total, autoif_pool_checks_total;
+    - autoif_llm_request_seconds (histogram): call to answer of each request, retries included;
+    - autoif_llm_retries_total{server}, autoif_llm_attempt_errors_total{server,kind} and
+      autoif_llm_request_failures_total{kind} (requests that ran out of retries);
     - autoif_llm_requests_per_second, autoif_llm_tokens_per_second, autoif_pool_checks_per_second,
       autoif_pool_busy_fraction: the latest fixed-interval sample of the run's TimeSeries;
     - autoif_queue_depth{stage}: items waiting for each stage;
-    - autoif_funnel_items{stage,kind=in|kept|out} and autoif_funnel_dropped{stage,reason}: the
-      funnel, sub-item rows ("verifiers.answer", ...) and drop reasons included;
-    - autoif_response_pass_rate / autoif_response_score: counts per bin of every graded response.
+    - autoif_funnel_items_total{stage,kind=in|kept|out} and autoif_funnel_dropped_total{stage,reason}:
+      the funnel, sub-item rows ("verifiers.answer", ...) and drop reasons included;
+    - autoif_response_pass_rate / autoif_response_score (histograms) of every graded response.
 
     Each reader is a callable, so the same collector serves a single-node run (reading the
     client, pool and runner) and a Ray driver (reading what the shards last streamed back).
     """
 
     def __init__(self, *, stats=None, point=None, queues=None, funnel=None, distributions=None) -> None:
-        self.stats = stats                  # () -> {"in_flight", "completion_tokens", "requests", "checks"}
+        self.stats = stats                  # () -> client stats + {"checks"} (see job.probe_counters)
         self.point = point                  # () -> latest time-series point (or {})
         self.queues = queues                # () -> {stage: depth}
         self.funnel = funnel                # () -> Funnel.to_dict()
@@ -115,7 +157,6 @@ class LiveCollector:
         return []                           # collected on scrape only (values change all the time)
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         st = self.stats() if self.stats else {}
         g = GaugeMetricFamily("autoif_llm_requests_in_flight", "LLM requests sent and not yet answered")
         g.add_metric([], float(st.get("in_flight", 0)))
@@ -126,6 +167,26 @@ class LiveCollector:
             c = CounterMetricFamily(name, text)
             c.add_metric([], float(st.get(key, 0)))
             yield c
+        latency = st.get("latency") or {}
+        if latency.get("buckets"):
+            yield _histogram("autoif_llm_request_seconds",
+                             "seconds from call to answer of an LLM request, retries included",
+                             list(latency["buckets"].items()), latency.get("sum", 0.0))
+        retries = CounterMetricFamily("autoif_llm_retries", "attempts that retried a failed one, by server",
+                                      labels=["server"])
+        errors = CounterMetricFamily("autoif_llm_attempt_errors", "failed LLM attempts by server and kind",
+                                     labels=["server", "kind"])
+        for url, server in (st.get("servers") or {}).items():
+            retries.add_metric([url], float(server.get("retries", 0)))
+            for kind, n in (server.get("errors") or {}).items():
+                errors.add_metric([url, kind], float(n))
+        yield retries
+        yield errors
+        failures = CounterMetricFamily("autoif_llm_request_failures",
+                                       "LLM requests that failed after their retries, by kind", labels=["kind"])
+        for kind, n in (st.get("failures") or {}).items():
+            failures.add_metric([kind], float(n))
+        yield failures
         p = self.point() if self.point else {}
         for name, key, text in (
                 ("autoif_llm_requests_per_second", "req_s", "LLM requests answered per second (last sample)"),
@@ -139,10 +200,10 @@ class LiveCollector:
         for stage, depth in (self.queues() if self.queues else {}).items():
             q.add_metric([stage], float(depth))
         yield q
-        items = GaugeMetricFamily("autoif_funnel_items", "funnel counts per stage (in, kept, out)",
-                                  labels=["stage", "kind"])
-        dropped = GaugeMetricFamily("autoif_funnel_dropped", "funnel drops per stage and reason",
-                                    labels=["stage", "reason"])
+        items = CounterMetricFamily("autoif_funnel_items", "funnel counts per stage (in, kept, out)",
+                                    labels=["stage", "kind"])
+        dropped = CounterMetricFamily("autoif_funnel_dropped", "funnel drops per stage and reason",
+                                      labels=["stage", "reason"])
         for stage, row in (self.funnel() if self.funnel else {}).items():
             for kind in ("in", "kept", "out"):
                 items.add_metric([stage, kind], float(row.get(kind, 0)))
@@ -152,18 +213,11 @@ class LiveCollector:
         yield dropped
         d = self.distributions() if self.distributions else None
         if d:
-            pr = GaugeMetricFamily("autoif_response_pass_rate", "graded responses per pass-rate bin",
-                                   labels=["bin"])
-            edges = d["pass_rate"]["edges"]
-            for i, n in enumerate(d["pass_rate"]["counts"]):
-                pr.add_metric([f"{edges[i]:.1f}-{edges[i + 1]:.1f}"], float(n))
-            yield pr
-            sc = GaugeMetricFamily("autoif_response_score", "judge scores given (0: unreadable)",
-                                   labels=["score"])
-            for v, n in zip(d["score"]["values"], d["score"]["counts"]):
-                sc.add_metric([str(v)], float(n))
-            yield sc
-
-    def register(self, metrics: RunMetrics) -> LiveCollector:
-        metrics.registry.register(self)
-        return self
+            pr = d["pass_rate"]
+            yield _histogram("autoif_response_pass_rate", "pass rate of every graded response",
+                             [(f"{le:g}", n) for le, n in zip(pr["le"], pr["counts"])] + [("+Inf", 0)],
+                             pr.get("sum", 0.0))
+            sc = d["score"]
+            yield _histogram("autoif_response_score", "judge score of every scored response (0: unreadable)",
+                             [(str(v), n) for v, n in zip(sc["values"], sc["counts"])] + [("+Inf", 0)],
+                             sc.get("sum", 0))

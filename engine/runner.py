@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterable, Callable, Iterable, Sequence
 
 from engine.metrics import RunMetrics
+from engine.outcome import error_reason, is_storage_failure
 from engine.stage import Context, Stage
 
 log = logging.getLogger("autoif.runner")
@@ -47,7 +48,7 @@ class RunSummary:
     wall_s: float
     source_items: int
     sink_items: int
-    stopped: str                    # "completed" | "drained" | "aborted"
+    stopped: str                    # "completed" | "drained" | "aborted" | "failed"
     funnel: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
 
@@ -84,10 +85,7 @@ class StreamRunner:
         self._drain: asyncio.Task | None = None
         self._signals: list[int] = []
         self._errors_logged = 0
-        for i, spec in enumerate(self.specs):
-            self.metrics.gauge(f"autoif_queue_depth_{_metric_name(spec.stage.name)}",
-                               f"Items waiting for stage {spec.stage.name}",
-                               lambda i=i: self.queues[i].qsize() if self.queues else 0)
+        self.failure: BaseException | None = None   # what ended the run early (disk full, ...)
 
     # -- control -------------------------------------------------------------------
     def stop(self, abort: bool = False) -> None:
@@ -156,7 +154,8 @@ class StreamRunner:
                     t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._remove_signal_handlers()
-        stopped = "aborted" if self._aborted else ("drained" if self._stopping else "completed")
+        stopped = ("failed" if self.failure is not None else "aborted" if self._aborted
+                   else "drained" if self._stopping else "completed")
         return RunSummary(wall_s=time.perf_counter() - t0, source_items=self.source_items,
                           sink_items=self.sink_items, stopped=stopped,
                           funnel=self.ctx.funnel.to_dict(), stages=self.metrics.summary())
@@ -205,8 +204,9 @@ class StreamRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one bad item never stops the run; it is a counted drop
-                reason = getattr(exc, "reason", None) or f"error:{type(exc).__name__}"
-                funnel.drop(name, str(reason))
+                if is_storage_failure(exc):
+                    self._fail(exc)       # every later item would fail the same way
+                funnel.drop(name, error_reason(exc))
                 items.labels(name, "error").inc()
                 self._log_error(name, exc)
                 outs = []
@@ -233,10 +233,23 @@ class StreamRunner:
             if item is _DONE:
                 return
             if self.sink is not None:
-                r = self.sink(item)
-                if inspect.isawaitable(r):
-                    await r
+                try:
+                    r = self.sink(item)
+                    if inspect.isawaitable(r):
+                        await r
+                except Exception as exc:
+                    if not is_storage_failure(exc):
+                        raise
+                    self._fail(exc)
+                    return
             self.sink_items += 1
+
+    def _fail(self, exc: BaseException) -> None:
+        """Storage cannot take more (disk full, read-only): stop at once, keep what is stored."""
+        if self.failure is None:
+            self.failure = exc
+            log.error("stopping: %s", exc)
+            self.stop(abort=True)
 
     def _log_error(self, stage: str, exc: BaseException) -> None:
         self._errors_logged += 1
@@ -252,8 +265,3 @@ def _len_or_none(source: Any) -> int | None:
         return len(source)
     except TypeError:
         return None
-
-
-def _metric_name(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)
-

@@ -1,6 +1,7 @@
 """Config: TOML (flat and sectioned), CLI overrides, one-line errors, stable hash, dump round trip."""
 import argparse
 
+import orjson
 import pytest
 
 from engine.config import (Config, ConfigError, add_config_arguments, apply_overrides, config_from_args,
@@ -62,7 +63,7 @@ def test_cli_overrides_file(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("verifier_k = 4\nscoring = true\nmodel = \"m\"\n")
     args = _parser().parse_args(["--config", str(path), "--verifier-k", "2", "--no-scoring",
-                                 "--servers", "http://a:1,http://b:2", "--pass-threshold", "0.75"])
+                                 "--server", "http://a:1", "--server", "http://b:2", "--pass-threshold", "0.75"])
     cfg = config_from_args(args)
     assert (cfg.verifier_k, cfg.scoring, cfg.model, cfg.pass_threshold) == (2, False, "m", 0.75)
     assert cfg.servers == ["http://a:1", "http://b:2"]
@@ -94,3 +95,29 @@ def test_dump_round_trips(tmp_path):
     path = tmp_path / "dump.toml"
     path.write_text(text)
     assert load_config(path) == cfg
+
+
+def test_cli_aliases_secrets_and_help(monkeypatch, capsys):
+    from engine.cli import build_parser, main
+    from engine.job import make_client
+
+    args = _parser().parse_args(["--model-path", "Qwen/Qwen2.5-7B-Instruct", "--api-key", "sk-1"])
+    cfg = config_from_args(args)
+    assert cfg.model == "Qwen/Qwen2.5-7B-Instruct" and cfg.api_key == "sk-1"
+    assert "sk-1" not in cfg.dump() and cfg.public_dict()["api_key"] == "***"
+    assert cfg.api_key not in orjson.dumps(cfg.public_dict()).decode()
+    assert make_client(cfg, ["http://127.0.0.1:9"], "openai")._headers["Authorization"] == "Bearer sk-1"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    assert make_client(Config(), ["http://127.0.0.1:9"], "openai")._headers["Authorization"] == "Bearer sk-env"
+    # one way to give servers: --server, repeated (or A,B)
+    assert config_from_args(_parser().parse_args(["--server", "http://a:1", "--server", "http://b:2,http://c:3"])
+                            ).servers == ["http://a:1", "http://b:2", "http://c:3"]
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--servers", "http://a:1"])
+    capsys.readouterr()
+    run_help = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert "{auto,sglang,openai}" in run_help and "one of: alpaca, sharegpt, trl" in run_help
+    assert "(default: 8)" in run_help and "exit status: 0 completed" in run_help
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("autoif ")

@@ -70,16 +70,63 @@ def test_export_writes_every_format(tmp_path):
     assert read(files["sft_sharegpt"])[0]["conversations"] == [
         {"from": "human", "value": "Describe tea.\n\nDo not use any commas."}, {"from": "gpt", "value": "good"}]
     assert read(files["sft_trl"])[1]["messages"][1] == {"role": "assistant", "content": "fine"}
-    lf = read(files["dpo_llamafactory"])
-    trl = read(files["dpo_trl"])
-    assert [r["provenance"]["level"] for r in lf] == ["instruction", "instruction", "query"]
-    assert lf[2]["conversations"] == [{"from": "human", "value": "Describe tea.\n\nDo not use any commas."}]
-    assert (lf[2]["chosen"], lf[2]["rejected"]) == ({"from": "gpt", "value": "good"}, {"from": "gpt", "value": "zero"})
-    assert trl[0] == {"prompt": [{"role": "user", "content": "Do not use any commas."}],
-                      "chosen": [{"role": "assistant", "content": "a b"}],
-                      "rejected": [{"role": "assistant", "content": "a, b"}], "provenance": lf[0]["provenance"]}
-    assert all(r["provenance"]["config_hash"] == "h123" for r in alpaca + lf)
+    # query-level pairs and instruction-level pairs (from test cases) are separate tables
+    lf, trl = read(files["dpo_llamafactory"]), read(files["dpo_trl"])
+    cases_lf, cases_trl = read(files["dpo_cases_llamafactory"]), read(files["dpo_cases_trl"])
+    assert [r["provenance"]["level"] for r in lf + trl] == ["query", "query"]
+    assert [r["provenance"]["level"] for r in cases_lf + cases_trl] == ["instruction"] * 4
+    assert lf[0]["conversations"] == [{"from": "human", "value": "Describe tea.\n\nDo not use any commas."}]
+    assert (lf[0]["chosen"], lf[0]["rejected"]) == ({"from": "gpt", "value": "good"}, {"from": "gpt", "value": "zero"})
+    assert cases_trl[0] == {"prompt": [{"role": "user", "content": "Do not use any commas."}],
+                            "chosen": [{"role": "assistant", "content": "a b"}],
+                            "rejected": [{"role": "assistant", "content": "a, b"}],
+                            "provenance": cases_lf[0]["provenance"]}
+    assert all(r["provenance"]["config_hash"] == "h123" for r in alpaca + lf + cases_lf)
+    [v] = read(files["verifiers"])
+    assert v["instruction"] == "Do not use any commas." and v["functions"][0]["code"] == FN.code
+    assert v["functions"][0]["accuracy"] == 1.0 and len(v["cases"]) == 5
+    info = orjson.loads(files["dataset_info"].read_bytes())
+    assert info["autoif_dpo_cases_llamafactory"]["file_name"] == "dpo_cases_llamafactory.jsonl"
+    assert info["autoif_sft_alpaca"]["columns"]["response"] == "output"
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_every_file_has_one_schema_and_no_empty_file(tmp_path):
+    """Rows of a file share their keys (provenance included), and a table without rows writes no
+    file: load_dataset("json") infers a schema from the first rows and cannot read 0 bytes."""
+    files = export(tmp_path, [VERIFIED], [result(response("good", 1.0, 9), response("zero", 0.0)),
+                                          result(response("only", 1.0, 9), query="Plan.")], OPTS)
+    for stem, path in files.items():
+        if path.suffix == ".jsonl":
+            rows = read(path)
+            assert rows, stem
+            assert len({orjson.dumps(_keys(r)) for r in rows}) == 1, stem
+    # no pair at all: the DPO files are not written, and a stale one from before is removed
+    (tmp_path / "dpo_trl.jsonl").write_text("old\n")
+    files = export(tmp_path, [], [result(response("only", 1.0, 9))], OPTS)
+    assert "dpo_trl" not in files and not (tmp_path / "dpo_trl.jsonl").exists()
+    assert all(p.stat().st_size > 0 for p in tmp_path.iterdir())
+
+
+def _keys(value):
+    """The shape of a JSON value: its keys, nested, without the values."""
+    if isinstance(value, dict):
+        return {k: _keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_keys(value[0])] if value else []
+    return type(value).__name__ if value is not None else "null"
+
+
+def test_file_modes_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        files = export(tmp_path / "a", [VERIFIED], [result(response("good", 1.0, 9))], OPTS)
+        assert {p.stat().st_mode & 0o777 for p in files.values()} == {0o644}
+        os.umask(0o027)
+        files = export(tmp_path / "b", [VERIFIED], [result(response("good", 1.0, 9))], OPTS)
+        assert {p.stat().st_mode & 0o777 for p in files.values()} == {0o640}
+    finally:
+        os.umask(old)
 
 
 def test_export_options_from_config_and_formats(tmp_path):
@@ -87,7 +134,7 @@ def test_export_options_from_config_and_formats(tmp_path):
     opts = ExportOptions.from_config(cfg)
     assert opts.config_hash == cfg.config_hash() and opts.model == "mm"
     files = export(tmp_path, [], [result(response("good", 1.0, 9))], opts)
-    assert sorted(files) == ["sft_trl"]
+    assert sorted(files) == ["dataset_info", "sft_trl"]
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -103,10 +150,12 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert read(path) == [{"a": 1}] and os.listdir(tmp_path) == ["x.jsonl"]
 
 
-@pytest.mark.skipif(not pyarrow_available(), reason="pyarrow not installed")
-def test_parquet_when_pyarrow(tmp_path):
-    import pyarrow.parquet as pq
+def test_parquet_beside_every_jsonl(tmp_path):
+    import pyarrow.parquet as pq                                    # a dependency, never skipped
+    assert pyarrow_available()
     files = export(tmp_path, [VERIFIED], [result(response("good", 1.0, 9), response("zero", 0.0))], OPTS)
     table = pq.read_table(files["sft_alpaca.parquet"])
     assert table.column("output").to_pylist() == ["good"]
-    assert pq.read_table(files["dpo_trl.parquet"]).num_rows == 3
+    assert pq.read_table(files["dpo_trl.parquet"]).num_rows == 1
+    assert pq.read_table(files["dpo_cases_trl.parquet"]).num_rows == 2
+    assert pq.read_table(files["verifiers.parquet"]).num_rows == 1

@@ -99,3 +99,59 @@ async def test_metrics_served_during_a_run(tmp_path):
         assert not kept or kept[-1] <= summary["funnel"][stage]["kept"]
     # some scrape saw drops counted by reason (the fixture drops at every stage)
     assert any(f["autoif_funnel_dropped"] for _, f in scrapes)
+
+
+async def test_metrics_follow_prometheus_conventions_and_outlive_the_run(tmp_path):
+    """Counters for counts, histograms for latencies and pass rates, labels (not names) per stage
+    and server, retries and errors by server and kind; the final values stay up for
+    --metrics-keep seconds after the run, on the --metrics-host address."""
+    from engine.sim.config import FaultConfig
+
+    port = free_port()
+    async with SimServer(SimConfig(responder="tests.fixtures.autoif_e2e:respond",
+                                   latency=LatencyModel(zero_latency=True),
+                                   faults=FaultConfig(fail_rate=0.3, seed=5))) as sim:
+        cfg = Config(**{**fx.JOB, **fx.write_inputs(tmp_path / "in"), "servers": [sim.url],
+                        "output_dir": str(tmp_path / "run"), "max_retries": 8})
+        task = asyncio.create_task(run_job(cfg, metrics_port=port, metrics_host="0.0.0.0",
+                                           metrics_keep_s=30, progress=False))
+        summary_path = tmp_path / "run" / "summary.json"
+        while not summary_path.exists() and not task.done():
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)                             # the run is over; metrics still served
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+        assert not task.done()
+        task.cancel()                                        # stop lingering
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    import orjson
+    summary = orjson.loads(summary_path.read_bytes())
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    fams = parse(text)
+    types = {name: f.type for name, f in families.items()}
+    for name in ("autoif_llm_requests", "autoif_llm_completion_tokens", "autoif_pool_checks",
+                 "autoif_funnel_items", "autoif_funnel_dropped", "autoif_stage_items",
+                 "autoif_llm_retries", "autoif_llm_attempt_errors", "autoif_llm_request_failures"):
+        assert types[name] == "counter", name
+    for name in ("autoif_llm_request_seconds", "autoif_stage_seconds", "autoif_response_pass_rate",
+                 "autoif_response_score"):
+        assert types[name] == "histogram", name
+    assert not [n for n in families if n.startswith("autoif_queue_depth_")]   # one labelled family
+    # the final values are the run's own
+    for stage, row in summary["funnel"].items():
+        for kind in ("in", "kept", "out"):
+            assert value(fams, "autoif_funnel_items", stage=stage, kind=kind) == row[kind]
+    client = summary["client"]
+    assert client["retries"] > 0 and client["failed"] == 0
+    assert sum(v for _, _, v in fams["autoif_llm_retries"]) == client["retries"]
+    assert {(lab["server"], lab["kind"]): v for _, lab, v in fams["autoif_llm_attempt_errors"]} == \
+        {(sim.url, kind): n for kind, n in client["attempt_errors"].items()}
+    assert value(fams, "autoif_llm_request_seconds", "autoif_llm_request_seconds_count") == client["requests"]
+    dist = summary["distributions"]
+    assert value(fams, "autoif_response_pass_rate", "autoif_response_pass_rate_count") == \
+        sum(dist["pass_rate"]["counts"]) == summary["funnel"]["responses.sample"]["in"]
+    assert value(fams, "autoif_response_pass_rate", "autoif_response_pass_rate_bucket", le="0.5") == \
+        sum(dist["pass_rate"]["counts"][:6])                 # le buckets: 0, .1, ... .5 inclusive
+    assert value(fams, "autoif_response_score", "autoif_response_score_sum") == dist["score"]["sum"] > 0

@@ -80,8 +80,9 @@ async def test_chain_end_to_end_and_resume(tmp_path):
         sft = [orjson.loads(x) for x in files["sft_trl"].read_bytes().splitlines()]
         assert len(sft) == 6 and {m["messages"][1]["content"] for m in sft} == {"sure thing and that is done"}
         dpo = [orjson.loads(x) for x in files["dpo_llamafactory"].read_bytes().splitlines()]
-        levels = [d["provenance"]["level"] for d in dpo]
-        assert levels.count("instruction") == 3 and levels.count("query") == 6
+        cases = [orjson.loads(x) for x in files["dpo_cases_llamafactory"].read_bytes().splitlines()]
+        assert [d["provenance"]["level"] for d in dpo] == ["query"] * 6
+        assert [d["provenance"]["level"] for d in cases] == ["instruction"] * 3
         assert {d["rejected"]["value"] for d in dpo if d["provenance"]["level"] == "query"} == {"Sure, Thing"}
         assert all(d["provenance"]["config_hash"] == cfg.config_hash() for d in dpo)
         stored = store.count_records()

@@ -254,7 +254,7 @@ async def test_killed_actor_is_replaced_and_resumes(cluster, reference, tmp_path
                        "autoif_pool_busy_fraction", "autoif_queue_depth", "autoif_funnel_items",
                        "autoif_funnel_dropped"):
             assert family in seen, family
-        assert 'autoif_funnel_items{kind="in",stage="verifiers"}' in seen
+        assert 'autoif_funnel_items_total{kind="in",stage="verifiers"}' in seen   # a counter
         assert_same_as_reference(run_dir, summary, reference)
         # the new actor sent exactly the requests shard k had no answer for: every answered
         # one came from its state file, none went to the server twice

@@ -67,6 +67,11 @@ def test_pngs_and_page(report):
         img = mpimg.imread(png)
         assert img.shape[0] > 200 and img.shape[1] > 400, (name, img.shape)
         assert img[..., :3].std() > 0.02, f"{name} is blank"
+    # the pass-rate buckets at or below the threshold (kept only when MORE) are coloured dropped
+    dist = report["summary"]["distributions"]["pass_rate"]
+    assert dist["le"][5] == 0.5 and sum(dist["counts"][:6]) > 0
+    rgb = mpimg.imread(out / "pass_rate.png")[..., :3]
+    assert ((rgb[..., 0] > 0.75) & (rgb[..., 1] < 0.25) & (rgb[..., 2] < 0.25)).mean() > 0.001
     # one self-contained file: nothing is fetched from anywhere
     assert not re.search(r'(src|href)="(https?:)?//', page)
 
@@ -91,6 +96,25 @@ def test_page_shows_the_run(report):
     assert {"tok_s", "chk_s", "pool_busy"} <= set(series[-1]) and any(k.startswith("q_") for k in series[-1])
 
 
+def test_page_has_the_run_exports_yield_and_samples(report):
+    """The run's model, config and hash; export row counts per file (counted from the files);
+    a per-instruction yield table; sample records with their verifier code, kept and dropped."""
+    summary, page = report["summary"], report["page"].read_text(encoding="utf-8")
+    assert summary["model"] and f"<code>{htmllib.escape(summary['model'])}</code>" in page
+    assert f"<code>{summary['config_hash']}</code>" in page
+    assert "every item reached a verdict" in page and "<summary>configuration" in page
+    exports = report["run_dir"] / "exports"
+    shown = {name: int(n) for name, n in re.findall(r"<tr><td><code>([\w.]+)</code></td><td>(\d+)</td>", page)}
+    assert shown == {p.name: len(p.read_bytes().splitlines()) for p in exports.glob("*.jsonl")}
+    assert shown["sft_alpaca.jsonl"] > 0 and shown["verifiers.jsonl"] > 0
+    verifiers = [orjson.loads(line) for line in (exports / "verifiers.jsonl").read_bytes().splitlines()]
+    yield_table = page.split("<h2>Yield per instruction</h2>")[1].split("<h2>")[0]
+    assert all(htmllib.escape(v["instruction"]) in yield_table for v in verifiers)
+    samples = page.split("<h2>Sample records</h2>")[1].split("<h2>")[0]
+    assert samples.count("class=sample") >= 1 and "<pre class=code>def evaluate(response" in samples
+    assert "<b>kept</b>" in samples and "<b>dropped</b>" in samples
+
+
 def test_report_of_a_missing_run_says_why(tmp_path):
     proc = cli("report", str(tmp_path / "nothing"))
     assert proc.returncode == 1
@@ -108,7 +132,7 @@ def test_page_renders_in_headless_chromium(report, tmp_path):
     assert f'data-images-loaded="{len(CHARTS)} of {len(CHARTS)}"' in dom.stdout, dom.stdout[:500]
     assert "autoif run report" in dom.stdout
 
-    shot = tmp_path / "page.png"
+    shot = Path(os.environ.get("AUTOIF_REPORT_SHOT", tmp_path / "page.png"))   # keep it to look at
     proc = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-shot'}",
                            "--window-size=1280,2000", "--hide-scrollbars", f"--screenshot={shot}", url],
                           capture_output=True, text=True, timeout=90)

@@ -134,7 +134,10 @@ EXPECTED_DPO = {  # (prompt, chosen, rejected) -> level
     (prompt(fx.Q_TEA, fx.S3), "brew the tea and then you are done", "tea " * 40): "query",
 }
 
-JSONL_STEMS = {"sft_alpaca", "sft_sharegpt", "sft_trl", "dpo_llamafactory", "dpo_trl"}
+JSONL_STEMS = {"sft_alpaca", "sft_sharegpt", "sft_trl", "dpo_llamafactory", "dpo_trl",
+               "dpo_cases_llamafactory", "dpo_cases_trl", "verifiers"}
+DPO_FILES = {"dpo_llamafactory": "query", "dpo_trl": "query",          # file -> its one level
+             "dpo_cases_llamafactory": "instruction", "dpo_cases_trl": "instruction"}
 
 
 def job_config(tmp_path: Path, **extra) -> Config:
@@ -155,7 +158,7 @@ def sft_view(stem: str, rec: dict) -> tuple[str, str]:
 
 
 def dpo_view(stem: str, rec: dict) -> tuple[str, str, str]:
-    if stem == "dpo_llamafactory":
+    if stem.endswith("llamafactory"):
         [human] = rec["conversations"]
         assert human["from"] == "human" and rec["chosen"]["from"] == rec["rejected"]["from"] == "gpt"
         return human["value"], rec["chosen"]["value"], rec["rejected"]["value"]
@@ -190,15 +193,17 @@ def check_exports(run_dir: Path, cfg: Config) -> None:
             assert prov["score"] == EXPECTED_SFT[(p, response)] and prov["pass_rate"] == 1.0
             assert prov["model"] and prov["config_hash"] == cfg.config_hash()
             assert isinstance(prov["response_id"], str) and prov["response_id"]
-    for stem in ("dpo_llamafactory", "dpo_trl"):
+    for stem, level in DPO_FILES.items():
         rows = read_jsonl(run_dir / "exports" / f"{stem}.jsonl")
         views = [dpo_view(stem, r) for r in rows]
-        assert len(views) == len(set(views)) == len(EXPECTED_DPO), stem
-        assert set(views) == set(EXPECTED_DPO), stem
+        expected = {k for k, v in EXPECTED_DPO.items() if v == level}
+        assert len(views) == len(set(views)) == len(expected), stem
+        assert set(views) == expected, stem
+        assert len({tuple(sorted(r["provenance"])) for r in rows}) == 1, stem   # one schema
         for r, (p, chosen, rejected) in zip(rows, views):
             prov = r["provenance"]
             assert chosen != rejected
-            assert prov["level"] == EXPECTED_DPO[(p, chosen, rejected)]
+            assert prov["level"] == level
             instruction = instruction_of(p)
             assert prov["instruction_id"] == ids[instruction]
             assert prov["function_ids"] == [Verifier(c).id for c in KEPT_FUNCTIONS[instruction]]
@@ -209,7 +214,17 @@ def check_exports(run_dir: Path, cfg: Config) -> None:
                 assert prov["pass_rate"] == 1.0 and prov["rejected_pass_rate"] == 0.0
                 assert prov["score"] >= 8
             else:
-                assert prov["query_id"] is None and prov["pass_rate"] is None
+                assert "query_id" not in prov and "pass_rate" not in prov
+    verifiers = read_jsonl(run_dir / "exports" / "verifiers.jsonl")
+    assert {v["instruction"]: [f["code"] for f in v["functions"]] for v in verifiers} == KEPT_FUNCTIONS
+    for v in verifiers:
+        assert v["instruction_id"] == ids[v["instruction"]] and v["cases"]
+        assert all(0.5 < f["accuracy"] <= 1.0 for f in v["functions"])
+        assert all(isinstance(c["input"], str) and isinstance(c["expected"], bool) for c in v["cases"])
+    info = orjson.loads((run_dir / "exports" / "dataset_info.json").read_bytes())
+    assert {e["file_name"] for e in info.values()} == {
+        f"{s}.jsonl" for s in JSONL_STEMS - {"verifiers", "dpo_trl", "dpo_cases_trl"}}
+    assert info["autoif_dpo_llamafactory"]["ranking"] is True
 
 
 async def test_run_job_funnel_exports_and_rerun(tmp_path):
@@ -268,7 +283,7 @@ def test_cli_backend_sim_demo(tmp_path):
     lines = proc.stderr.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:4] == ["stage", "in", "kept", "out"])
     printed = {line.split()[0]: [int(x) for x in line.split()[1:4]]
-               for line in lines[header + 1: header + 1 + len(funnel)]}
+               for line in lines[header + 1:] if line.split() and line.split()[0] in funnel}
     assert printed == {s: [r["in"], r["kept"], r["out"]] for s, r in funnel.items()}
     # the bundled fixture walks the whole funnel: every stage keeps something, and the filters
     # bite where AutoIF says they should (hostile and wrong verifiers, a contradicted
@@ -282,9 +297,11 @@ def test_cli_backend_sim_demo(tmp_path):
     for stem in JSONL_STEMS:
         rows = read_jsonl(out / "exports" / f"{stem}.jsonl")
         assert rows, stem
-        if stem.startswith("dpo"):
+        if stem in DPO_FILES:
             assert all(dpo_view(stem, r)[1] != dpo_view(stem, r)[2] for r in rows)
-            assert {r["provenance"]["level"] for r in rows} == {"instruction", "query"}
+            assert {r["provenance"]["level"] for r in rows} == {DPO_FILES[stem]}
+        elif stem == "verifiers":
+            assert all(r["functions"] and r["cases"] for r in rows)
         else:
             assert all(sft_view(stem, r)[1] for r in rows)
             assert all(r["provenance"]["score"] >= 8 for r in rows)

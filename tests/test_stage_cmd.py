@@ -127,7 +127,7 @@ def test_score_then_export(tmp_path, monkeypatch, capsys):
     assert main(["stage", "export", "--input", str(both), "--output", str(out_dir)]) == 0
     sft = read(out_dir / "sft_alpaca.jsonl")
     assert [(r["instruction"], r["output"]) for r in sft] == [("Describe tea.\n\nUse no commas.", "tea is warm")]
-    dpo = read(out_dir / "dpo_trl.jsonl")
+    dpo = read(out_dir / "dpo_cases_trl.jsonl") + read(out_dir / "dpo_trl.jsonl")
     assert [(d["provenance"]["level"], d["chosen"][0]["content"], d["rejected"][0]["content"]) for d in dpo] == [
         ("instruction", "a b", "a, b"), ("query", "tea is warm", "tea, hot")]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -51,6 +52,8 @@ class Server:
     attempts: int = 0
     successes: int = 0
     failures: int = 0
+    retries: int = 0                     # attempts sent here that retried an earlier one
+    errors: Counter = field(default_factory=Counter)   # failed attempts here, by kind
     probing: bool = False
     hash: int = field(init=False)
 
@@ -60,7 +63,8 @@ class Server:
     def snapshot(self) -> dict:
         return {"outstanding": self.outstanding, "healthy": self.healthy,
                 "attempts": self.attempts, "successes": self.successes,
-                "failures": self.failures, "consecutive_failures": self.consecutive_failures}
+                "failures": self.failures, "consecutive_failures": self.consecutive_failures,
+                "retries": self.retries, "errors": dict(self.errors)}
 
 
 class Balancer:

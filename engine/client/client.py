@@ -11,8 +11,10 @@ capped exponential backoff and full jitter, on another server when there is one.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import random
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from engine.llm import Completion, Message, SamplingParams
 log = logging.getLogger("engine.client")
 
 _DEFAULT_PARAMS = SamplingParams()
+REQUEST_SECONDS_LE = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _JSON_HEADERS = {"Content-Type": "application/json"}
 APIS = ("auto", "sglang", "openai")
 
@@ -51,6 +54,14 @@ class ClientStats:
     completion_tokens: int = 0
     failures: Counter = field(default_factory=Counter)        # final failures by kind
     attempt_errors: Counter = field(default_factory=Counter)  # every failed attempt by kind
+    # seconds from call to answer (or final failure) of each logical request, retries included:
+    # counts per bucket of REQUEST_SECONDS_LE (upper bounds, inclusive; the last is +Inf)
+    latency: list = field(default_factory=lambda: [0] * (len(REQUEST_SECONDS_LE) + 1))
+    latency_sum: float = 0.0
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latency[bisect.bisect_left(REQUEST_SECONDS_LE, seconds)] += 1
+        self.latency_sum += seconds
 
 
 @dataclass(slots=True)
@@ -235,6 +246,7 @@ class LLMClient:
                     st.retries += 1
                     await asyncio.sleep(self.retry.backoff(attempt, self._rng, last and last.retry_after))
                 server = self.balancer.pick(key, avoid)
+                server.retries += bool(attempt)
                 try:
                     async with Slot(self._sem, server):
                         st.attempts += 1
@@ -288,6 +300,7 @@ class LLMClient:
         st = self._stats
         st.requests += 1
         st.in_flight += 1
+        t0 = time.perf_counter()
         try:
             api = self._resolved_api or await self._api()
             if call.n > 1 and api == "openai" and not self._n_native:
@@ -314,12 +327,14 @@ class LLMClient:
         except RequestFailed as exc:
             st.failed += 1
             st.failures[exc.kind] += 1
+            st.observe_latency(time.perf_counter() - t0)
             raise
         except asyncio.CancelledError:
             st.cancelled += 1
             raise
         finally:
             st.in_flight -= 1
+        st.observe_latency(time.perf_counter() - t0)
         self._count_success(result)
         return result
 
@@ -349,7 +364,8 @@ class LLMClient:
                 st.retries += 1
                 await asyncio.sleep(policy.backoff(attempt, self._rng, last.retry_after if last else None))
             server = self.balancer.pick(call.key, avoid)
-            # the in-flight slot (transport.Slot), inlined: this is the per-request hot path
+            server.retries += bool(attempt)
+            # the in-flight slot, inlined (this is the per-request hot path; see transport.Slot)
             await sem.acquire()
             server.outstanding += 1
             server.attempts += 1
@@ -452,6 +468,7 @@ class LLMClient:
     # -- accounting ---------------------------------------------------------------------
     def _attempt_failed(self, server: Server, err: AttemptError) -> None:
         self._stats.attempt_errors[err.kind] += 1
+        server.errors[err.kind] += 1
         if err.server_fault and self.balancer.record_failure(server):
             log.warning("server %s out of rotation after %d failures (%s)",
                         server.url, server.consecutive_failures, err.reason)
@@ -481,6 +498,9 @@ class LLMClient:
             "n_fallbacks": st.n_fallbacks, "failures": dict(st.failures),
             "attempt_errors": dict(st.attempt_errors),
             "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
+            # request seconds per bucket upper bound (a dict, so shards' stats add up key by key)
+            "latency": {"buckets": dict(zip([f"{le:g}" for le in REQUEST_SECONDS_LE] + ["+Inf"], st.latency)),
+                        "sum": round(st.latency_sum, 6)},
             "api": self._resolved_api or self.api,
             "servers": {s.url: s.snapshot() for s in self.balancer.servers},
         }

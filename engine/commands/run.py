@@ -1,7 +1,7 @@
 """`autoif run`: the whole AutoIF pipeline as one streaming job, resumable from its run directory.
 
 Where the answers come from (first that applies):
-  --server URL (repeatable) / `servers` in the config: servers you already run;
+  --server URL (repeat for several) / `servers` in the config: servers you already run;
   --backend sim: the built-in SGLang simulator (a test double) with AutoIF-shaped answers;
   otherwise: the embedded llama.cpp server with its small model (pip extra `embedded`).
 
@@ -19,21 +19,27 @@ from engine.aio import install_uvloop
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.distributed import add_arguments as add_ray_arguments, run_ray
 from engine.job import DEMO, JobError, run_job
+from engine.outcome import EXIT_CODES_HELP, EXIT_USAGE, exit_code
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", action="append", metavar="URL", default=None,
-                        help="LLM server base URL (repeatable); none given: start a server")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXIT_CODES_HELP
     parser.add_argument("--backend", choices=("embedded", "sim"), default="embedded",
                         help="server to start when no --server is given (default: embedded llama.cpp)")
     parser.add_argument("--demo", action="store_true",
                         help="a small job: a few seed instructions and queries, small K and N")
     parser.add_argument("--mode", choices=("full", "online-dpo"), default="full",
                         help="online-dpo: repeat responses/scoring/export against the policy server")
-    parser.add_argument("--rounds", type=int, default=1, help="online-dpo rounds")
+    parser.add_argument("--rounds", type=int, default=1, help="online-dpo rounds (default: 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus metrics on 127.0.0.1:PORT while running")
+                        help="serve Prometheus metrics on --metrics-host:PORT while running (default: off)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                        help="address the metrics server binds (default: 127.0.0.1; 0.0.0.0: every interface)")
+    parser.add_argument("--metrics-keep", type=float, default=0.0, metavar="SECONDS",
+                        help="after the run, keep serving its final metrics this long; -1: until "
+                             "Ctrl-C (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     add_ray_arguments(parser)                 # --ray [ADDRESS], --shards, ...: engine/distributed
     add_config_arguments(parser)
@@ -44,8 +50,6 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if args.demo:
         given = {k for k in DEMO if hasattr(args, k)}  # explicit flags still win over the demo sizes
         cfg = replace(cfg, **{k: v for k, v in DEMO.items() if k not in given})
-    if args.server:
-        cfg = replace(cfg, servers=list(args.server))
     return cfg
 
 
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = resolve_config(args)
     except ConfigError as exc:
         print(f"autoif run: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.dry_run:
         print(cfg.dump())
         return 0
@@ -65,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(run_job(cfg, backend=args.backend, mode=args.mode, rounds=args.rounds,
                                      demo=args.demo, metrics_port=args.metrics_port,
+                                     metrics_host=args.metrics_host, metrics_keep_s=args.metrics_keep,
                                      progress=not args.no_progress))
     except JobError as exc:
         print(f"autoif run: {exc}", file=sys.stderr)
-        return 1
-    return 0 if result.get("stopped") in ("completed", "drained") else 1
+        return exc.exit_code
+    return exit_code(result)

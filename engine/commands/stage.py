@@ -53,9 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, metavar="FILE", help="input JSONL")
     parser.add_argument("--output", required=True, metavar="PATH",
                         help="output JSONL (for export: a directory)")
-    parser.add_argument("--server", action="append", metavar="URL",
-                        help="LLM server URL (repeatable; overrides the config's servers)")
-    add_config_arguments(parser)
+    add_config_arguments(parser)             # --server URL (repeatable) among them
 
 
 def _err(message: str) -> None:
@@ -275,8 +273,6 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
-        if args.server:
-            cfg.servers = list(args.server)
     except ConfigError as exc:
         _err(str(exc))
         return 2

@@ -14,6 +14,7 @@ import sys
 
 from engine.distributed.driver import run_sharded
 from engine.job import JobError
+from engine.outcome import exit_code
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,11 +44,11 @@ def run_ray(cfg, args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(run_sharded(
             cfg, shards=args.shards, backend=args.backend, demo=args.demo,
-            address=args.ray or None, metrics_port=args.metrics_port,
+            address=args.ray or None, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
             progress=not args.no_progress, shard_cpus=args.shard_cpus, shard_gpus=args.shard_gpus,
             node_serve=args.node_serve, node_serve_args=shlex.split(args.node_serve_args or ""),
             max_restarts=args.max_shard_restarts))
     except JobError as exc:
         print(f"autoif run: {exc}", file=sys.stderr)
-        return 1
-    return 0 if result.get("stopped") == "completed" else 1
+        return exc.exit_code
+    return exit_code(result)

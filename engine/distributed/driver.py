@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from engine.config import Config
-from engine.job import DEMO_SEEDS, JobError, export_run, open_store, write_summary
-from engine.stages import BackTranslateStage, load_queries, load_seed_instructions
+from engine.job import (DEMO_SEEDS, JobError, export_run, model_name, open_store, preflight,
+                        write_summary)
+from engine.stages import BackTranslateStage
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
 from engine.records import Instruction, QueryResult, VerifiedInstruction
 from engine.report.observe import Distributions
@@ -115,6 +116,7 @@ class Driver:
 
     def __init__(self, cfg: Config, *, shards: int | None = None, backend: str = "embedded",
                  demo: bool = False, address: str | None = None, metrics_port: int | None = None,
+                 metrics_host: str = "127.0.0.1",
                  progress: bool = True, shard_cpus: float = 1.0, shard_gpus: float = 0.0,
                  node_serve: str | None = None, node_serve_args: Sequence[str] = (),
                  max_restarts: int = 3) -> None:
@@ -124,6 +126,7 @@ class Driver:
         self.demo = demo
         self.address = address
         self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
         self.progress = progress
         self.shard_cpus = shard_cpus
         self.shard_gpus = shard_gpus
@@ -197,6 +200,7 @@ class Driver:
 
         self._connect()
         n = self.n
+        seeds, queries = preflight(self.cfg, self.run_dir)   # refused in one line before any work
         store = open_store(self.cfg, self.run_dir)
         old = store.get_meta("shards")
         if old is not None and int(old) != n or (existing_shard_counts(self.run_dir) - {n}):
@@ -206,11 +210,6 @@ class Driver:
                            "(each shard's answers are cached in its own state file)")
         store.set_meta("shards", str(n))
         try:
-            try:
-                seeds = load_seed_instructions(self.cfg.seeds_path or None)
-                queries = load_queries(self.cfg.queries_path or None)
-            except (OSError, ValueError) as exc:
-                raise JobError(f"inputs: {exc}") from None
             if self.demo:
                 seeds = seeds[:DEMO_SEEDS]
             return await self._run(store, seeds, queries)
@@ -228,11 +227,12 @@ class Driver:
         self.series = TimeSeries(interval_s=SAMPLE_S)      # t = 0 when the work starts
         metrics = RunMetrics()
         funnel_now = lambda: self._merged_funnel(live=True).to_dict()  # noqa: E731
-        LiveCollector(stats=self._stats_now, point=lambda: self.series.points[-1] if self.series.points else {},
-                      queues=self._queues_now, funnel=funnel_now).register(metrics)
+        metrics.attach(LiveCollector(stats=self._stats_now,
+                                     point=lambda: self.series.points[-1] if self.series.points else {},
+                                     queues=self._queues_now, funnel=funnel_now))
         if self.metrics_port:
-            metrics.serve(self.metrics_port)
-            log.info("metrics at http://127.0.0.1:%d/metrics", self.metrics_port)
+            metrics.serve(self.metrics_port, self.metrics_host)
+            log.info("metrics at http://%s:%d/metrics", self.metrics_host, self.metrics_port)
         sampler = asyncio.create_task(self._sample(t0))
         self._store = store
         try:
@@ -398,13 +398,17 @@ class Driver:
             "pool": _sum_numbers([s.get("pool", {}) for s in shards]),
             "timeseries": self.series.to_list(),
             "distributions": Distributions.merge([s.get("distributions", {}) for s in shards]),
-            "config": self.cfg.to_dict(),
+            "config": self.cfg.public_dict(),
             "ray": {"shards": self.n, "restarts": dict(self.restarts),
                     "instructions_per_shard": [s.get("instructions", 0) for s in shards]},
             "shards": [{k: s.get(k) for k in ("shard", "node", "instructions", "wall_s", "sink_items",
                                                "stopped", "replayed", "t0", "client", "pool",
                                                "timeseries")} for s in shards],
         }
+        served = next((p.get("model") for p in [augment, *shards] if p.get("model")), None)
+        if served and not store.get_meta("served_model"):
+            store.set_meta("served_model", served)     # the name the shards' servers reported
+        summary.update(model=model_name(self.cfg, store), config_hash=self.cfg.config_hash())
         store.save_funnel(summary["funnel"])
         files = export_run(self.cfg, store, self.run_dir / "exports")
         summary["exports"] = {k: str(v) for k, v in files.items()}

@@ -64,9 +64,10 @@ async def _phase(cfg: Config, backend: str, directory: Path, store: Any, events:
     async with open_engine(cfg, backend, directory, store, pool_needed=pool_needed) as (client, pool, ctx):
         tick = asyncio.create_task(_ticker(events, ctx.funnel, series))
         try:
-            return await run_stages(cfg, stages, source, ctx, client=client, pool=pool,
-                                    run_dir=directory, metrics_port=None, progress=False, sink=sink,
-                                    series=series)
+            summary = await run_stages(cfg, stages, source, ctx, client=client, pool=pool,
+                                       run_dir=directory, progress=False, sink=sink, series=series)
+            summary["model"] = store.get_meta("served_model") or ""   # for the driver's provenance
+            return summary
         finally:
             tick.cancel()
 

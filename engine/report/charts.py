@@ -17,8 +17,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 KEPT = "#2e8b57"
+DROPPED = "#d62728"
+MIXED = "#e0a030"
 GEN = "#1f77b4"
 POOL = "#ff7f0e"
 DPI = 110
@@ -142,20 +145,37 @@ def queues_chart(series: list[dict], path: Path) -> Path:
 
 
 def pass_rate_chart(dist: dict, path: Path, threshold: float | None = None) -> Path:
+    """Buckets by upper bound (0 exactly, (0, .1], ... (.9, 1]); a response is kept when its
+    pass rate is MORE than the threshold, so buckets at or below it are coloured dropped."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     pr = (dist or {}).get("pass_rate") or {}
     counts = pr.get("counts") or []
-    if not sum(counts):
+    if not sum(counts) or "le" not in pr:
         _empty(ax, "no responses graded")
         return _save(fig, path)
-    edges = pr["edges"]
-    ax.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges[:-1], edges[1:])], align="edge",
-           color=KEPT, edgecolor="white")
+    le = pr["le"]
+    lows = [le[0] - 0.1] + le[:-1]                   # the bucket "exactly 0" is drawn left of 0
+    colours = []
+    for lo, hi in zip(lows, le):
+        if threshold is None or lo >= threshold:
+            colours.append(KEPT)
+        elif hi <= threshold:
+            colours.append(DROPPED)
+        else:
+            colours.append(MIXED)                    # the threshold falls inside this bucket
+    ax.bar(lows, counts, width=[hi - lo for lo, hi in zip(lows, le)], align="edge",
+           color=colours, edgecolor="white")
+    handles = [Patch(color=KEPT, label="kept"), Patch(color=DROPPED, label="dropped")]
+    if MIXED in colours:
+        handles.append(Patch(color=MIXED, label="both"))
     if threshold is not None:
-        ax.axvline(threshold, color="#c00", linestyle="--", label=f"pass threshold {threshold:g}")
-        ax.legend(fontsize=8)
+        handles.append(ax.axvline(threshold, color="#c00", linestyle="--",
+                                  label=f"kept when > {threshold:g}"))
+    ax.legend(handles=handles, fontsize=8, loc="upper center")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlim(0, 1)
+    ax.set_xlim(-0.1, 1)
+    ax.set_xticks([-0.05] + [round(x / 10, 1) for x in range(1, 11)])
+    ax.set_xticklabels(["0"] + [f"{x / 10:g}" for x in range(1, 11)], fontsize=8)
     ax.set_xlabel("pass rate (share of the instruction's functions that accept the response)")
     ax.set_ylabel("responses")
     ax.set_title(f"Pass rates of {sum(counts)} responses")
@@ -170,7 +190,7 @@ def score_chart(dist: dict, path: Path, score_min: int | None = None) -> Path:
         _empty(ax, "no responses scored")
         return _save(fig, path)
     values = sc["values"]
-    colours = ["#999" if v == 0 else (KEPT if score_min is None or v >= score_min else "#d62728")
+    colours = ["#999" if v == 0 else (KEPT if score_min is None or v >= score_min else DROPPED)
                for v in values]
     ax.bar(values, counts, color=colours, edgecolor="white")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))

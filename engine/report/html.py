@@ -7,6 +7,7 @@ histograms fall back to the responses stored in RUN_DIR/state.sqlite (the kept r
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import time
 from pathlib import Path
@@ -16,8 +17,11 @@ import orjson
 
 from engine.config import Config
 from engine.errors import ReportError
-from engine.records import QueryResult
+from engine.export import usable
+from engine.outcome import closing_lines
+from engine.records import QueryResult, VerifiedInstruction
 from engine.report.observe import Distributions
+from engine.stages import BackTranslateStage
 from engine.state import StateStore
 
 
@@ -46,6 +50,58 @@ def stored_distributions(run_dir: Path) -> dict:
         finally:
             store.close()
     return dists.to_dict()
+
+
+def export_rows(run_dir: Path) -> list[tuple[str, int, int]]:
+    """(file, rows, bytes) of each JSONL export, counted from the files themselves."""
+    out = []
+    for path in sorted((run_dir / "exports").glob("*.jsonl")):
+        with open(path, "rb") as fh:
+            rows = sum(1 for line in fh if line.strip())
+        out.append((path.name, rows, path.stat().st_size))
+    return out
+
+
+@dataclasses.dataclass
+class Stored:
+    """What the run directory's state holds for the report: the verified instructions and the
+    final results (every sampled response of each, kept or not)."""
+
+    instructions: list
+    results: list
+
+
+def stored_records(run_dir: Path) -> Stored:
+    db = run_dir / "state.sqlite"
+    if not db.exists():
+        return Stored([], [])
+    store = StateStore(db)
+    try:
+        verified = store.iter_records(VerifiedInstruction, BackTranslateStage.name)
+        return Stored(list({v.instruction.id: v for v in verified}.values()),
+                      list(store.iter_records(QueryResult, "final")))
+    finally:
+        store.close()
+
+
+def yield_rows(stored: Stored, score_min: int) -> list[dict]:
+    """Per verified instruction: its functions and cases, the queries whose results were kept,
+    the responses sampled for them, how many passed, and how many made an SFT example."""
+    by_id: dict[str, dict] = {}
+    for v in stored.instructions:
+        by_id[v.instruction.id] = {"instruction": v.instruction.text, "functions": len(v.functions),
+                                   "cases": len(v.cases), "queries": 0, "sampled": 0, "passed": 0,
+                                   "usable": 0}
+    for result in stored.results:
+        inst = result.task.instruction
+        row = by_id.setdefault(inst.instruction.id, {
+            "instruction": inst.instruction.text, "functions": len(inst.functions),
+            "cases": len(inst.cases), "queries": 0, "sampled": 0, "passed": 0, "usable": 0})
+        row["queries"] += 1
+        row["sampled"] += len(result.responses)
+        row["passed"] += sum(r.passed for r in result.responses)
+        row["usable"] += sum(usable(r, score_min) for r in result.responses)
+    return sorted(by_id.values(), key=lambda r: (-r["usable"], r["instruction"]))
 
 
 def _img(path: Path, alt: str) -> str:
@@ -84,6 +140,76 @@ def _facts(summary: dict) -> list[tuple[str, str]]:
     return facts
 
 
+def _esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _run_section(summary: dict, cfg: dict) -> str:
+    lost = closing_lines(summary)
+    status = ("<p class=bad>" + "<br>".join(_esc(line) for line in lost) + "</p>") if lost else \
+        "<p class=good>every item reached a verdict</p>"
+    rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in cfg.items())
+    return (f"<dl><dt>model</dt><dd><code>{_esc(summary.get('model') or cfg.get('model', '?'))}</code></dd>"
+            f"<dt>config hash</dt><dd><code>{_esc(summary.get('config_hash', '?'))}</code></dd></dl>"
+            f"{status}<details><summary>configuration ({len(cfg)} settings)</summary>"
+            f"<table class=cfg><tbody>{rows}</tbody></table></details>")
+
+
+def _exports_section(files: list[tuple[str, int, int]]) -> str:
+    if not files:
+        return "<p>no export files</p>"
+    rows = "".join(f"<tr><td><code>{_esc(name)}</code></td><td>{n}</td><td>{size / 1024:.1f} KiB</td></tr>"
+                   for name, n, size in files)
+    return f"<table class=exports><thead><tr><th>file</th><th>rows</th><th>size</th></tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _yield_section(rows: list[dict], limit: int = 50) -> str:
+    if not rows:
+        return "<p>no verified instructions stored</p>"
+    body = []
+    for r in rows[:limit]:
+        rate = f"{r['usable'] / r['sampled']:.0%}" if r["sampled"] else "&ndash;"
+        body.append(f"<tr><td class=text>{_esc(r['instruction'])}</td><td>{r['functions']}</td>"
+                    f"<td>{r['cases']}</td><td>{r['queries']}</td><td>{r['sampled']}</td>"
+                    f"<td>{r['passed']}</td><td>{r['usable']}</td><td>{rate}</td></tr>")
+    more = f"<p>{len(rows) - limit} more not shown</p>" if len(rows) > limit else ""
+    return ("<table class=yield><thead><tr><th>instruction</th><th>functions</th><th>cases</th>"
+            "<th>queries kept</th><th>responses</th><th>passed</th><th>usable (SFT)</th><th>yield</th>"
+            "</tr></thead><tbody>" + "".join(body) + "</tbody></table>" + more)
+
+
+def _samples_section(stored: Stored, pass_threshold: float, score_min: int, n: int = 3) -> str:
+    """A few results: the instruction, its verifier code, and one kept and one dropped response."""
+    # one result per instruction, each with a kept and a dropped response to set side by side
+    both = [r for r in stored.results if any(usable(x, score_min) for x in r.responses)
+            and any(not usable(x, score_min) for x in r.responses)]
+    picked = list({r.task.instruction.instruction.id: r for r in reversed(both)}.values())[:n]
+    if not picked:
+        picked = stored.results[:n]
+    if not picked:
+        return "<p>no results stored</p>"
+    out = []
+    for result in picked:
+        inst = result.task.instruction
+        code = "".join(f"<pre class=code>{_esc(f.code)}</pre><p class=note>accuracy {acc:.2f}</p>"
+                       for f, acc in inst.functions)
+        responses = []
+        for label, cls, keep in (("kept", "good", True), ("dropped", "bad", False)):
+            r = next((x for x in result.responses if usable(x, score_min) == keep), None)
+            if r is None:
+                continue
+            why = "" if keep else (f" (pass rate {r.pass_rate:.2f}, kept when &gt; {pass_threshold:g})"
+                                   if not r.passed else f" (score {r.score}, kept at &ge; {score_min})")
+            responses.append(f"<p class={cls}><b>{label}</b>: pass rate {r.pass_rate:.2f}, score "
+                             f"{_esc(r.score if r.score is not None else '-')}{why}</p>"
+                             f"<pre class=resp>{_esc(r.text[:1200])}</pre>")
+        out.append(f"<div class=sample><p><b>instruction</b>: {_esc(inst.instruction.text)}</p>"
+                   f"<p><b>query</b>: {_esc(result.task.query[:400])}</p>"
+                   f"<details open><summary>verifier code ({len(inst.functions)} function(s))</summary>"
+                   f"{code}</details>{''.join(responses)}</div>")
+    return "".join(out)
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
 h1{font-size:1.5rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
@@ -92,6 +218,10 @@ td:first-child,th:first-child,td:last-child,th:last-child{text-align:left} tr.su
 dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem} dt{font-weight:600}
 img{max-width:100%;height:auto;border:1px solid #eee} .pair{display:flex;gap:1rem;flex-wrap:wrap}
 .pair img{max-width:49%} footer{margin-top:2rem;color:#888;font-size:.8rem}
+.good{color:#2e7d32} .bad{color:#c62828} td.text{text-align:left;max-width:40rem}
+pre{background:#f6f6f6;padding:.5rem;overflow-x:auto;font-size:.8rem;white-space:pre-wrap}
+pre.resp{border-left:3px solid #ccc} .sample{border:1px solid #ddd;padding:.2rem .8rem;margin:.8rem 0}
+.note{color:#666;font-size:.8rem;margin-top:-.5rem} table.cfg td{text-align:left}
 """
 
 # Marks the body once every image has decoded (data-images-loaded="N of M"), so a headless
@@ -105,11 +235,11 @@ window.addEventListener('load', function () {
 """
 
 
-def render_page(run_dir: Path, summary: dict, pngs: dict[str, Path]) -> str:
+def render_page(run_dir: Path, summary: dict, pngs: dict[str, Path], cfg: dict | None = None,
+                stored: Stored | None = None) -> str:
+    cfg = cfg or {**Config().public_dict(), **(summary.get("config") or {})}
+    stored = stored or Stored([], [])
     facts = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _facts(summary))
-    exports = summary.get("exports") or {}
-    export_list = "".join(f"<li>{html.escape(k)}: <code>{html.escape(str(v))}</code></li>"
-                          for k, v in exports.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -117,6 +247,8 @@ def render_page(run_dir: Path, summary: dict, pngs: dict[str, Path]) -> str:
 <body>
 <h1>autoif run report: <code>{html.escape(str(run_dir))}</code></h1>
 <dl>{facts}</dl>
+<h2>Run</h2>
+{_run_section(summary, cfg)}
 <h2>Funnel</h2>
 {_img(pngs["funnel"], "funnel: per stage in, kept and dropped by reason")}
 {_funnel_table(summary.get("funnel") or {})}
@@ -127,7 +259,12 @@ def render_page(run_dir: Path, summary: dict, pngs: dict[str, Path]) -> str:
 <h2>Pass rates and scores</h2>
 <div class="pair">{_img(pngs["pass_rate"], "histogram of response pass rates")}
 {_img(pngs["scores"], "histogram of judge scores")}</div>
-<h2>Exports</h2><ul>{export_list or "<li>none</li>"}</ul>
+<h2>Yield per instruction</h2>
+{_yield_section(yield_rows(stored, cfg["score_min"]))}
+<h2>Sample records</h2>
+{_samples_section(stored, cfg["pass_threshold"], cfg["score_min"])}
+<h2>Exports</h2>
+{_exports_section(export_rows(run_dir))}
 <footer>made by <code>autoif report</code> on {time.strftime("%Y-%m-%d %H:%M:%S")}</footer>
 <script>{_SCRIPT}</script>
 </body></html>
@@ -141,11 +278,11 @@ def make_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[
     summary = load_summary(run_dir)
     if not summary.get("distributions"):
         summary["distributions"] = stored_distributions(run_dir)
-    cfg = {**Config().to_dict(), **(summary.get("config") or {})}
+    cfg = {**Config().public_dict(), **(summary.get("config") or {})}
     out = Path(out_dir) if out_dir else run_dir / "report"
     pngs = draw_all(summary, out, pass_threshold=cfg["pass_threshold"], score_min=cfg["score_min"])
     page = out / "report.html"
     tmp = page.with_suffix(".tmp")
-    tmp.write_text(render_page(run_dir, summary, pngs), encoding="utf-8")
+    tmp.write_text(render_page(run_dir, summary, pngs, cfg, stored_records(run_dir)), encoding="utf-8")
     tmp.replace(page)
     return {"html": page, "pngs": pngs}

@@ -13,6 +13,7 @@ Counts are fixed bins, so memory does not grow with the run.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import threading
 from typing import Any, Sequence
@@ -22,22 +23,28 @@ from engine.stage import Context
 from engine.stages.base import outcome_bool
 from sandbox_pool import Outcome
 
-PASS_RATE_BINS = 10                      # [0, .1), [.1, .2), ... [.9, 1.0]
+# Pass-rate buckets by upper bound, inclusive (Prometheus's `le`): 0 exactly, then (0, .1],
+# (.1, .2], ... (.9, 1]. Upper-inclusive bins line up with the rule "kept when MORE than the
+# threshold": at 0.5 the bin (.4, .5] is all dropped and (.5, .6] all kept.
+PASS_RATE_LE = tuple(round(i / 10, 1) for i in range(11))
 SCORE_VALUES = tuple(range(0, 11))       # 0: the judge gave no readable score; 1..10
 
 
 class Distributions:
-    """Fixed-bin counts of response pass rates and judge scores; thread-safe, mergeable."""
+    """Bucket counts (and sums) of response pass rates and judge scores; thread-safe, mergeable."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.pass_rate = [0] * PASS_RATE_BINS
+        self.pass_rate = [0] * len(PASS_RATE_LE)
         self.score = [0] * len(SCORE_VALUES)
+        self.pass_rate_sum = 0.0
+        self.score_sum = 0
 
     def add_pass_rate(self, rate: float) -> None:
-        i = min(PASS_RATE_BINS - 1, max(0, int(rate * PASS_RATE_BINS + 1e-9)))
+        i = bisect.bisect_left(PASS_RATE_LE, min(1.0, max(0.0, rate)) - 1e-9)
         with self._lock:
-            self.pass_rate[i] += 1
+            self.pass_rate[min(i, len(PASS_RATE_LE) - 1)] += 1
+            self.pass_rate_sum += rate
 
     def add_score(self, score: int | None) -> None:
         value = 0 if score is None else int(score)
@@ -45,12 +52,14 @@ class Distributions:
             return
         with self._lock:
             self.score[value] += 1
+            self.score_sum += value
 
     def to_dict(self) -> dict:
         with self._lock:
-            return {"pass_rate": {"edges": [round(i / PASS_RATE_BINS, 2) for i in range(PASS_RATE_BINS + 1)],
-                                  "counts": list(self.pass_rate)},
-                    "score": {"values": list(SCORE_VALUES), "counts": list(self.score)}}
+            return {"pass_rate": {"le": list(PASS_RATE_LE), "counts": list(self.pass_rate),
+                                  "sum": round(self.pass_rate_sum, 6)},
+                    "score": {"values": list(SCORE_VALUES), "counts": list(self.score),
+                              "sum": self.score_sum}}
 
     @staticmethod
     def merge(parts: Sequence[dict]) -> dict:
@@ -63,6 +72,7 @@ class Distributions:
                 counts = part.get(key, {}).get("counts", [])
                 for i, n in enumerate(counts[:len(out[key]["counts"])]):
                     out[key]["counts"][i] += n
+                out[key]["sum"] += part.get(key, {}).get("sum", 0)
         return out
 
 
