@@ -244,7 +244,10 @@ async def open_engine(cfg: Config, backend: str, run_dir: Path, store: StateStor
             name = await served_model(client, urls)
             if name:
                 store.set_meta("served_model", name)
-        pool = await stack.enter_async_context(make_pool(cfg)) if pool_needed else NoPool()
+        try:
+            pool = await stack.enter_async_context(make_pool(cfg)) if pool_needed else NoPool()
+        except RuntimeError as exc:       # workers that cannot start: one line, not a traceback
+            raise JobError(f"sandbox pool: {exc}") from None
         yield client, pool, Context(llm=CachedLLM(client, store), executor=pool)
 
 

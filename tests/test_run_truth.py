@@ -100,7 +100,12 @@ def clean_exports(tmp_path_factory, inputs) -> dict:
         proc = run(url, path, tmp / "run")
     assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
     assert "lost" not in proc.stderr
-    return export_records(tmp / "run")
+    # no --model given: provenance names the model the simulator reports (`autoif sim --model`)
+    assert orjson.loads((tmp / "run" / "summary.json").read_bytes())["model"] == "sim-model"
+    records = export_records(tmp / "run")
+    assert {orjson.loads(r)["provenance"]["model"] for stem, rows in records.items()
+            if stem != "verifiers" for r in rows} == {"sim-model"}
+    return records
 
 
 def test_flaky_server_ends_exact_or_nonzero_and_a_rerun_completes(tmp_path, config, clean_exports):
