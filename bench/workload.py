@@ -116,14 +116,19 @@ def _params(rng: random.Random) -> dict:
             "kw": rng.choice(_KEYWORDS), "end": rng.choice(_ENDINGS)}
 
 
-def instruction_functions(rng: random.Random, count: int) -> list[str]:
-    """`count` distinct functions checking one instruction (one family, several writings)."""
-    family = _FAMILIES[rng.choice(sorted(_FAMILIES))]
+def instruction_functions(rng: random.Random, count: int, tag: str) -> list[str]:
+    """`count` distinct functions checking one instruction (one family, several writings).
+
+    Each opens with a comment naming the instruction `tag`, as LLM answers often do, so two
+    instructions never share a function text."""
+    name = rng.choice(sorted(_FAMILIES))
+    family = _FAMILIES[name]
     params = _params(rng)
     codes: list[str] = []
     for i in range(count):
         body = Template(family[i % len(family)])
-        codes.append(body.substitute(params, a=_ARGS[(i // len(family)) % len(_ARGS)]))
+        code = body.substitute(params, a=_ARGS[(i // len(family)) % len(_ARGS)])
+        codes.append(f"# {name.replace('_', ' ')} check for instruction {tag}\n{code}")
     assert len(set(codes)) == count
     return codes
 
@@ -201,8 +206,8 @@ def stream(instructions: int, seed: int = 1) -> Stream:
     rng = random.Random(seed)
     texts = Responses(seed)
     queries: list[list[Job]] = []
-    for _ in range(instructions):
-        functions = instruction_functions(rng, rng.randint(*FUNCTIONS_PER_INSTRUCTION))
+    for i in range(instructions):
+        functions = instruction_functions(rng, rng.randint(*FUNCTIONS_PER_INSTRUCTION), f"s{seed}-{i}")
         for _q in range(QUERIES_PER_INSTRUCTION):
             responses = texts.take(RESPONSES_PER_QUERY)
             queries.append([(code, responses) for code in functions])  # one list shared, as the stage does
@@ -210,13 +215,18 @@ def stream(instructions: int, seed: int = 1) -> Stream:
 
 
 def fixed_jobs(size: int, count: int, seed: int = 2) -> list[Job]:
-    """`count` jobs of exactly `size` distinct inputs, functions drawn from every family."""
-    rng = random.Random(seed * 1000 + size)
+    """`count` jobs of exactly `size` distinct inputs, each job its own function (from every
+    family), so a pool that merges jobs of the same code has nothing to merge: these are the
+    costs of one job at that size."""
+    rng = random.Random(seed)
     texts = Responses(seed * 1000 + size)
     jobs: list[Job] = []
     functions: list[str] = []
+    instruction = 0
     while len(jobs) < count:
         if not functions:
-            functions = instruction_functions(rng, rng.randint(*FUNCTIONS_PER_INSTRUCTION))
+            instruction += 1
+            functions = instruction_functions(rng, rng.randint(*FUNCTIONS_PER_INSTRUCTION),
+                                              f"f{seed}-{size}-{instruction}")
         jobs.append((functions.pop(), texts.take(size)))
     return jobs

@@ -27,9 +27,10 @@ def test_stream_has_the_responses_stage_shape():
 
 
 @pytest.mark.parametrize("size", [1, 8, 64])
-def test_fixed_jobs_have_exactly_size_distinct_inputs(size):
+def test_fixed_jobs_have_exactly_size_distinct_inputs_and_distinct_code(size):
     jobs = workload.fixed_jobs(size, 30)
     assert len(jobs) == 30 and all(len(inputs) == size for _, inputs in jobs)
+    assert len({code for code, _ in jobs}) == 30
     flat = [t for _, inputs in jobs for t in inputs]
     assert len(set(flat)) == len(flat)
 
