@@ -4,7 +4,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-EXTRAS ?= test,embedded,quality
+EXTRAS ?= test,embedded,quality,bench
 
 .PHONY: install run test bench clean
 
@@ -25,8 +25,10 @@ run: install
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
+# Every benchmark runs even when one misses its target; the exit status says whether any did.
 bench: install
-	for b in pool client overlap scale pipeline realmodel quality; do $(PY) -m bench.$$b --quick || exit 1; done
+	failed=""; for b in pool client overlap scale pipeline realmodel quality; do $(PY) -m bench.$$b --quick || failed="$$failed $$b"; done; \
+	if [ -n "$$failed" ]; then echo "benchmarks that missed a target or failed:$$failed"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs
