@@ -13,7 +13,6 @@ rlimits and reports the `job_cgroup` layer as degraded.
 from __future__ import annotations
 
 import os
-import secrets
 
 from .limits import WorkerCgroup
 
@@ -120,7 +119,7 @@ class JobCgroups:
             own, mounts = _own_paths(), _mounts()
         except OSError as e:
             return None, f"cannot read this process' cgroups: {e.strerror}"
-        name = f"{_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+        name = f"{_PREFIX}{os.getpid()}-{os.urandom(3).hex()}"
         reasons = []
         if "" in mounts and "" in own:
             made, why = cls._create_v2(_dir_of(mounts[""], own[""]), name)

@@ -349,3 +349,35 @@ async def test_import_filter_bypass_attack_is_held_by_the_isolation_layers(tmp_p
             assert res[0].ok, (trick, res)  # the filter let it through and it got os ...
             assert res[0].value == "read blocked / write blocked", (trick, res)  # ... and no further
     assert not (tmp_path / "secret.txt.planted").exists()
+
+
+# ---- attack class: forking without a uid of its own --------------------------------------------
+
+FORKS = (
+    "import os, time\n"
+    "def evaluate(limit):\n"
+    "    n = 0\n"
+    "    try:\n"
+    "        while n < limit:\n"
+    "            if os.fork() == 0:\n"
+    "                time.sleep(30)\n"
+    "                os._exit(0)\n"
+    "            n += 1\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "    return n\n"
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="job cgroups need root")
+async def test_process_count_is_bounded_by_the_pids_cgroup_without_a_dedicated_uid():
+    # Without the setuid layer RLIMIT_NPROC cannot apply (it would count the host user's
+    # processes); the job cgroup's pids limit bounds the job and all it starts instead.
+    async with _pool("setuid", max_procs=16) as p:
+        assert p.stats()["isolation"]["fork_limit"] and "setuid" in p.stats()["degraded"]
+        res = await p.evaluate(FORKS, [60])
+        assert res[0].ok and res[0].value < 16, res
+        await _answers_honestly(p)
+    async with _pool("setuid", "job_cgroup", max_procs=16) as p:  # control: nothing counts them
+        assert "fork_limit" in p.stats()["degraded"]
+        assert (await p.evaluate(FORKS, [60]))[0].value == 60
