@@ -24,14 +24,16 @@ from engine.cache import CachedLLM
 from engine.client import LLMClient, RetryPolicy
 from engine.config import Config
 from engine.export import ExportOptions, export
+from engine.grpo import GrpoOptions, export_grpo
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
 from engine.progress import Progress
-from engine.records import QueryResult, VerifiedInstruction
+from engine.records import QueryResult, SampledPrompt, VerifiedInstruction
 from engine.report.observe import Distributions, observe_stages
 from engine.runner import StageSpec, StreamRunner
 from engine.stage import Context, Funnel, Stage
-from engine.stages import (BackTranslateStage, QueryJoinStage, ResponseStage, ScoreStage,
-                           default_stages, load_seed_instructions, make_seed_batches)
+from engine.stages import (SAMPLED, AuditStage, BackTranslateStage, QueryJoinStage,
+                           ResponseStage, ScoreStage, default_stages, load_seed_instructions,
+                           make_seed_batches)
 from engine.state import StateStore
 from sandbox_pool import SandboxPool
 
@@ -261,7 +263,8 @@ async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full",
 
 async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: Any, store: StateStore,
                 run_dir: Path, metrics_port: int | None, progress: bool) -> dict:
-    stages = [Recorded(s, store) if isinstance(s, BackTranslateStage) else s
+    # the verified instructions are stored as the audit leaves them, under back-translation's label
+    stages = [Recorded(s, store, BackTranslateStage.name) if isinstance(s, AuditStage) else s
               for s in default_stages(cfg, seeds)]        # seeds: as loaded (demo-trimmed)
     source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
 
@@ -271,7 +274,12 @@ async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: An
     summary = await run_stages(stages, source, ctx, client=client, pool=pool, run_dir=run_dir,
                                metrics_port=metrics_port, progress=progress, sink=sink)
     files = export_run(cfg, store, run_dir / "exports")
-    summary["exports"] = {k: str(v) for k, v in files.items()}
+    grpo = export_grpo(run_dir / "exports", store.iter_records(SampledPrompt, SAMPLED),
+                       GrpoOptions.from_config(cfg))
+    grpo.count(ctx.funnel)                        # the share of mixed prompts, in the funnel
+    summary["funnel"] = ctx.funnel.to_dict()
+    summary["grpo"] = grpo.to_dict()
+    summary["exports"] = {k: str(v) for k, v in {**files, **grpo.files}.items()}
     store.save_funnel(summary["funnel"])
     write_summary(run_dir, "summary.json", summary, ctx.funnel)
     return summary

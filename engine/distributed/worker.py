@@ -36,8 +36,9 @@ import orjson
 
 from engine.config import Config
 from engine.job import Recorded, open_engine, open_store, run_stages
-from engine.stages import (AugmentStage, BackTranslateStage, CrossValStage, QueryJoinStage,
-                           ResponseStage, ScoreStage, VerifierStage, make_seed_batches)
+from engine.stages import (AuditStage, AugmentStage, BackTranslateStage, CrossValStage,
+                           QueryJoinStage, ResponseStage, ScoreStage, VerifierStage,
+                           make_seed_batches)
 from engine.metrics import TimeSeries
 from engine.records import Instruction, Query, QueryResult, VerifiedInstruction
 from engine.stage import Context, Funnel
@@ -228,7 +229,9 @@ async def shard_events(cfg: Config, instructions: list[Instruction], *, index: i
             store.put_records([result], "final")
             events.put("results", [result.to_dict()])
 
-        stages = [VerifierStage(), CrossValStage(), Streamed(BackTranslateStage(), store),
+        # the audited instructions are the verified ones (stored under back-translation's label)
+        stages = [VerifierStage(), CrossValStage(), BackTranslateStage(),
+                  Streamed(AuditStage(queries), store, BackTranslateStage.name),
                   QueryJoinStage(queries), ResponseStage(), ScoreStage()]
         task = asyncio.create_task(_phase(cfg, backend, directory, store, events, series, stages,
                                           instructions, sink))

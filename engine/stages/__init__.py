@@ -1,16 +1,17 @@
 """The AutoIF pipeline stages, in pipeline order. Each implements engine.stage.Stage."""
+from engine.stages.audit import AuditStage
 from engine.stages.augment import AugmentStage, load_seed_instructions, make_seed_batches
 from engine.stages.backtranslate import BackTranslateStage
 from engine.stages.crossval import CrossValStage
 from engine.stages.queries import QueryJoinStage, load_queries
-from engine.stages.responses import ResponseStage
+from engine.stages.responses import SAMPLED, ResponseStage
 from engine.stages.scoring import ScoreStage
 from engine.stages.verifiers import VerifierStage
 
 __all__ = [
-    "AugmentStage", "VerifierStage", "CrossValStage", "BackTranslateStage", "QueryJoinStage",
+    "AugmentStage", "VerifierStage", "CrossValStage", "BackTranslateStage", "AuditStage", "QueryJoinStage",
     "ResponseStage", "ScoreStage", "load_seed_instructions", "make_seed_batches", "load_queries",
-    "default_stages",
+    "default_stages", "SAMPLED",
 ]
 
 
@@ -21,4 +22,4 @@ def default_stages(config=None, seeds=None) -> list:
     if seeds is None:
         seeds = load_seed_instructions(getattr(config, "seeds_path", "") or None)
     return [AugmentStage(seeds), VerifierStage(), CrossValStage(), BackTranslateStage(),
-            QueryJoinStage(), ResponseStage(), ScoreStage()]
+            AuditStage(), QueryJoinStage(), ResponseStage(record=SAMPLED), ScoreStage()]

@@ -9,9 +9,12 @@ from collections import Counter
 from typing import Sequence
 
 from engine.llm import Completion
-from engine.records import FunctionResult, QueryResult, QueryTask, ResponseRecord, Verifier
+from engine.records import (FunctionResult, QueryResult, QueryTask, ResponseRecord, SampledPrompt,
+                            Verifier)
 from engine.stage import Context
 from engine.stages.base import ask, outcome_bool, settings, tally
+
+SAMPLED = "sampled"     # the state-store label of every graded task (see ResponseStage.record)
 
 
 def grade(completions: Sequence[Completion], functions: Sequence[Verifier], results: Sequence[Sequence],
@@ -36,9 +39,15 @@ def grade(completions: Sequence[Completion], functions: Sequence[Verifier], resu
 
 
 class ResponseStage:
-    """QueryTask -> QueryResult with all K responses; dropped when none passes."""
+    """QueryTask -> QueryResult with all K responses; dropped when none passes.
+
+    `record`: a state-store label under which every graded task is stored, the ones where no
+    response passed too (a GRPO prompt set needs the too-hard prompts); None stores nothing."""
 
     name = "responses"
+
+    def __init__(self, record: str | None = None) -> None:
+        self.record = record
 
     async def process(self, item: QueryTask, ctx: Context) -> list[QueryResult]:
         cfg = settings(ctx)
@@ -56,7 +65,12 @@ class ResponseStage:
         records, dropped = grade(completions, functions, results, cfg.pass_threshold)
         kept = sum(r.passed for r in records)
         tally(ctx, f"{self.name}.sample", kept, dropped)
+        model = getattr(ctx.llm, "model", "")
+        if self.record is not None and ctx.store is not None:   # kept or not: the GRPO estimates
+            sampled = SampledPrompt(item, tuple(r.pass_rate for r in records), model)
+            ctx.store.put_records([sampled], self.record)
+        result = QueryResult(task=item, responses=tuple(records), model=model)
         if not kept:
             ctx.funnel.drop(self.name, "no_response_passed")
             return []
-        return [QueryResult(task=item, responses=tuple(records), model=getattr(ctx.llm, "model", ""))]
+        return [result]
