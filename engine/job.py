@@ -24,7 +24,7 @@ from engine.cache import CachedLLM
 from engine.client import LLMClient, RetryPolicy
 from engine.config import Config
 from engine.export import ExportOptions, export
-from engine.grpo import GrpoOptions, export_grpo
+from engine.grpo import GrpoOptions, GrpoSummary, export_grpo
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
 from engine.progress import Progress
 from engine.records import QueryResult, SampledPrompt, VerifiedInstruction
@@ -274,9 +274,7 @@ async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: An
     summary = await run_stages(stages, source, ctx, client=client, pool=pool, run_dir=run_dir,
                                metrics_port=metrics_port, progress=progress, sink=sink)
     files = export_run(cfg, store, run_dir / "exports")
-    grpo = export_grpo(run_dir / "exports", store.iter_records(SampledPrompt, SAMPLED),
-                       GrpoOptions.from_config(cfg))
-    grpo.count(ctx.funnel)                        # the share of mixed prompts, in the funnel
+    grpo = export_grpo_run(cfg, store, run_dir / "exports", ctx.funnel)
     summary["funnel"] = ctx.funnel.to_dict()
     summary["grpo"] = grpo.to_dict()
     summary["exports"] = {k: str(v) for k, v in {**files, **grpo.files}.items()}
@@ -290,6 +288,13 @@ def export_run(cfg: Config, store: StateStore, out_dir: Path, results: list | No
     if results is None:
         results = list(store.iter_records(QueryResult, "final"))
     return export(out_dir, instructions, results, ExportOptions.from_config(cfg))
+
+
+def export_grpo_run(cfg: Config, store: StateStore, out_dir: Path, funnel: Funnel) -> GrpoSummary:
+    """The GRPO prompt files from every graded prompt; the share of mixed prompts goes in the funnel."""
+    grpo = export_grpo(out_dir, store.iter_records(SampledPrompt, SAMPLED), GrpoOptions.from_config(cfg))
+    grpo.count(funnel)
+    return grpo
 
 
 async def run_online_dpo(cfg: Config, ctx: Context, client: Any, pool: Any, store: StateStore,
