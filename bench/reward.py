@@ -2,9 +2,10 @@
 
     python -m bench.reward [--quick]
 
-A run directory is made with GRPO-shaped work: instructions with 3 kept verifiers each (the
-AutoIF-style functions of bench.pool), scored in batches of 1, 64 and 512 completions, 8
-completions per instruction (a GRPO group) where the batch allows. Two ways:
+A run directory is made with instructions of 3 kept verifiers each (the AutoIF-style functions
+of bench.pool), scored in batches of 1, 64 and 512 completions in two shapes: every completion
+of the batch for one instruction (3 sandbox jobs per batch: the "batch x 3 verifiers" of the
+targets) and GRPO groups of 8 completions per instruction (3 jobs per group). Two ways:
   (a) the service, in its own process with the default pool (one worker per core), over HTTP
       from one client sending one batch at a time (POST /score, the path the adapters use);
   (b) in-process: the same functions exec'd once and called on every completion in this
@@ -41,6 +42,7 @@ BATCHES = (1, 64, 512)
 GROUP = 8                      # completions per instruction in one batch (a GRPO group)
 FUNCTIONS = 3
 REPEATS = 3
+WAYS = ("service_one_instruction", "service_grpo_groups", "inprocess")
 WORDS = ("data model reward policy gradient sample batch group token prompt answer check value "
          "update step loss train eval score rule text").split()
 
@@ -71,9 +73,10 @@ def make_completions(n: int, seed: int) -> list[str]:
     return texts
 
 
-def batch_items(instructions: list[VerifiedInstruction], size: int, seed: int) -> list[tuple[str, str]]:
+def batch_items(instructions: list[VerifiedInstruction], size: int, seed: int,
+                group: int) -> list[tuple[str, str]]:
     texts = make_completions(size, seed)
-    groups = max(1, size // GROUP)
+    groups = max(1, size // group)
     return [(instructions[(seed + i % groups) % len(instructions)].instruction.id, t)
             for i, t in enumerate(texts)]
 
@@ -149,7 +152,7 @@ def summarize(latencies: list[float], size: int) -> dict:
 
 def main() -> int:
     args = common.parser("bench.reward", __doc__.splitlines()[0]).parse_args()
-    requests = {1: 40, 64: 20, 512: 4} if args.quick else {1: 300, 64: 200, 512: 40}
+    requests = {1: 30, 64: 15, 512: 4} if args.quick else {1: 300, 64: 200, 512: 40}
     instructions = make_instructions(64)
     with tempfile.TemporaryDirectory() as tmp:
         store = StateStore(Path(tmp) / "state.sqlite")
@@ -158,14 +161,17 @@ def main() -> int:
         proc, url = start_service(Path(tmp))
         try:
             table = compile_functions(instructions)
-            runs: dict[str, dict[int, list[dict]]] = {"service": {}, "inprocess": {}}
+            runs: dict[str, dict[int, list[dict]]] = {way: {} for way in WAYS}
             for rep in range(REPEATS):
                 for size in BATCHES:
-                    batches = [batch_items(instructions, size, seed=1000 * rep + k)
-                               for k in range(requests[size])]
-                    lat = asyncio.run(time_service(url, batches))
-                    runs["service"].setdefault(size, []).append(summarize(lat, size))
-                    runs["inprocess"].setdefault(size, []).append(summarize(time_inprocess(table, batches), size))
+                    for shape, group in (("one_instruction", size), ("grpo_groups", GROUP)):
+                        batches = [batch_items(instructions, size, 1000 * rep + k, group)
+                                   for k in range(requests[size])]
+                        lat = asyncio.run(time_service(url, batches))
+                        runs[f"service_{shape}"].setdefault(size, []).append(summarize(lat, size))
+                        if shape == "one_instruction":
+                            runs["inprocess"].setdefault(size, []).append(
+                                summarize(time_inprocess(table, batches), size))
         finally:
             common.stop_process(proc)
     load = [round(x, 2) for x in os.getloadavg()]
@@ -173,15 +179,17 @@ def main() -> int:
                  for size, reps in by_size.items()} for way, by_size in runs.items()}
     rows = [["batch", "way", "p50 ms", "p99 ms", "verifications/s"]]
     for size in BATCHES:
-        for way in ("service", "inprocess"):
+        for way in WAYS:
             m = med[way][size]
             rows.append([str(size), way, f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}",
                          f"{m['verifications_per_s']:,.0f}"])
     print(common.table(rows))
-    ratios = {"p99_ms_batch64": med["service"][64]["p99_ms"],
-              "verifications_per_s": med["service"][512]["verifications_per_s"],
-              "vs_inprocess_batch512": (med["service"][512]["verifications_per_s"]
-                                        / med["inprocess"][512]["verifications_per_s"])}
+    svc = med["service_one_instruction"]
+    ratios = {"p99_ms_batch64": svc[64]["p99_ms"],
+              "verifications_per_s": svc[512]["verifications_per_s"],
+              "vs_inprocess_batch512": (svc[512]["verifications_per_s"]
+                                        / med["inprocess"][512]["verifications_per_s"]),
+              "p99_ms_batch64_grpo_groups": med["service_grpo_groups"][64]["p99_ms"]}
     print(f"p99 batch 64: {ratios['p99_ms_batch64']:.1f} ms (target <= {TARGETS['p99_ms_batch64']:g}); "
           f"{ratios['verifications_per_s']:,.0f} verifications/s at batch 512 "
           f"(target >= {TARGETS['verifications_per_s']:,.0f}); "
@@ -192,7 +200,8 @@ def main() -> int:
         "median": {way: {str(s): v for s, v in by.items()} for way, by in med.items()},
         "runs": {way: {str(s): v for s, v in by.items()} for way, by in runs.items()},
         "targets": TARGETS, "loadavg": load,
-        "note": "service: one client, one batch in flight, HTTP + JSON + sandbox pool; "
+        "note": "service: one client, one batch in flight, HTTP + JSON + sandbox pool; one "
+                "instruction per batch (3 jobs) or GRPO groups of 8 (3 jobs per group); "
                 "in-process: the same functions called directly, no isolation; CPU shared"},
         ratios)
     print(f"wrote {path}")
