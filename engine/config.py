@@ -88,6 +88,11 @@ class Config:
     nli_device: str = _f("cpu", "backtranslate", "device of the local NLI model", volatile=True)
     judge_temperature: float = _f(0.0, "backtranslate", "temperature of judge calls (checkable, back-translation, NLI, score)", lo=0)
     judge_max_tokens: int = _f(512, "backtranslate", "max new tokens of a judge answer", lo=1)
+    # audit (reward-hacking trip wires: every kept function also runs on degenerate probes)
+    audit: bool = _f(True, "audit", "run every kept function on degenerate probes (empty, restated, repeated, 10k words, echo)")
+    audit_action: str = _f("flag", "audit", "what happens to a function that accepts probes", choices=("flag", "downweight", "drop"))
+    audit_max_accepted: int = _f(0, "audit", "a function is flagged when it accepts MORE than this many probes", lo=0)
+    audit_weight: float = _f(0.5, "audit", "reward weight of a flagged function when audit_action is downweight", lo=0, hi=1)
     # responses
     queries_per_instruction: int = _f(16, "responses", "queries joined to each instruction", lo=1)
     responses_k: int = _f(8, "responses", "responses sampled per (instruction, query)", lo=1)
@@ -108,6 +113,8 @@ class Config:
     sft_per_query: int = _f(1, "export", "SFT examples kept per (instruction, query), best first", lo=1)
     dpo_pairs_per_instruction: int = _f(2, "export", "instruction-level DPO pairs per instruction", lo=0)
     parquet: bool = _f(True, "export", "also write Parquet (pyarrow)", volatile=True)
+    grpo_band_low: float = _f(0.0, "export", "GRPO difficulty band: a prompt is mixed when its K-sample pass rate is MORE than this", lo=0, hi=1)
+    grpo_band_high: float = _f(1.0, "export", "... and LESS than this", lo=0, hi=1)
 
     # ------------------------------------------------------------ views
 

@@ -31,18 +31,19 @@ from engine.client import LLMClient, RetryPolicy
 from engine.config import Config
 from engine.errors import JobError, RefusedError
 from engine.export import ExportOptions, export, pyarrow_available
+from engine.grpo import GrpoOptions, GrpoSummary, export_grpo
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
 from engine.outcome import closing_lines, is_storage_failure
 from engine.progress import Progress, print_funnel
-from engine.records import QueryResult, VerifiedInstruction
+from engine.records import QueryResult, SampledPrompt, VerifiedInstruction
 from engine.report.observe import Distributions, observe_stages
 from engine.runner import StageSpec, StreamRunner
 from engine.sim.config import SimConfig
 from engine.sim.responders import AUTOIF_FIXTURE
 from engine.sim.server import SimServer
 from engine.stage import Context, Funnel, Stage
-from engine.stages import (CHAIN, BackTranslateStage, default_stages, load_queries,
-                           load_seed_instructions, make_seed_batches)
+from engine.stages import (CHAIN, SAMPLED, AuditStage, BackTranslateStage, default_stages,
+                           load_queries, load_seed_instructions, make_seed_batches)
 from engine.state import StateStore
 from sandbox_pool import SandboxPool
 
@@ -380,10 +381,10 @@ async def _run_mode(cfg: Config, backend: str, mode: str, rounds: int, seeds: li
 
 
 def stages_of(cfg: Config, seeds: list, queries: list | None,
-              names: tuple[str, ...] = CHAIN) -> list:
+              names: tuple[str, ...] = CHAIN, on_sampled: Any = None) -> list:
     """The job's stages; an input file they read that is missing or bad ends the job in one line."""
     try:
-        return default_stages(cfg, seeds, queries, names=names)
+        return default_stages(cfg, seeds, queries, names=names, on_sampled=on_sampled)
     except (OSError, ValueError) as exc:
         raise JobError(f"stages: {exc}") from None
 
@@ -391,8 +392,11 @@ def stages_of(cfg: Config, seeds: list, queries: list | None,
 async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: Any, store: StateStore,
                 run_dir: Path, metrics: RunMetrics | None, progress: bool,
                 queries: list | None = None) -> dict:
-    stages = [Recorded(s, store) if isinstance(s, BackTranslateStage) else s
-              for s in stages_of(cfg, seeds, queries)]   # seeds: as loaded (demo-trimmed)
+    # the verified instructions are stored as the audit leaves them, under back-translation's
+    # label; every graded prompt (kept or not) is stored for the GRPO prompt set
+    stages = [Recorded(s, store, BackTranslateStage.name) if isinstance(s, AuditStage) else s
+              for s in stages_of(cfg, seeds, queries,
+                                 on_sampled=lambda s: store.put_records([s], SAMPLED))]
     source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
 
     def sink(result: QueryResult) -> None:
@@ -404,7 +408,10 @@ async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: An
     summary.update(model=model_name(cfg, store), config_hash=cfg.config_hash(), config=cfg.public_dict())
     with storage_errors(run_dir):
         files = export_run(cfg, store, run_dir / "exports")
-        summary["exports"] = {k: str(v) for k, v in files.items()}
+        grpo = export_grpo_run(cfg, store, run_dir / "exports", ctx.funnel)
+        summary["funnel"] = ctx.funnel.to_dict()     # with the GRPO rows
+        summary["grpo"] = grpo.to_dict()
+        summary["exports"] = {k: str(v) for k, v in {**files, **grpo.files}.items()}
         summary["truncation"] = ctx.funnel.truncation()   # token limits should make this rare
         store.save_funnel(summary["funnel"])
         write_summary(run_dir, "summary.json", summary, ctx.funnel)
@@ -439,6 +446,13 @@ def export_run(cfg: Config, store: StateStore, out_dir: Path, results: list | No
 
 def export_options(cfg: Config, store: StateStore) -> ExportOptions:
     return replace(ExportOptions.from_config(cfg), model=model_name(cfg, store))
+
+
+def export_grpo_run(cfg: Config, store: StateStore, out_dir: Path, funnel: Funnel) -> GrpoSummary:
+    """The GRPO prompt files from every graded prompt; the share of mixed prompts goes in the funnel."""
+    grpo = export_grpo(out_dir, store.iter_records(SampledPrompt, SAMPLED), GrpoOptions.from_config(cfg))
+    grpo.count(funnel)
+    return grpo
 
 
 async def run_online_dpo(cfg: Config, ctx: Context, client: Any, pool: Any, store: StateStore,

@@ -153,17 +153,39 @@ class BackTranslation:
 
 
 @dataclass(frozen=True, slots=True)
+class VerifierAudit:
+    """One kept function run on degenerate probes (engine.audit): which it accepted, whether
+    that flags it as a reward-hacking risk, and the weight it keeps in rewards."""
+
+    verifier_id: str
+    accepted: tuple[str, ...] = ()       # probe names the function returned True on
+    flagged: bool = False
+    weight: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {"verifier_id": self.verifier_id, "accepted": list(self.accepted),
+                "flagged": self.flagged, "weight": self.weight}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> VerifierAudit:
+        return cls(verifier_id=d["verifier_id"], accepted=tuple(d.get("accepted", ())),
+                   flagged=bool(d.get("flagged", False)), weight=float(d.get("weight", 1.0)))
+
+
+@dataclass(frozen=True, slots=True)
 class VerifiedInstruction:
     """An instruction whose functions and cases survived cross-validation.
 
     `functions` pairs each kept function with its accuracy on the kept cases.
     `back_translations` is filled by the back-translation stage (empty before it).
+    `audits` is filled by the verifier audit (empty before it); it does not change the id.
     """
 
     instruction: Instruction
     functions: tuple[tuple[Verifier, float], ...]
     cases: tuple[Case, ...]
     back_translations: tuple[BackTranslation, ...] = ()
+    audits: tuple[VerifierAudit, ...] = ()
 
     @property
     def id(self) -> str:
@@ -174,11 +196,18 @@ class VerifiedInstruction:
     def verifiers(self) -> tuple[Verifier, ...]:
         return tuple(f for f, _ in self.functions)
 
+    def weight(self, verifier_id: str) -> float:
+        """The function's weight in a reward (1.0 unless the audit down-weighted it)."""
+        return next((a.weight for a in self.audits if a.verifier_id == verifier_id), 1.0)
+
     def to_dict(self) -> dict:
-        return {"id": self.id, "instruction": self.instruction.to_dict(),
-                "functions": [{**f.to_dict(), "accuracy": acc} for f, acc in self.functions],
-                "cases": [c.to_dict() for c in self.cases],
-                "back_translations": [b.to_dict() for b in self.back_translations]}
+        d = {"id": self.id, "instruction": self.instruction.to_dict(),
+             "functions": [{**f.to_dict(), "accuracy": acc} for f, acc in self.functions],
+             "cases": [c.to_dict() for c in self.cases],
+             "back_translations": [b.to_dict() for b in self.back_translations]}
+        if self.audits:
+            d["audits"] = [a.to_dict() for a in self.audits]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> VerifiedInstruction:
@@ -186,7 +215,8 @@ class VerifiedInstruction:
                    functions=tuple((Verifier.from_dict(f), float(f["accuracy"])) for f in d["functions"]),
                    cases=tuple(Case.from_dict(c) for c in d["cases"]),
                    back_translations=tuple(BackTranslation.from_dict(b)
-                                           for b in d.get("back_translations", ())))
+                                           for b in d.get("back_translations", ())),
+                   audits=tuple(VerifierAudit.from_dict(a) for a in d.get("audits", ())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,16 +353,40 @@ class QueryResult:
                    responses=tuple(ResponseRecord.from_dict(r) for r in d["responses"]))
 
 
+@dataclass(frozen=True, slots=True)
+class SampledPrompt:
+    """One (instruction, query) prompt and the pass rate of each of its K sampled responses,
+    whether any passed or not: what the GRPO prompt set estimates difficulty from."""
+
+    task: QueryTask
+    pass_rates: tuple[float, ...]
+    model: str = ""
+
+    @property
+    def id(self) -> str:
+        return content_id("sampled", self.task.id, list(self.pass_rates))
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "task": self.task.to_dict(), "pass_rates": list(self.pass_rates),
+                "model": self.model}
+
+    @classmethod
+    def from_dict(cls, d: Mapping, instructions: Mapping[str, VerifiedInstruction] | None = None) -> SampledPrompt:
+        return cls(task=QueryTask.from_dict(d["task"], instructions),
+                   pass_rates=tuple(map(float, d["pass_rates"])), model=d.get("model", ""))
+
+
 # kind name -> class, so the state store can persist any record and read it back
 RECORD_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (Instruction, SeedBatch, Verifier, Case, VerifierDraft, BackTranslation,
-                VerifiedInstruction, Query, QueryTask, FunctionResult, ResponseRecord, QueryResult)
+                VerifiedInstruction, Query, QueryTask, FunctionResult, ResponseRecord, QueryResult,
+                SampledPrompt)
 }
 
 
 # kinds whose stored form names a verified instruction by id
-BY_INSTRUCTION_ID = frozenset({"QueryTask", "QueryResult"})
+BY_INSTRUCTION_ID = frozenset({"QueryTask", "QueryResult", "SampledPrompt"})
 
 
 def record_from_dict(kind: str, d: Mapping, instructions: Mapping[str, VerifiedInstruction] | None = None) -> Any:

@@ -3,15 +3,16 @@ import orjson
 import pytest
 
 from engine.records import (RECORD_TYPES, BackTranslation, Case, FunctionResult, Instruction, Query, QueryResult,
-                            QueryTask, ResponseRecord, SeedBatch, Verifier, VerifiedInstruction, VerifierDraft,
-                            record_from_dict)
+                            QueryTask, ResponseRecord, SampledPrompt, SeedBatch, Verifier, VerifiedInstruction,
+                            VerifierAudit, VerifierDraft, record_from_dict)
 
 
 def sample_result() -> QueryResult:
     inst = Instruction("Use no commas.", source="augment")
     fn = Verifier("def evaluate(response):\n    return ',' not in response\n")
     verified = VerifiedInstruction(inst, ((fn, 0.75),), (Case("a b", True), Case("a, b", False)),
-                                   (BackTranslation(fn.id, "Avoid commas.", "entailment"),))
+                                   (BackTranslation(fn.id, "Avoid commas.", "entailment"),),
+                                   (VerifierAudit(fn.id, ("empty",), True, 0.5),))
     task = QueryTask(verified, Query("Describe tea.").id, "Describe tea.", "Describe tea.\n\nUse no commas.")
     r = ResponseRecord("Tea is warm", 1.0, (FunctionResult(fn.id, "ok", True),), True, "stop", 9)
     return QueryResult(task, (r, ResponseRecord("Tea, warm", 0.0, (FunctionResult(fn.id, "ok", False),))), "m")
@@ -34,6 +35,7 @@ def test_round_trip_every_record_type():
         Query("Describe tea."),
         SeedBatch(2, (Instruction("a b c"),), (Instruction("d e f"),)),
         VerifierDraft(verified.instruction, (Verifier("c"),), (Case("i", False),)),
+        SampledPrompt(result.task, (1.0, 0.0), "m"),
     ]
     assert {type(r).__name__ for r in records} == set(RECORD_TYPES)
     for record in records:

@@ -53,12 +53,19 @@ PWNED = Path("/tmp/autoif_e2e_pwned")      # what the fixture's `import os` veri
 #   functions in 3+4+3+2 = 12, kept 2+3+2+0 = 7; cases in 6+8+7+3 = 24, kept 5+3+6+0 = 14.
 # backtranslate: 7 functions. UPPER's translation ("capital letters") -> NLI contradiction;
 #   DONE2's NLI answer names no label -> unparsable_nli; LOWER2 neutral -> kept. 5 kept.
+# audit (probes: "", the instruction, "okay" x 50, 10,000 capitalised words, the query; a
+#   function is flagged when it accepts any): NO_COMMA and COUNT_COMMA accept all 5; LOWER and
+#   LOWER2 accept "" and "okay ..."; DONE accepts none. 4 of 5 flagged (kept: audit_action flag);
+#   accepted: empty 4, repeated_word 4, instruction 2, long_text 2, query_echo 2 = 14 of 25.
 # queries: 3 instructions x both queries = 6 tasks.
 # responses: 6 tasks x K=4 = 24 samples (pass = every kept function says True).
 #   S1 tea/rain: 2 pass each, one with commas (low_pass_rate), one empty (empty).
 #   S2 tea: 2 pass, 2 have capitals. S2 rain: all 4 have capitals -> no_response_passed.
 #   S3 tea: 2 pass, 60 words cut at 40 (truncated), "not ready yet" (low_pass_rate).
 #   S3 rain: 2 pass, 2 fail.   kept 10; low_pass_rate 1+1+2+4+1+2 = 11; empty 2; truncated 1.
+# grpo (the share of K=4 samples with pass rate > 0.5, the empty replies included: their
+#   rate is 1.0): S1 tea 3/4, S1 rain 3/4, S2 tea 2/4, S2 rain 0/4, S3 tea 2/4, S3 rain 2/4
+#   -> 6 prompts, 5 mixed, S2 rain below the band.
 # scoring (keep >= 8): S1 tea 9|6, S1 rain 9|6, S2 tea 9|8, S3 tea 10|5, S3 rain none|3.
 #   responses kept 5, low_score 4, unparsable_score 1; S3 rain keeps nothing -> low_score.
 # ---------------------------------------------------------------------------------------------
@@ -81,11 +88,20 @@ EXPECTED_FUNNEL = {
     "crossval.case": row(24, 14, low_agreement=10),
     "backtranslate": row(3, 3),
     "backtranslate.function": row(7, 5, contradiction=1, unparsable_nli=1),
+    "audit": row(3, 3),
+    "audit.function": row(5, 1, 5, flagged=4),
+    "audit.probe": row(25, 11, accepted_empty=4, accepted_repeated_word=4, accepted_instruction=2,
+                       accepted_long_text=2, accepted_query_echo=2),
     "queries": row(3, 3, 6),
     "responses": row(6, 5, no_response_passed=1),
     "responses.sample": row(24, 10, low_pass_rate=11, empty=2, truncated=1),
     "scoring": row(5, 4, low_score=1),
     "scoring.response": row(10, 5, low_score=4, unparsable_score=1),
+    "grpo.prompt": row(6, 5, below_band=1),
+}
+EXPECTED_GRPO = {  # (query, instruction) -> K-sample pass-rate estimate
+    (fx.Q_TEA, fx.S1): 0.75, (fx.Q_RAIN, fx.S1): 0.75, (fx.Q_TEA, fx.S2): 0.5,
+    (fx.Q_RAIN, fx.S2): 0.0, (fx.Q_TEA, fx.S3): 0.5, (fx.Q_RAIN, fx.S3): 0.5,
 }
 
 # LLM requests: augment 1 + checkable 4 (every fresh proposal) + verifiers 5 + back-translations 7
@@ -93,9 +109,10 @@ EXPECTED_FUNNEL = {
 EXPECTED_REQUESTS = 1 + 4 + 5 + 7 + 7 + 6 + 10
 
 # Sandbox checks: crossval functions x distinct cases (S1 3x6, S2 4x8, S3 3x7, A1 2x3 = 77) plus
-# responses kept functions x 4 samples x 2 queries (S1 2, S2 2, S3 1 functions: 40) = 117.
+# audit 5 kept functions x 5 probes = 25, plus responses kept functions x 4 samples x 2 queries
+# (S1 2, S2 2, S3 1 functions: 40) = 142.
 # rejected: IMPORT_OS on 6 cases + SUBPROCESS on 3; timeout: LOOP on 3; memory: BOMB on 8.
-EXPECTED_POOL = {"checks": 117, "rejected": 9, "timeout": 3, "memory": 8, "ok": 117 - 9 - 3 - 8,
+EXPECTED_POOL = {"checks": 142, "rejected": 9, "timeout": 3, "memory": 8, "ok": 142 - 9 - 3 - 8,
                  "error": 0, "crashed": 0, "bad_return": 0}
 
 KEPT_FUNCTIONS = {fx.S1: [fx.NO_COMMA, fx.COUNT_COMMA], fx.S2: [fx.LOWER, fx.LOWER2], fx.S3: [fx.DONE]}
@@ -138,6 +155,7 @@ JSONL_STEMS = {"sft_alpaca", "sft_sharegpt", "sft_trl", "dpo_llamafactory", "dpo
                "dpo_cases_llamafactory", "dpo_cases_trl", "verifiers"}
 DPO_FILES = {"dpo_llamafactory": "query", "dpo_trl": "query",          # file -> its one level
              "dpo_cases_llamafactory": "instruction", "dpo_cases_trl": "instruction"}
+GRPO_STEMS = {"grpo_prompts", "grpo_prompts_mixed"}
 
 
 def job_config(tmp_path: Path, **extra) -> Config:
@@ -174,7 +192,7 @@ def instruction_of(prompt_text: str) -> str:
 def check_exports(run_dir: Path, cfg: Config) -> None:
     """Every export file exists and holds exactly the expected records with full provenance."""
     files = {p.name[:-len(".jsonl")] for p in (run_dir / "exports").glob("*.jsonl")}
-    assert files == JSONL_STEMS
+    assert files == JSONL_STEMS | GRPO_STEMS
     ids = {text: Instruction(text).id for text in fx.SEEDS + [fx.A1, fx.A2]}
     query_ids = {q: Query(q).id for q in fx.QUERIES}
     contradicted = Verifier(fx.UPPER).id
@@ -225,6 +243,14 @@ def check_exports(run_dir: Path, cfg: Config) -> None:
     assert {e["file_name"] for e in info.values()} == {
         f"{s}.jsonl" for s in JSONL_STEMS - {"verifiers", "dpo_trl", "dpo_cases_trl"}}
     assert info["autoif_dpo_llamafactory"]["ranking"] is True
+    grpo = read_jsonl(run_dir / "exports" / "grpo_prompts.jsonl")
+    by_prompt = {tuple(r["prompt"][0]["content"].split("\n\n")): r for r in grpo}
+    assert {k: r["pass_rate"] for k, r in by_prompt.items()} == EXPECTED_GRPO
+    for (query, instruction), r in by_prompt.items():
+        assert r["prompt"] == [{"role": "user", "content": prompt(query, instruction)}] and r["k"] == 4
+        assert r["instruction_id"] == ids[instruction] == r["reward_model"]["ground_truth"]
+    mixed = read_jsonl(run_dir / "exports" / "grpo_prompts_mixed.jsonl")
+    assert mixed == [r for r in grpo if 0 < r["pass_rate"] < 1] and len(mixed) == 5
 
 
 async def test_run_job_funnel_exports_and_rerun(tmp_path):

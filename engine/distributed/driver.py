@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from engine.config import Config
-from engine.job import (DEMO_SEEDS, JobError, export_run, model_name, open_store, preflight,
-                        write_summary)
-from engine.stages import BackTranslateStage
+from engine.job import (DEMO_SEEDS, JobError, export_grpo_run, export_run, model_name,
+                        open_store, preflight, write_summary)
+from engine.stages import SAMPLED, BackTranslateStage
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
-from engine.records import Instruction, QueryResult, VerifiedInstruction
+from engine.records import Instruction, QueryResult, SampledPrompt, VerifiedInstruction
 from engine.report.observe import Distributions
 from engine.stage import Funnel
 
@@ -318,6 +318,8 @@ class Driver:
             verified = [VerifiedInstruction.from_dict(d) for d in payload]
             self._verified.update((v.id, v) for v in verified)
             self._store.put_records(verified, BackTranslateStage.name)
+        elif kind == "sampled":
+            self._store.put_records([SampledPrompt.from_dict(d, self._verified) for d in payload], SAMPLED)
         elif kind == "results":            # a shard sends an instruction before its results
             self._store.put_records([QueryResult.from_dict(d, self._verified) for d in payload], "final")
             self.received[index] = self.received.get(index, 0) + len(payload)
@@ -385,6 +387,7 @@ class Driver:
     def _finish(self, store: Any, augment: dict, t0: float) -> dict:
         funnel = self._merged_funnel()
         shards = [self.done[i] for i in range(self.n)]
+        grpo = export_grpo_run(self.cfg, store, self.run_dir / "exports", funnel)
         stopped = "completed" if all(s.get("stopped") == "completed" for s in shards) \
             and augment.get("stopped") == "completed" else "drained"
         summary = {
@@ -411,7 +414,8 @@ class Driver:
         summary.update(model=model_name(self.cfg, store), config_hash=self.cfg.config_hash())
         store.save_funnel(summary["funnel"])
         files = export_run(self.cfg, store, self.run_dir / "exports")
-        summary["exports"] = {k: str(v) for k, v in files.items()}
+        summary["grpo"] = grpo.to_dict()
+        summary["exports"] = {k: str(v) for k, v in {**files, **grpo.files}.items()}
         write_summary(self.run_dir, "summary.json", summary, funnel)
         return summary
 

@@ -12,6 +12,7 @@ Events are (kind, payload) tuples of plain JSON types:
     ("tick", {"funnel", "point"})       about once a second: live funnel and the latest sample
     ("verified", [VerifiedInstruction dicts])   back-translation outputs (for instruction DPO)
     ("results", [QueryResult dicts])    final records, streamed as each is scored
+    ("sampled", [SampledPrompt dicts])  every graded prompt's K pass rates, once the shard ends
     ("done", summary)                   the phase finished; its funnel, stats and time series
 
 Resume: every LLM answer is in the phase's SQLite cache before it is used, so a rerun after a
@@ -36,10 +37,11 @@ import orjson
 
 from engine.config import Config
 from engine.job import Recorded, open_engine, open_store, run_stages
-from engine.stages import (CHAIN, BackTranslateStage, build_stage, default_stages,
+from engine.stages import (CHAIN, SAMPLED, AuditStage, BackTranslateStage, build_stage,
+                           default_stages,
                            make_seed_batches)
 from engine.metrics import TimeSeries
-from engine.records import Instruction, Query, QueryResult, VerifiedInstruction
+from engine.records import Instruction, Query, QueryResult, SampledPrompt, VerifiedInstruction
 from engine.stage import Context, Funnel
 
 from engine.distributed.sharding import augment_dir, shard_dir
@@ -208,6 +210,8 @@ async def shard_events(cfg: Config, instructions: list[Instruction], *, index: i
                     batch = []
             if batch:
                 yield "results", batch
+            for part in _sampled(store):
+                yield "sampled", part
             summary = orjson.loads(store.get_meta(SUMMARY_KEY) or "{}")
             yield "done", {**summary, "replayed": True}
             return
@@ -230,13 +234,17 @@ async def shard_events(cfg: Config, instructions: list[Instruction], *, index: i
             store.put_records([result], "final")
             events.put("results", [result.to_dict()])
 
-        stages = [Streamed(s, store) if isinstance(s, BackTranslateStage) else s
-                  for s in default_stages(cfg, [], queries, names=CHAIN[1:])]
+        # the audited instructions are the verified ones (stored under back-translation's label)
+        stages = [Streamed(s, store, BackTranslateStage.name) if isinstance(s, AuditStage) else s
+                  for s in default_stages(cfg, [], queries, names=CHAIN[1:],
+                                          on_sampled=lambda s: store.put_records([s], SAMPLED))]
         task = asyncio.create_task(_phase(cfg, backend, directory, store, events, series, stages,
                                           instructions, sink))
         async for ev in events.drain(task):
             yield ev
         summary = task.result()
+        for part in _sampled(store):               # every graded prompt, for the GRPO export
+            yield "sampled", part
         summary.update(t0=t0, node=_node(), shard=index, instructions=len(instructions))
         if summary.get("stopped") == "completed":
             store.save_funnel(summary["funnel"])
@@ -245,6 +253,13 @@ async def shard_events(cfg: Config, instructions: list[Instruction], *, index: i
         yield "done", {**summary, "replayed": False}
     finally:
         store.close()
+
+
+def _sampled(store: Any, size: int = 256):
+    """The shard's SampledPrompt dicts, in parts of `size`."""
+    rows = [s.to_dict() for s in store.iter_records(SampledPrompt, SAMPLED)]
+    for i in range(0, len(rows), size):
+        yield rows[i:i + size]
 
 
 # -- the Ray actor ---------------------------------------------------------------------------

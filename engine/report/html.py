@@ -132,6 +132,12 @@ def _facts(summary: dict) -> list[tuple[str, str]]:
     if pool:
         facts += [("sandbox checks", str(pool.get("checks", 0))),
                   ("sandbox busy", f"{pool.get('busy_s', 0.0):.1f} worker-s")]
+    grpo = summary.get("grpo")
+    if grpo:
+        facts += [("GRPO prompts with mixed rewards",
+                   f"{grpo.get('mixed', 0)} of {grpo.get('prompts', 0)} "
+                   f"({100 * grpo.get('mixed_share', 0.0):.1f}%, pass rate strictly inside "
+                   f"{tuple(grpo.get('band', (0, 1)))})")]
     ray = summary.get("ray")
     if ray:
         facts += [("Ray shards", f"{ray.get('shards')} (instructions per shard: "

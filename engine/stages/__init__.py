@@ -5,29 +5,31 @@ the one place that reads them from a Config.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from engine.config import Config
 from engine.dedup import Deduper
-from engine.records import Instruction, Query
+from engine.records import Instruction, Query, SampledPrompt
+from engine.stages.audit import AuditStage
 from engine.stages.augment import AugmentStage, load_seed_instructions, make_seed_batches
 from engine.stages.backtranslate import BackTranslateStage
 from engine.stages.base import Sampling
 from engine.stages.crossval import CrossValStage
 from engine.stages.nli import LLMJudge, NLIJudge, TransformersNLI
 from engine.stages.queries import QueryJoinStage, load_queries
-from engine.stages.responses import ResponseStage
+from engine.stages.responses import SAMPLED, ResponseStage
 from engine.stages.scoring import ScoreStage
 from engine.stages.verifiers import VerifierStage
 
 __all__ = [
-    "AugmentStage", "VerifierStage", "CrossValStage", "BackTranslateStage", "QueryJoinStage",
-    "ResponseStage", "ScoreStage", "Sampling", "load_seed_instructions", "make_seed_batches",
-    "load_queries", "CHAIN", "build_stage", "default_stages",
+    "AugmentStage", "VerifierStage", "CrossValStage", "BackTranslateStage", "AuditStage",
+    "QueryJoinStage", "ResponseStage", "ScoreStage", "Sampling", "load_seed_instructions",
+    "make_seed_batches", "load_queries", "CHAIN", "SAMPLED", "build_stage", "default_stages",
 ]
 
 # the stage names of a full run, in order (SeedBatch in, QueryResult out)
-CHAIN = ("augment", "verifiers", "crossval", "backtranslate", "queries", "responses", "scoring")
+CHAIN = ("augment", "verifiers", "crossval", "backtranslate", "audit", "queries", "responses",
+         "scoring")
 
 
 def nli_judge(cfg: Config) -> NLIJudge:
@@ -38,11 +40,13 @@ def nli_judge(cfg: Config) -> NLIJudge:
 
 
 def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
-                queries: Sequence[Query] | None = None) -> object:
+                queries: Sequence[Query] | None = None,
+                on_sampled: Callable[[SampledPrompt], None] | None = None) -> object:
     """The stage called `name` with its settings from `cfg`.
 
     `seeds`: indexed by augment's deduper up front; `queries`: the query pool (None: read from
-    config.queries_path, or the built-in set).
+    config.queries_path, or the built-in set); `on_sampled`: given every graded prompt (the
+    responses stage), kept or not, for the GRPO prompt set.
     """
     judge = Sampling(1, cfg.judge_temperature, cfg.judge_max_tokens)
     if name == "augment":
@@ -66,6 +70,11 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
         if not cfg.backtranslate:           # no judge is loaded for a stage that passes through
             return BackTranslateStage(nli=LLMJudge(judge), sampling=judge, enabled=False)
         return BackTranslateStage(nli=nli_judge(cfg), sampling=judge)
+    if name in ("queries", "audit") and queries is None:
+        queries = load_queries(cfg.queries_path or None)
+    if name == "audit":
+        return AuditStage(queries, enabled=cfg.audit, action=cfg.audit_action,
+                          max_accepted=cfg.audit_max_accepted, weight=cfg.audit_weight)
     if name == "queries":
         if queries is None:
             queries = load_queries(cfg.queries_path or None)
@@ -73,14 +82,15 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
     if name == "responses":
         return ResponseStage(sampling=Sampling(cfg.responses_k, cfg.response_temperature,
                                                cfg.response_max_tokens),
-                             pass_threshold=cfg.pass_threshold)
+                             pass_threshold=cfg.pass_threshold, on_sampled=on_sampled)
     if name == "scoring":
         return ScoreStage(sampling=judge, score_min=cfg.score_min, enabled=cfg.scoring)
     raise ValueError(f"no stage called {name!r} (stages: {', '.join(CHAIN)})")
 
 
 def default_stages(cfg: Config, seeds: Sequence[Instruction] | None = None,
-                   queries: Sequence[Query] | None = None, names: Sequence[str] = CHAIN) -> list:
+                   queries: Sequence[Query] | None = None, names: Sequence[str] = CHAIN,
+                   on_sampled: Callable[[SampledPrompt], None] | None = None) -> list:
     """The stages `names` (default: the whole chain) with their settings from `cfg`.
 
     `seeds`: the run's seed instructions (None: read from config.seeds_path); `queries`: the
@@ -88,6 +98,7 @@ def default_stages(cfg: Config, seeds: Sequence[Instruction] | None = None,
     """
     if seeds is None and "augment" in names:
         seeds = load_seed_instructions(cfg.seeds_path or None)
-    if queries is None and "queries" in names:
+    if queries is None and ("queries" in names or "audit" in names):
         queries = load_queries(cfg.queries_path or None)
-    return [build_stage(n, cfg, seeds=seeds or (), queries=queries) for n in names]
+    return [build_stage(n, cfg, seeds=seeds or (), queries=queries, on_sampled=on_sampled)
+            for n in names]

@@ -6,13 +6,16 @@ than `pass_threshold`; failing responses stay in the record as DPO rejects.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 from engine.llm import Completion
-from engine.records import FunctionResult, QueryResult, QueryTask, ResponseRecord, Verifier
+from engine.records import (FunctionResult, QueryResult, QueryTask, ResponseRecord, SampledPrompt,
+                            Verifier)
 from engine.stage import Context
 from engine.stages.base import Sampling, ask, outcome_bool, tally
 from sandbox_pool import Outcome
+
+SAMPLED = "sampled"     # the state-store label of every graded task (see ResponseStage.on_sampled)
 
 
 def grade(completions: Sequence[Completion], functions: Sequence[Verifier], results: Sequence[Sequence[Outcome]],
@@ -39,13 +42,17 @@ def grade(completions: Sequence[Completion], functions: Sequence[Verifier], resu
 class ResponseStage:
     """QueryTask -> QueryResult with all K responses; dropped when none passes.
 
-    `sampling`: the response request (its n is K); `pass_threshold`: see the module docstring."""
+    `sampling`: the response request (its n is K); `pass_threshold`: see the module docstring;
+    `on_sampled`: given every graded task's pass rates, the ones where no response passed too
+    (a GRPO prompt set needs the too-hard prompts); None: nothing is recorded."""
 
     name = "responses"
 
-    def __init__(self, *, sampling: Sampling, pass_threshold: float) -> None:
+    def __init__(self, *, sampling: Sampling, pass_threshold: float,
+                 on_sampled: Callable[[SampledPrompt], None] | None = None) -> None:
         self.sampling = sampling
         self.pass_threshold = pass_threshold
+        self.on_sampled = on_sampled
 
     async def process(self, item: QueryTask, ctx: Context) -> list[QueryResult]:
         functions = item.instruction.verifiers
@@ -61,7 +68,11 @@ class ResponseStage:
         records, dropped = grade(completions, functions, results, self.pass_threshold)
         kept = sum(r.passed for r in records)
         tally(ctx, f"{self.name}.sample", kept, dropped)
+        model = getattr(ctx.llm, "model", "")
+        if self.on_sampled is not None:          # kept or not: the GRPO estimates
+            self.on_sampled(SampledPrompt(item, tuple(r.pass_rate for r in records), model))
+        result = QueryResult(task=item, responses=tuple(records), model=model)
         if not kept:
             ctx.funnel.drop(self.name, "no_response_passed")
             return []
-        return [QueryResult(task=item, responses=tuple(records), model=getattr(ctx.llm, "model", ""))]
+        return [result]

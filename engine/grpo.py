@@ -1,0 +1,105 @@
+"""The GRPO prompt set: every (instruction, query) prompt the run sampled, with its K-sample
+pass-rate estimate, and the difficulty-targeted subset a group-relative trainer learns from.
+
+GRPO learns only from prompts whose sampled completions get different rewards: a prompt every
+sample passes (or every sample fails) has zero advantage for the whole group. The estimate
+here is the share of the run's K responses whose pass rate over the instruction's functions is
+MORE than `pass_threshold` (the binary reward `autoif serve-reward` gives). A prompt is mixed
+when that share lies strictly inside (grpo_band_low, grpo_band_high).
+
+Rows are chat-format prompts plus the columns trainers read: `instruction_id` (TRL passes
+dataset columns to reward functions; OpenRLHF's --label_key), and verl's `data_source` and
+`reward_model.ground_truth`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from engine.export import write_jsonl
+from engine.records import SampledPrompt
+from engine.stage import Funnel
+
+DATA_SOURCE = "autoif"
+FUNNEL_ROW = "grpo.prompt"
+
+
+@dataclass(frozen=True)
+class GrpoOptions:
+    pass_threshold: float = 0.5
+    band_low: float = 0.0
+    band_high: float = 1.0
+    config_hash: str = ""
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> GrpoOptions:
+        return cls(pass_threshold=cfg.pass_threshold, band_low=cfg.grpo_band_low,
+                   band_high=cfg.grpo_band_high, config_hash=cfg.config_hash())
+
+
+@dataclass
+class GrpoSummary:
+    prompts: int = 0
+    mixed: int = 0
+    below_band: int = 0
+    above_band: int = 0
+    band: tuple[float, float] = (0.0, 1.0)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def mixed_share(self) -> float:
+        return self.mixed / self.prompts if self.prompts else 0.0
+
+    def to_dict(self) -> dict:
+        return {"prompts": self.prompts, "mixed": self.mixed, "mixed_share": self.mixed_share,
+                "below_band": self.below_band, "above_band": self.above_band,
+                "band": list(self.band), "files": {k: str(v) for k, v in self.files.items()}}
+
+    def count(self, funnel: Funnel) -> None:
+        """The funnel row: in = prompts, kept = mixed, dropped = outside the band."""
+        funnel.count_in(FUNNEL_ROW, self.prompts)
+        funnel.count_kept(FUNNEL_ROW, self.mixed)
+        funnel.count_out(FUNNEL_ROW, self.mixed)
+        for reason, n in (("below_band", self.below_band), ("above_band", self.above_band)):
+            if n:
+                funnel.drop(FUNNEL_ROW, reason, n)
+
+
+def prompt_row(sampled: SampledPrompt, opts: GrpoOptions) -> dict:
+    task, inst = sampled.task, sampled.task.instruction
+    k = len(sampled.pass_rates)
+    passes = sum(rate > opts.pass_threshold for rate in sampled.pass_rates)
+    mean_rate = sum(sampled.pass_rates) / k if k else 0.0
+    iid = inst.instruction.id
+    return {"prompt": [{"role": "user", "content": task.prompt}], "instruction_id": iid,
+            "pass_rate": passes / k if k else 0.0, "k": k, "mean_function_pass_rate": mean_rate,
+            "data_source": DATA_SOURCE, "reward_model": {"style": "rule", "ground_truth": iid},
+            "provenance": {"instruction_id": iid, "query_id": task.query_id,
+                           "function_ids": [f.id for f, _ in inst.functions],
+                           "model": sampled.model, "config_hash": opts.config_hash}}
+
+
+def export_grpo(out_dir: str | Path, sampled: Iterable[SampledPrompt], opts: GrpoOptions) -> GrpoSummary:
+    """Write grpo_prompts.jsonl (every sampled prompt) and grpo_prompts_mixed.jsonl (the band)."""
+    rows: dict[str, dict] = {}
+    for s in sampled:                             # one row per (instruction, query), first wins
+        if s.pass_rates and s.task.id not in rows:
+            rows[s.task.id] = prompt_row(s, opts)
+    every = sorted(rows.values(), key=lambda r: (r["instruction_id"], r["provenance"]["query_id"]))
+    summary = GrpoSummary(prompts=len(every), band=(opts.band_low, opts.band_high))
+    mixed = []
+    for row in every:
+        rate = row["pass_rate"]
+        if rate <= opts.band_low:
+            summary.below_band += 1
+        elif rate >= opts.band_high:
+            summary.above_band += 1
+        else:
+            mixed.append(row)
+    summary.mixed = len(mixed)
+    out_dir = Path(out_dir)
+    for stem, data in (("grpo_prompts", every), ("grpo_prompts_mixed", mixed)):
+        summary.files[stem] = out_dir / f"{stem}.jsonl"
+        write_jsonl(summary.files[stem], data)
+    return summary

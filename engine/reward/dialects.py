@@ -1,0 +1,121 @@
+"""The request and answer shapes of each trainer the reward service talks to.
+
+Each dialect turns a JSON body into (instruction id, completion) pairs and the scores back
+into the JSON its caller reads; everything else (limits, the sandbox, the reward rule) is the
+scorer's. A malformed body raises RequestError with one line naming the field at fault.
+
+- native `POST /score`: {"items": [{"instruction_id", "completion"}]}
+  -> {"rewards": [...], "results": [{"reward", "pass_rate", "functions": [{"id", "passed", "status"}]}]}
+- OpenRLHF `POST /get_reward` (its --remote_rm_url; the request its RemoteRewardModel sends, see
+  OpenRLHF/OpenRLHF openrlhf/utils/remote_rm_utils.py: {"query", "prompts", "labels"}, where a
+  query is prompt + response as the policy saw it and a label is the dataset's --label_key)
+  -> {"rewards", "scores", "extra_logs"} (the keys its experience maker reads)
+- NeMo Gym `POST /verify` (a resources server's verify, see NVIDIA-NeMo/Gym
+  resources_servers/instruction_following/app.py: the Responses API `response` whose last
+  output message holds the text) -> the body plus "reward", "follow_all_instructions" and
+  "follow_instruction_list" (one bool per function)
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from engine.reward.scorer import RequestError, Score
+
+Items = list[tuple[Any, Any]]
+
+# End-of-turn markers a decoded query may end with (OpenRLHF decodes the sequence with its
+# special tokens); a verifier must see the reply as the user would.
+EOS_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "<eos>", "</s>",
+               "<|end|>")
+
+
+def _field(body: Any, key: str, kind: type, where: str = "body") -> Any:
+    if not isinstance(body, dict):
+        raise RequestError(400, f"{where} must be a JSON object, got {type(body).__name__}")
+    if key not in body:
+        raise RequestError(400, f"{where}: missing field {key!r}")
+    value = body[key]
+    if not isinstance(value, kind):
+        raise RequestError(400, f"{where}.{key} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+# -- native ----------------------------------------------------------------------------------
+
+def native_items(body: Any) -> Items:
+    rows = _field(body, "items", list)
+    items = []
+    for i, row in enumerate(rows):
+        where = f"items[{i}]"
+        items.append((_field(row, "instruction_id", str, where), _field(row, "completion", str, where)))
+    return items
+
+
+def native_answer(scores: Sequence[Score]) -> dict:
+    return {"rewards": [s.reward for s in scores], "results": [s.to_dict() for s in scores]}
+
+
+# -- OpenRLHF --------------------------------------------------------------------------------
+
+def strip_eos(text: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        stripped = text.rstrip()
+        for marker in EOS_MARKERS:
+            if stripped.endswith(marker):
+                text, changed = stripped[: -len(marker)], True
+    return text
+
+
+def openrlhf_items(body: Any) -> Items:
+    queries = _field(body, "query", list)
+    prompts = _field(body, "prompts", list)
+    labels = _field(body, "labels", list)
+    if not len(queries) == len(prompts) == len(labels):
+        raise RequestError(400, f"query, prompts and labels differ in length "
+                                f"({len(queries)}, {len(prompts)}, {len(labels)})")
+    items = []
+    for i, (q, p, label) in enumerate(zip(queries, prompts, labels)):
+        if not isinstance(q, str) or not isinstance(p, str):
+            raise RequestError(400, f"query[{i}] and prompts[{i}] must be strings")
+        if not q.startswith(p):
+            raise RequestError(400, f"query[{i}] does not start with prompts[{i}] "
+                                    "(a query is the prompt followed by the response)")
+        items.append((label, strip_eos(q[len(p):])))
+    return items
+
+
+def openrlhf_answer(scores: Sequence[Score]) -> dict:
+    rewards = [s.reward for s in scores]
+    return {"rewards": rewards, "scores": rewards,
+            "extra_logs": {"function_pass_rate": [s.pass_rate for s in scores]}}
+
+
+# -- NeMo Gym --------------------------------------------------------------------------------
+
+def response_text(response: Any) -> str:
+    """The text of the last message in a Responses API `output` (its output_text parts)."""
+    output = _field(response, "output", list, "response")
+    for item in reversed(output):
+        if isinstance(item, dict) and item.get("type", "message") == "message":
+            parts = item.get("content")
+            if not isinstance(parts, list):
+                raise RequestError(400, "response.output message content must be a list")
+            return "".join(p["text"] for p in parts
+                           if isinstance(p, dict) and isinstance(p.get("text"), str)
+                           and p.get("type", "output_text") == "output_text")
+    return ""
+
+
+def nemo_items(body: Any) -> Items:
+    iid = _field(body, "instruction_id", str)
+    return [(iid, response_text(_field(body, "response", dict)))]
+
+
+def nemo_answer(body: dict, scores: Sequence[Score]) -> dict:
+    [s] = scores
+    follows = [f.passed for f in s.functions]
+    return {**body, "reward": s.reward, "pass_rate": s.pass_rate,
+            "follow_all_instructions": bool(follows) and all(follows),
+            "follow_instruction_list": follows, "function_ids": [f.id for f in s.functions]}

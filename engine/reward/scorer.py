@@ -1,0 +1,197 @@
+"""Scoring completions against a run's verified instructions: the core every reward dialect uses.
+
+A reward is the weighted pass rate of one completion over the instruction's kept functions
+(weights come from the verifier audit: 1.0 unless down-weighted), or, in binary mode, 1.0
+when that rate is MORE than the pass threshold (the rule the pipeline keeps responses by).
+
+One batch request becomes one sandbox job per (function, instruction) with all of that
+instruction's completions as inputs, so a batch of 64 completions x 3 functions is 3 jobs.
+Jobs never mix requests. A completion that makes a function hang or blow its memory ends
+that job early; the inputs it took down with it are run again one per job, so its
+neighbours still get their own verdicts.
+"""
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import orjson
+
+from engine.records import VerifiedInstruction
+from engine.stage import Executor
+from engine.stages.backtranslate import BackTranslateStage
+from engine.state import DB_NAME
+
+REWARD_MODES = ("rate", "binary")
+RERUN_STATUSES = frozenset({"timeout", "memory", "crashed"})   # a whole job can end on these
+
+
+class RequestError(ValueError):
+    """A bad request: the HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class RewardFunction:
+    id: str
+    code: str
+    weight: float = 1.0
+    flagged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RewardEntry:
+    instruction_id: str
+    text: str
+    functions: tuple[RewardFunction, ...]
+
+
+class RewardTable:
+    """instruction id (the exports' provenance `instruction_id`) -> its kept functions."""
+
+    def __init__(self, entries: Iterable[RewardEntry]) -> None:
+        self.entries = {e.instruction_id: e for e in entries}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, instruction_id: str) -> RewardEntry | None:
+        return self.entries.get(instruction_id)
+
+    @classmethod
+    def from_instructions(cls, instructions: Iterable[VerifiedInstruction]) -> RewardTable:
+        """One entry per instruction id; records of the same instruction (a resumed run with
+        other cases) contribute the union of their functions."""
+        merged: dict[str, dict[str, RewardFunction]] = defaultdict(dict)
+        texts: dict[str, str] = {}
+        for vi in instructions:
+            iid = vi.instruction.id
+            texts.setdefault(iid, vi.instruction.text)
+            flagged = {a.verifier_id for a in vi.audits if a.flagged}
+            for f, _ in vi.functions:
+                merged[iid].setdefault(f.id, RewardFunction(f.id, f.code, vi.weight(f.id), f.id in flagged))
+        return cls(RewardEntry(iid, texts[iid], tuple(fs.values())) for iid, fs in merged.items())
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> RewardTable:
+        """The verified instructions of a run directory, read without writing to it."""
+        path = Path(run_dir) / DB_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{run_dir}: no {DB_NAME}; run `autoif run --output-dir {run_dir}` first")
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT data FROM records WHERE kind = ? AND stage = ?",
+                              (VerifiedInstruction.__name__, BackTranslateStage.name)).fetchall()
+        finally:
+            db.close()
+        return cls.from_instructions(VerifiedInstruction.from_dict(orjson.loads(r[0])) for r in rows)
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    mode: str = "rate"                  # "rate": weighted pass rate; "binary": 1.0 above threshold
+    threshold: float = 0.5
+    max_batch: int = 1024               # completions per request
+    max_chars: int = 262_144            # characters per completion
+
+    def __post_init__(self) -> None:
+        if self.mode not in REWARD_MODES:
+            raise ValueError(f"reward mode must be one of {REWARD_MODES}, got {self.mode!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionVerdict:
+    id: str
+    passed: bool
+    status: str                          # the sandbox outcome status ("ok", "timeout", ...)
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    reward: float
+    pass_rate: float
+    functions: tuple[FunctionVerdict, ...]
+
+    def to_dict(self) -> dict:
+        return {"reward": self.reward, "pass_rate": self.pass_rate,
+                "functions": [{"id": f.id, "passed": f.passed, "status": f.status} for f in self.functions]}
+
+
+def _passed(outcome: Any) -> bool:
+    return getattr(outcome, "status", None) == "ok" and getattr(outcome, "value", None) is True
+
+
+class Scorer:
+    def __init__(self, table: RewardTable, executor: Executor, settings: RewardSettings | None = None) -> None:
+        self.table, self.executor = table, executor
+        self.settings = settings or RewardSettings()
+        self.scored = 0                   # completions scored (for /health)
+
+    def check(self, items: Sequence[tuple[Any, Any]]) -> None:
+        """Raise RequestError for the first thing wrong with a batch of (instruction id, completion)."""
+        s = self.settings
+        if not items:
+            raise RequestError(400, "empty batch: nothing to score")
+        if len(items) > s.max_batch:
+            raise RequestError(413, f"batch of {len(items)} completions; the limit is {s.max_batch}")
+        for i, (iid, text) in enumerate(items):
+            if not isinstance(iid, str):
+                raise RequestError(400, f"item {i}: instruction id must be a string, got {type(iid).__name__}")
+            if not isinstance(text, str):
+                raise RequestError(400, f"item {i}: completion must be a string, got {type(text).__name__}")
+            if len(text) > s.max_chars:
+                raise RequestError(413, f"item {i}: completion of {len(text)} characters; "
+                                        f"the limit is {s.max_chars}")
+            if iid not in self.table.entries:
+                raise RequestError(400, f"item {i}: unknown instruction id {iid[:80]!r}")
+
+    async def score(self, items: Sequence[tuple[str, str]]) -> list[Score]:
+        """Scores in item order; call check() first."""
+        by_inst: dict[str, list[int]] = defaultdict(list)
+        for i, (iid, _) in enumerate(items):
+            by_inst[iid].append(i)
+        jobs, owners = [], []               # owners[j] = (entry, function, item indices)
+        for iid, idx in by_inst.items():
+            entry = self.table.entries[iid]
+            texts = [items[i][1] for i in idx]
+            for f in entry.functions:
+                jobs.append((f.code, texts))
+                owners.append((f, idx))
+        results = [list(r) for r in await self.executor.evaluate_many(jobs)]
+        await self._rerun_alone(jobs, results)
+        verdicts: list[list[FunctionVerdict]] = [[] for _ in items]
+        weights: list[list[float]] = [[] for _ in items]
+        for (f, idx), outcomes in zip(owners, results):
+            for i, o in zip(idx, outcomes):
+                verdicts[i].append(FunctionVerdict(f.id, _passed(o), getattr(o, "status", "missing")))
+                weights[i].append(f.weight)
+        self.scored += len(items)
+        return [self._score(v, w) for v, w in zip(verdicts, weights)]
+
+    async def _rerun_alone(self, jobs: list, results: list[list]) -> None:
+        """Inputs of a multi-input job that ended on a timeout, memory or crash: one job each."""
+        again = [(j, k) for j, (outcomes, (_, texts)) in enumerate(zip(results, jobs)) if len(texts) > 1
+                 for k, o in enumerate(outcomes) if getattr(o, "status", None) in RERUN_STATUSES]
+        if not again:
+            return
+        singles = await self.executor.evaluate_many([(jobs[j][0], [jobs[j][1][k]]) for j, k in again])
+        for (j, k), single in zip(again, singles):
+            results[j][k] = single[0]
+
+    def _score(self, verdicts: list[FunctionVerdict], weights: list[float]) -> Score:
+        total = sum(weights)
+        rate = sum(w for v, w in zip(verdicts, weights) if v.passed) / total if total > 0 else 0.0
+        s = self.settings
+        reward = rate if s.mode == "rate" else float(rate > s.threshold)
+        return Score(reward=reward, pass_rate=rate, functions=tuple(verdicts))
+
+
+def table_summary(table: RewardTable) -> Mapping[str, Any]:
+    fs = [f for e in table.entries.values() for f in e.functions]
+    return {"instructions": len(table), "functions": len(fs), "flagged": sum(f.flagged for f in fs)}

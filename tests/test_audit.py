@@ -1,0 +1,79 @@
+"""The verifier audit: kept functions run on degenerate probes in the real sandbox pool; what
+flag, downweight and drop do to the record, the funnel and the reward weights."""
+import pytest
+
+from engine.config import Config
+from engine.records import Instruction, Query, Verifier, VerifiedInstruction
+from engine.stage import Context, Funnel
+from engine.stages import build_stage
+from engine.stages.audit import LONG_TEXT_WORDS, PROBES, long_text, probes
+from sandbox_pool import SandboxPool
+
+INSTRUCTION = "Answer in at least three words and end with the word done."
+QUERY = "How do I boil an egg?"
+# accepts everything: the reward a policy could get for any text at all
+ANYTHING = "def evaluate(response):\n    return True\n"
+# a sound check: rejects every probe
+SOUND = "def evaluate(response):\n    return len(response.split()) >= 3 and response.rstrip().endswith('done')\n"
+# lets the empty text through, a typical slip of LLM-written checks
+EMPTY_OK = "def evaluate(response):\n    return not response.strip() or response.rstrip().endswith('done')\n"
+
+
+def audit_stage(cfg: Config):
+    """The audit stage as a run builds it from `cfg`."""
+    return build_stage("audit", cfg, queries=[Query(QUERY)])
+
+
+def item() -> VerifiedInstruction:
+    return VerifiedInstruction(Instruction(INSTRUCTION),
+                               tuple((Verifier(code), 1.0) for code in (ANYTHING, SOUND)), ())
+
+
+def test_probes_are_degenerate():
+    texts = probes(INSTRUCTION, QUERY)
+    assert list(texts) == list(PROBES)
+    assert texts["empty"] == "" and texts["instruction"] == INSTRUCTION and texts["query_echo"] == QUERY
+    assert len(set(texts["repeated_word"].split())) == 1 and len(texts["repeated_word"].split()) > 1
+    assert len(long_text().split()) == LONG_TEXT_WORDS
+
+
+@pytest.mark.parametrize("action", ["flag", "downweight", "drop"])
+async def test_audit_actions(action):
+    cfg = Config(audit_action=action, audit_weight=0.25)
+    async with SandboxPool(workers=1, timeout_s=2.0) as pool:
+        ctx = Context(llm=None, executor=pool, funnel=Funnel())
+        [out] = await audit_stage(cfg).process(item(), ctx)
+    anything, sound = Verifier(ANYTHING).id, Verifier(SOUND).id
+    audits = {a.verifier_id: a for a in out.audits}
+    assert audits[sound].accepted == () and not audits[sound].flagged and out.weight(sound) == 1.0
+    row = ctx.funnel.to_dict()["audit.function"]
+    assert row["in"] == 2 and row["kept"] == 1
+    if action == "drop":
+        assert [f.id for f, _ in out.functions] == [sound] and anything not in audits
+        assert row["out"] == 1 and row["dropped"] == {"flagged_dropped": 1}
+    else:
+        assert audits[anything].accepted == PROBES and audits[anything].flagged
+        assert out.weight(anything) == (0.25 if action == "downweight" else 1.0)
+        assert row["out"] == 2
+        assert row["dropped"] == {"flagged" if action == "flag" else "flagged_downweighted": 1}
+    probe_row = ctx.funnel.to_dict()["audit.probe"]
+    assert probe_row["in"] == 10 and probe_row["kept"] == 5
+    assert probe_row["dropped"] == {f"accepted_{p}": 1 for p in PROBES}
+    # the verdicts survive the record's round trip (the state store, exports, the reward service)
+    assert VerifiedInstruction.from_dict(out.to_dict()) == out
+
+
+async def test_audit_threshold_and_all_dropped():
+    inst = VerifiedInstruction(Instruction(INSTRUCTION), ((Verifier(EMPTY_OK), 1.0),), ())
+    async with SandboxPool(workers=1, timeout_s=2.0) as pool:
+        # one accepted probe is within a tolerance of 1: not flagged
+        ctx = Context(llm=None, executor=pool, funnel=Funnel())
+        [kept] = await audit_stage(Config(audit_max_accepted=1)).process(inst, ctx)
+        assert kept.audits[0].accepted == ("empty",) and not kept.audits[0].flagged
+        # dropping the only function drops the instruction, with its reason
+        ctx = Context(llm=None, executor=pool, funnel=Funnel())
+        assert await audit_stage(Config(audit_action="drop")).process(inst, ctx) == []
+        assert ctx.funnel.to_dict()["audit"]["dropped"] == {"all_functions_flagged": 1}
+        # audit off: passes through untouched
+        ctx = Context(llm=None, executor=pool, funnel=Funnel())
+        assert await audit_stage(Config(audit=False)).process(inst, ctx) == [inst]
