@@ -14,15 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, Sequence, TypeVar
 
 from engine.llm import LLM
+from sandbox_pool import Outcome
 
 In = TypeVar("In", contravariant=True)
 Out = TypeVar("Out", covariant=True)
 
 
 class Executor(Protocol):
-    """What stages need from the sandbox pool (sandbox_pool.SandboxPool satisfies it)."""
+    """What stages need from the sandbox pool (sandbox_pool.SandboxPool satisfies it).
 
-    async def evaluate_many(self, jobs: Sequence[tuple[str, Sequence[Any]]]) -> list[Sequence[Any]]: ...
+    One Outcome per input of each (code, inputs) job, in job order."""
+
+    async def evaluate_many(self, jobs: Sequence[tuple[str, Sequence[Any]]]) -> list[Sequence[Outcome]]: ...
 
 
 class Funnel:

@@ -11,13 +11,19 @@ Process layout per worker (started once, reused for every job):
                                   +-- zygote  (zygote.py; PID 1 of the worker's PID namespace)
                                        +-- job   (one fork per job: confine.py, then runner.py)
 
-A job is confined before any of its code runs: rlimits (address space, CPU, processes,
-file size, open files), no_new_privs, a Landlock ruleset (writes only beneath the
-worker's scratch dir, reads only of the interpreter and system libraries, no TCP,
-no signals or abstract sockets outside the job), and a dedicated unprivileged uid.
-After each job the zygote kills everything left in the namespace and removes the
-job's scratch dir. Layers the host cannot provide are reported once at start and in
-stats()["degraded"].
+A job is confined before any of its code runs: it joins its worker's job cgroup
+(memory with swap off, process count: children and shared memory included), then
+rlimits (address space, CPU, processes, file size, open files), no_new_privs, a
+Landlock ruleset (writes only beneath the worker's scratch dir, reads only of the
+interpreter and system libraries, no TCP, no signals or abstract sockets outside the
+job), and a dedicated unprivileged uid. Workers have their own PID, network, mount and
+IPC namespaces. After each job the zygote kills everything left in the namespace,
+removes any SysV IPC object and the job's scratch. Its verdicts reach the pool only as
+data that the supervisor and then the pool validate; anything malformed fails that job
+alone, and a watchdog resolves every job within timeout_s + grace_s. Layers the host
+cannot provide are reported once at start and in stats()["degraded"].
+
+The import allowlist (precheck.py) is a filter for honest mistakes, not a security layer.
 """
 
 from .outcome import JobResult, Outcome

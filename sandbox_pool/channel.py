@@ -32,11 +32,25 @@ def split_frames(buf: bytearray) -> tuple[list[memoryview], int]:
                 break
             (size,) = _HDR_LONG.unpack_from(buf, start)
             start += 8
+        elif size < 0:
+            raise ValueError(f"invalid frame size {size}")
         if len(buf) - start < size:
             break
         frames.append(view[start:start + size])
         pos = start + size
     return frames, pos
+
+
+def next_frame_size(buf: bytearray, pos: int) -> int | None:
+    """Declared size of the (incomplete) frame starting at buf[pos], once its header is in."""
+    if len(buf) - pos < 4:
+        return None
+    (size,) = _HDR.unpack_from(buf, pos)
+    if size != -1:
+        return size
+    if len(buf) - pos < 12:
+        return None
+    return _HDR_LONG.unpack_from(buf, pos + 4)[0]
 
 
 class Channel:

@@ -1,6 +1,7 @@
 """Confinement applied inside a freshly forked job process, before untrusted code runs.
 
-Order matters: fds are cleaned first (so nothing of the supervisor leaks), then
+Order matters: the job joins its worker's job cgroups first (as root, before it can
+allocate anything that should count), fds are cleaned next (so nothing of the supervisor leaks), then
 rlimits, then no_new_privs + Landlock (which needs them), and the uid switch
 last, since dropping root also drops the right to do the steps before it.
 """
@@ -35,6 +36,7 @@ class Plan:
     uid: int | None  # unprivileged uid to become; None when not running as root
     devnull_fd: int  # opened once, before the zygote starts; becomes the job's stdin
     parent_pid: int  # the zygote, as the job sees it
+    cgroup_fds: tuple[int, ...] = ()  # cgroup.procs files of the job cgroups (memory, pids)
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -59,6 +61,11 @@ def _close_fds_except(keep: set[int]) -> None:
 
 def confine(plan: Plan, out_w: int) -> None:
     """Confine the calling (job) process. Raises SetupError naming the layer that failed."""
+    for fd in plan.cgroup_fds:
+        try:
+            os.write(fd, b"0")  # "0": the writing process itself
+        except OSError as e:
+            raise SetupError("job_cgroup", str(e)) from None
     os.dup2(plan.devnull_fd, 0)
     os.dup2(out_w, 1)
     os.dup2(out_w, 2)

@@ -22,10 +22,19 @@ _libc.unshare.argtypes = [ctypes.c_int]
 _libc.unshare.restype = ctypes.c_int
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.mount.restype = ctypes.c_int
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.umount2.restype = ctypes.c_int
+for _name in ("shmctl", "msgctl"):
+    getattr(_libc, _name).argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    getattr(_libc, _name).restype = ctypes.c_int
+_libc.semctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+_libc.semctl.restype = ctypes.c_int
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWIPC = 0x08000000
+MNT_DETACH = 2
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
@@ -115,6 +124,46 @@ def mount_private_tmpfs(target: str, size_mb: int, max_files: int) -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("sandbox-scratch", target, "tmpfs", MS_NOSUID | MS_NODEV,
           f"size={size_mb}m,nr_inodes={max_files},mode=0711")
+
+
+def remount_private_tmpfs(target: str, size_mb: int, max_files: int) -> None:
+    """Replace the tmpfs on target with a fresh, empty one (whatever the old one held)."""
+    _check(_libc.umount2(target.encode(), MNT_DETACH))
+    mount("sandbox-scratch", target, "tmpfs", MS_NOSUID | MS_NODEV,
+          f"size={size_mb}m,nr_inodes={max_files},mode=0711")
+
+
+# SysV IPC: (ctl function, *_INFO command, offset of the in-use count in the info struct,
+# *_STAT command). The counts are shm_info.used_ids, msginfo.msgpool and seminfo.semusz.
+_IPC_RMID = 0
+_SYSV = (("shmctl", 14, 0, 13), ("msgctl", 12, 0, 11), ("semctl", 19, 28, 18))
+_IPC_BUF = ctypes.create_string_buffer(512)  # large enough for every *_info / *id_ds struct
+
+
+def _sysv_call(fn: str, ident: int, cmd: int, buf) -> int:
+    if fn == "semctl":
+        return _libc.semctl(ident, 0, cmd, buf)
+    return getattr(_libc, fn)(ident, cmd, buf)
+
+
+def sweep_sysv_ipc() -> int:
+    """Remove every SysV shared-memory segment, message queue and semaphore set in this
+    process' IPC namespace; returns how many were removed.
+
+    Costs three syscalls when there is nothing to remove (the usual case). Only for a
+    namespace of the pool's own, once no job process is left in it.
+    """
+    buf = _IPC_BUF
+    removed = 0
+    for fn, info_cmd, count_at, stat_cmd in _SYSV:
+        highest = _sysv_call(fn, 0, info_cmd, buf)
+        if highest < 0 or struct.unpack_from("=i", buf.raw, count_at)[0] == 0:
+            continue
+        for index in range(highest + 1):
+            ident = _sysv_call(fn, index, stat_cmd, buf)
+            if ident >= 0 and _sysv_call(fn, ident, _IPC_RMID, None) == 0:
+                removed += 1
+    return removed
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

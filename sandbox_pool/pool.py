@@ -12,7 +12,6 @@ import asyncio
 import logging
 import math
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -22,17 +21,26 @@ from typing import Iterable, Sequence
 
 import orjson
 
-from .channel import header, split_frames
-from .outcome import (CODE_TO_STATUS, C_OK, OK_FALSE, OK_NONE, OK_TRUE, REJECTED, STATUSES,
-                      JobResult, Outcome)
+from .cgroups import JobCgroups
+from .limits import Limits, WorkerSpec
+from .channel import header, next_frame_size, split_frames
+from .outcome import (CODE_TO_STATUS, C_OK, CRASHED, MEMORY, OK_FALSE, OK_NONE, OK_TRUE, REJECTED,
+                      STATUSES, TIMEOUT, JobResult, Outcome)
 from .precheck import DEFAULT_ALLOWED_MODULES, precheck
+from .runner import one_line
+from .scratch import remove_tree
 
 log = logging.getLogger("sandbox_pool")
 
 LAYERS = ("pid_namespace", "net_namespace", "landlock_fs", "landlock_net", "landlock_scope",
-          "setuid", "fork_limit", "env_scrub", "scratch_quota")
-DISABLEABLE = ("pid_namespace", "net_namespace", "landlock", "setuid", "env_scrub", "scratch_quota")
+          "setuid", "fork_limit", "env_scrub", "scratch_quota", "job_cgroup", "ipc_namespace")
+DISABLEABLE = ("pid_namespace", "net_namespace", "landlock", "setuid", "env_scrub", "scratch_quota",
+               "job_cgroup", "ipc_namespace")
 _CONSEQUENCE = {
+    "job_cgroup": "memory is limited per process (RLIMIT_AS), not per job: a job's children, memfds "
+                  "and shared memory are not counted together",
+    "ipc_namespace": "jobs share the host's SysV IPC objects (shared memory, message queues), "
+                     "which outlive the job",
     "pid_namespace": "leftover job processes are killed by process group/uid sweep instead of "
                      "namespace teardown",
     "net_namespace": "jobs share the host network stack",
@@ -45,17 +53,94 @@ _CONSEQUENCE = {
     "scratch_quota": "scratch files are bounded per file (max_file_mb) and by the clock, not in total",
 }
 _TAG_OUTCOME = {"T": OK_TRUE, "F": OK_FALSE, "N": OK_NONE}
+_SCALARS = (type(None), bool, int, float, str)
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+# A result frame carries at most max_value_chars (JSON-escaped) and a one-line detail per input,
+# plus the captured output; anything declaring more than this is not a result.
+_FRAME_FIXED = 1 << 20
+
+
+class _Malformed(Exception):
+    """A worker sent something that is not a well-formed answer."""
 
 
 class _Job:
-    __slots__ = ("id", "payload", "n", "future", "started")
+    """One caller's (code, inputs), waiting for a worker."""
 
-    def __init__(self, job_id: int, payload: list, n: int, future: asyncio.Future):
-        self.id = job_id
-        self.payload = payload
+    __slots__ = ("code", "code_json", "data", "n", "future", "taken", "solo")
+
+    def __init__(self, code: str, code_json: bytes, data: bytes, n: int, future: asyncio.Future):
+        self.code = code
+        self.code_json = code_json
+        self.data = data  # the inputs as one JSON array
         self.n = n
         self.future = future
-        self.started = 0.0
+        self.taken = False  # sent (possibly coalesced into an earlier job of the same code)
+        self.solo = False  # runs alone: it lost its verdicts to another job's failure once
+
+
+class _SameCode:
+    """Queued jobs of one code, oldest first (entries already taken are skipped lazily)."""
+
+    __slots__ = ("jobs", "inputs")
+
+    def __init__(self):
+        self.jobs: deque[_Job] = deque()
+        self.inputs = 0  # inputs of the jobs not yet taken
+
+
+class _Wire:
+    """What one worker runs in one fork: one or more caller jobs of the same code, inputs
+    concatenated. Only identical code is ever coalesced, so no two functions share a process."""
+
+    __slots__ = ("id", "parts", "n", "started")
+
+    def __init__(self, wire_id: int, parts: list[_Job], n: int):
+        self.id = wire_id
+        self.parts = parts
+        self.n = n
+        self.started = 0.0  # when it became the head of its worker's queue (its deadline counts from then)
+
+    def payload(self) -> list[bytes]:
+        # [id, n, code] newline inputs: the supervisor passes the inputs on without decoding them.
+        if len(self.parts) == 1:
+            data = self.parts[0].data
+        else:
+            data = b"[" + b",".join([p.data[1:-1] for p in self.parts]) + b"]"
+        return [b"[%d,%d," % (self.id, self.n), self.parts[0].code_json, b"]\n", data]
+
+    def resolve(self, outcomes: list, output: str, elapsed: float) -> None:
+        at = 0
+        for p in self.parts:
+            if not p.future.done():
+                p.future.set_result(JobResult(outcomes[at:at + p.n], output, elapsed))
+            at += p.n
+
+    def bystanders(self, outcomes: list, tags: str) -> int:
+        """How many trailing parts to run again alone after a job-level failure (timeout,
+        crash, OOM kill): every part from the one it hit on, except the first part, whose
+        inputs ran first in a fresh process exactly as they would have alone. Whatever cut
+        a later part may have been another caller's input or the merged job's size."""
+        if len(self.parts) == 1:
+            return 0
+        i = tags.find("R")
+        while i >= 0:
+            o = outcomes[i]
+            if o.status in (TIMEOUT, CRASHED) or (o.status == MEMORY and o.detail.startswith("job ")):
+                break
+            i = tags.find("R", i + 1)
+        if i < 0:
+            return 0
+        at, k = 0, 0
+        for k, p in enumerate(self.parts):
+            if at + p.n > i:
+                break
+            at += p.n
+        return len(self.parts) - max(k, 1)
+
+    def fail(self, reason: str) -> None:
+        crashed = Outcome("crashed", None, reason)
+        self.resolve([crashed] * self.n, "", 0.0)
 
 
 class _Worker:
@@ -69,7 +154,7 @@ class _Worker:
         self.fd = conn.fileno()
         self.rbuf = bytearray()
         self.wbuf = bytearray()
-        self.inflight: deque[_Job] = deque()
+        self.inflight: deque[_Wire] = deque()
         self.ready = False
         self.host_pid: int | None = None
         self.uid: int | None = None
@@ -89,7 +174,9 @@ class SandboxPool:
                  allowed_modules: Iterable[str] | None = None, sandbox_uid_base: int = 61000,
                  scratch_root: str | None = None, disable_layers: Iterable[str] = (),
                  pipeline_depth: int = 2, start_method: str = "forkserver",
-                 start_timeout_s: float = 60.0, nice: int = 5):
+                 start_timeout_s: float = 60.0, nice: int = 5, grace_s: float = 2.0,
+                 cpu_base_s: float = 0.2, cpu_per_input_s: float = 0.01,
+                 coalesce_max_inputs: int = 256):
         if timeout_s <= 0 or memory_mb <= 0:
             raise ValueError("timeout_s and memory_mb must be positive")
         unknown = set(disable_layers) - set(DISABLEABLE)
@@ -97,27 +184,35 @@ class SandboxPool:
             raise ValueError(f"unknown layers {sorted(unknown)}; choose from {DISABLEABLE}")
         self.n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self.timeout_s = float(timeout_s)
+        # Every job resolves within timeout_s + grace_s of reaching its worker, whatever happens.
+        self.grace_s = float(grace_s)
         self.allowed_modules = frozenset(DEFAULT_ALLOWED_MODULES if allowed_modules is None else allowed_modules)
-        self._cfg = {
-            "timeout_s": self.timeout_s,
-            "memory_mb": int(memory_mb),
-            "cpu_s": int(cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1),
-            "max_procs": int(max_procs),
-            "max_output_bytes": int(max_output_bytes),
-            "max_file_mb": int(max_file_mb),
-            "max_scratch_mb": int(max_scratch_mb),
-            "max_scratch_files": int(max_scratch_files),
-            "max_open_files": int(max_open_files),
-            "max_value_chars": int(max_value_chars),
-            "allowed_modules": sorted(self.allowed_modules),
-            "sandbox_uid_base": int(sandbox_uid_base),
-            "disable_layers": sorted(set(disable_layers)),
+        self.limits = Limits(
+            timeout_s=self.timeout_s,
+            memory_mb=int(memory_mb),
+            cpu_s=int(cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1),
+            cpu_base_s=float(cpu_base_s),
+            cpu_per_input_s=float(cpu_per_input_s),
+            max_procs=int(max_procs),
+            max_output_bytes=int(max_output_bytes),
+            max_file_mb=int(max_file_mb),
+            max_scratch_mb=int(max_scratch_mb),
+            max_scratch_files=int(max_scratch_files),
+            max_open_files=int(max_open_files),
+            max_value_chars=int(max_value_chars),
+            allowed_modules=tuple(sorted(self.allowed_modules)),
+            sandbox_uid_base=int(sandbox_uid_base),
+            disable_layers=tuple(sorted(set(disable_layers))),
             # Verification soaks up spare CPU; the event loop feeding the server (and a server
             # on the same node) must not wait behind it, so workers run at a lower priority.
-            "nice": int(nice),
-        }
+            nice=int(nice),
+        )
         self._scratch_parent = scratch_root
         self._depth = max(1, int(pipeline_depth))
+        # Queued jobs of the same code are sent as one job of up to this many inputs: one fork
+        # instead of many (the pipeline sends one small job per function per query).
+        self._coalesce_max = max(1, int(coalesce_max_inputs))
+        self._by_code: dict[str, _SameCode] = {}
         self._start_method = start_method
         self._start_timeout_s = start_timeout_s
         self._workers: list[_Worker] = []
@@ -133,6 +228,8 @@ class SandboxPool:
         self._start_failures = 0
         self._watchdog: asyncio.TimerHandle | None = None
         self._scratch_root: str | None = None
+        self._cgroups: JobCgroups | None = None
+        self._cgroup_why = ""
         self._isolation: dict[str, bool] = {}
         self._why: dict[str, str] = {}
         self._counts = dict.fromkeys(STATUSES, 0)
@@ -157,9 +254,10 @@ class SandboxPool:
         self._ctx, self._process_cls = context(self._start_method)
         self._scratch_root = tempfile.mkdtemp(prefix="sandbox_pool-", dir=self._scratch_parent)
         os.chmod(self._scratch_root, 0o711)  # job uids must traverse it to reach their dirs
-        self._cfg["scratch_root"] = self._scratch_root
+        if "job_cgroup" not in self.limits.disable_layers:
+            self._cgroups, self._cgroup_why = JobCgroups.create()
         # Safety net for a pool that is never closed (interrupted run, forgotten close()).
-        self._finalizer = weakref.finalize(self, _abandon, self._workers, self._scratch_root)
+        self._finalizer = weakref.finalize(self, _abandon, self._workers, self._scratch_root, self._cgroups)
         self._ready_waiter = self._loop.create_future()
         self._started = True
         try:
@@ -175,8 +273,15 @@ class SandboxPool:
     def _spawn(self, index: int) -> _Worker:
         from .worker import worker_main
 
+        cgroup, why = None, self._cgroup_why
+        if self._cgroups is not None:
+            try:
+                cgroup = self._cgroups.worker(index, self.limits.memory_mb, self.limits.max_procs)
+            except OSError as e:
+                why = f"cannot create the worker's cgroup: {e.strerror}"
+        spec = WorkerSpec(self.limits, index, self._scratch_root, cgroup, why)
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._process_cls(target=worker_main, args=(self._cfg, child, index),
+        proc = self._process_cls(target=worker_main, args=(spec, child),
                                  name=f"sandbox-worker-{index}", daemon=True)
         proc.start()
         child.close()
@@ -197,10 +302,12 @@ class SandboxPool:
             if not job.future.done():
                 job.future.set_exception(err)
         self._queue.clear()
+        self._by_code.clear()
         for w in self._workers:
-            for job in w.inflight:
-                if not job.future.done():
-                    job.future.set_exception(err)
+            for wire in w.inflight:
+                for job in wire.parts:
+                    if not job.future.done():
+                        job.future.set_exception(err)
             w.inflight.clear()
             self._detach(w)
             try:
@@ -213,7 +320,12 @@ class SandboxPool:
         if self._ready_waiter and not self._ready_waiter.done():
             self._ready_waiter.cancel()
         if self._scratch_root:
-            shutil.rmtree(self._scratch_root, ignore_errors=True)
+            remove_tree(self._scratch_root)
+        if self._cgroups is not None:
+            deadline = time.monotonic() + 5.0  # jobs die with their zygote, a moment after it
+            while not self._cgroups.empty() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            self._cgroups.remove()
         self._finalizer.detach()
 
     async def _reap(self, proc, patience_s: float = 5.0) -> None:
@@ -261,7 +373,8 @@ class SandboxPool:
     # ---- submission and dispatch -----------------------------------------------------------
 
     def _prepare(self, code: str, inputs: Sequence, encoded: dict | None = None):
-        """Precheck and encode one job: a JobResult when it needs no worker, else (id, payload, n)."""
+        """Precheck and encode one job: a JobResult when it needs no worker, else
+        (code, code as JSON, inputs as JSON, n)."""
         if not self._started or self._closing:
             raise RuntimeError("SandboxPool is not running: use 'async with SandboxPool(...)'")
         if self._fatal:
@@ -283,10 +396,7 @@ class SandboxPool:
             data = _dumps(inputs)
             if encoded is not None:
                 encoded[id(inputs)] = (inputs, n, data)  # holding `inputs` keeps its id unique
-        self._next_id += 1
-        # [id, n, code] newline inputs: the supervisor passes the inputs on without decoding them.
-        payload = [b"[%d,%d," % (self._next_id, n), _dumps(code), b"]\n", data]
-        return self._next_id, payload, n
+        return code, _dumps(code), data, n
 
     def _enqueue(self, prepared: list) -> list[asyncio.Future]:
         futs = []
@@ -298,31 +408,83 @@ class SandboxPool:
                 self._counts[REJECTED] += len(item) if item and item[0].status == REJECTED else 0
                 fut.set_result(item)
             else:
-                job_id, payload, n = item
-                self._queue.append(_Job(job_id, payload, n, fut))
+                job = _Job(*item, fut)
+                self._queue.append(job)
+                self._index(job, at_end=True)
             futs.append(fut)
         return futs
+
+    def _index(self, job: _Job, at_end: bool) -> None:
+        same = self._by_code.get(job.code)
+        if same is None:
+            same = self._by_code[job.code] = _SameCode()
+        if at_end:
+            same.jobs.append(job)
+        else:
+            same.jobs.appendleft(job)
+        same.inputs += job.n
+
+    def _take(self, job: _Job, free_slots: int) -> _Wire:
+        """`job` plus queued jobs of the same code (oldest first), as one job for one worker.
+
+        It takes its share of the queued inputs of that code (an even split over the free
+        worker slots, at most the coalescing cap): while workers are idle jobs still spread
+        over them, and the busier the pool the larger the merged jobs.
+        """
+        self._next_id += 1
+        if job.solo:
+            job.taken = True
+            return _Wire(self._next_id, [job], job.n)
+        same = self._by_code[job.code]
+        share = min(self._coalesce_max, -(-same.inputs // free_slots))
+        job.taken = True
+        same.inputs -= job.n
+        parts, n = [job], job.n
+        jobs = same.jobs
+        while jobs:
+            other = jobs[0]
+            if other.taken or other.future.done():
+                jobs.popleft()
+                if not other.taken:
+                    same.inputs -= other.n
+                    other.taken = True
+                continue
+            if n + other.n > share:
+                break
+            jobs.popleft()
+            other.taken = True
+            same.inputs -= other.n
+            parts.append(other)
+            n += other.n
+        if not jobs:
+            del self._by_code[job.code]
+        return _Wire(self._next_id, parts, n)
 
     def _dispatch(self) -> None:
         queue = self._queue
         while queue:
             best = None
+            free = 0
             for w in self._workers:
                 if w.ready and not w.dead and len(w.inflight) < self._depth:
+                    free += self._depth - len(w.inflight)
                     if best is None or len(w.inflight) < len(best.inflight):
                         best = w
-                        if not w.inflight:
-                            break
             if best is None:
                 return
             job = queue.popleft()
-            if job.future.done():  # caller gave up (cancelled) before it was sent
+            if job.taken or job.future.done():  # coalesced already, or the caller gave up
+                if not job.taken:
+                    job.taken = True
+                    if not job.solo:
+                        self._by_code[job.code].inputs -= job.n
                 continue
+            wire = self._take(job, free)
             if not best.inflight:
-                job.started = time.monotonic()
-            best.inflight.append(job)
+                wire.started = time.monotonic()
+            best.inflight.append(wire)
             self._dispatched += 1
-            self._send(best, job.payload)
+            self._send(best, wire.payload())
 
     def _send(self, w: _Worker, parts: list) -> None:
         n = sum(map(len, parts))
@@ -363,6 +525,15 @@ class SandboxPool:
     # ---- receiving ---------------------------------------------------------------------------
 
     def _on_readable(self, w: _Worker) -> None:
+        # Nothing a worker sends may raise out of this callback: a malformed, oversized or
+        # unexpected frame (or a bug here) fails that worker's job and replaces the worker.
+        try:
+            self._receive(w)
+        except Exception as e:
+            self._worker_died(w, one_line(f"malformed answer from the sandbox worker: {type(e).__name__}: {e}"))
+            self._dispatch()
+
+    def _receive(self, w: _Worker) -> None:
         try:
             data = os.read(w.fd, 1 << 20)
         except BlockingIOError:
@@ -378,18 +549,29 @@ class SandboxPool:
         frames, used = split_frames(buf)
         try:
             for frame in frames:
-                self._on_message(w, orjson.loads(frame))
                 if w.dead:
                     return
+                self._on_message(w, orjson.loads(frame))
         finally:
             for frame in frames:
                 frame.release()
             del buf[:used]        # consumed even if a frame failed: never parse it twice
-        self._dispatch()
+        pending = next_frame_size(buf, 0)
+        if pending is not None and pending > self._max_frame(w):
+            raise _Malformed(f"frame of {pending} bytes announced")
+        if not w.dead:
+            self._dispatch()
+
+    def _max_frame(self, w: _Worker) -> int:
+        n = max((j.n for j in w.inflight), default=0)
+        lim = self.limits
+        return _FRAME_FIXED + 6 * lim.max_output_bytes + n * (6 * lim.max_value_chars + 4096)
 
     def _on_message(self, w: _Worker, msg) -> None:
         if type(msg) is list:
             self._on_result(w, msg)
+        elif type(msg) is not dict:
+            raise _Malformed(f"unexpected {type(msg).__name__}")
         elif "hello" in msg:
             w.ready = True
             w.host_pid = msg["hello"]
@@ -411,37 +593,34 @@ class SandboxPool:
                 self._ready_waiter.set_result(None)
         elif "fatal" in msg:
             log.error("sandbox_pool: worker %d failed: %s", w.index, msg["fatal"])
-            self._worker_died(w, "worker failed: " + msg["fatal"].strip().splitlines()[-1])
+            self._worker_died(w, "worker failed: " + str(msg["fatal"]).strip().splitlines()[-1])
+        else:
+            raise _Malformed("unexpected message")
 
     def _on_result(self, w: _Worker, msg: list) -> None:
-        job_id, tags, recs, output, elapsed, busy = msg
-        job = w.inflight.popleft()
+        if not w.inflight:
+            raise _Malformed("an answer with no job in flight")
+        wire = w.inflight[0]
+        outcomes, recs, output, elapsed, busy = _decode_result(msg, wire)  # _Malformed: head crashes
+        w.inflight.popleft()
         if w.inflight:
             w.inflight[0].started = time.monotonic()
-        assert job.id == job_id, "worker answered out of order"
         self._busy_s += busy
-        self._checks += len(tags)
         counts = self._counts
-        counts["ok"] += len(tags) - len(recs)
-        outcomes = list(map(_TAG_OUTCOME.get, tags))  # bare True/False/None verdicts; None for "R"
-        if recs:
-            shared: dict = {}
-            it = iter(recs)
-            for i, tag in enumerate(tags):
-                if tag != "R":
-                    continue
-                code, value, detail = next(it)
-                if code == C_OK:
-                    o = Outcome("ok", _special(value) if type(value) is dict else value, "")
-                else:
-                    key = (code, detail)
-                    o = shared.get(key)
-                    if o is None:
-                        o = shared[key] = Outcome(CODE_TO_STATUS[code], None, detail)
-                counts[o.status] += 1
-                outcomes[i] = o
-        if not job.future.done():
-            job.future.set_result(JobResult(outcomes, output, elapsed))
+        rerun = wire.bystanders(outcomes, msg[1]) if recs else 0
+        if rerun:  # coalescing must not cost an innocent caller its verdicts
+            keep = wire.parts[:-rerun]
+            for job in reversed(wire.parts[-rerun:]):
+                job.solo, job.taken = True, False
+                self._queue.appendleft(job)
+            wire.parts = keep
+            outcomes = outcomes[:sum(p.n for p in keep)]
+            recs = [o for o in outcomes if o not in (OK_TRUE, OK_FALSE, OK_NONE)]
+        self._checks += len(outcomes)
+        counts["ok"] += len(outcomes) - len(recs)
+        for o in recs:
+            counts[o.status] += 1
+        wire.resolve(outcomes, output, elapsed)
 
     # ---- failures ----------------------------------------------------------------------------
 
@@ -484,10 +663,13 @@ class SandboxPool:
             head = inflight[0]
             self._checks += head.n
             self._counts["crashed"] += head.n
-            if not head.future.done():
-                crashed = Outcome("crashed", None, reason)
-                head.future.set_result(JobResult([crashed] * head.n, "", 0.0))
-            self._queue.extendleft(reversed(inflight[1:]))
+            head.fail(reason)
+            for wire in reversed(inflight[1:]):
+                for job in reversed(wire.parts):
+                    job.taken = False
+                    self._queue.appendleft(job)
+                    if not job.solo:
+                        self._index(job, at_end=False)
         if self._closing:
             return
         if not was_ready:
@@ -514,21 +696,27 @@ class SandboxPool:
             if not job.future.done():
                 job.future.set_exception(err)
         self._queue.clear()
+        self._by_code.clear()
 
     def _arm_watchdog(self) -> None:
-        # Safety net only: supervisors enforce deadlines themselves, so this fires just when a
-        # supervisor is wedged; then the worker is replaced and its job counts as crashed.
-        period = max(0.5, self.timeout_s)
+        # Supervisors enforce deadlines themselves, so this fires only when a worker is wedged
+        # (or an answer was lost); then the worker is replaced and its job counts as crashed.
+        period = min(0.1, self.grace_s / 4)
         self._watchdog = self._loop.call_later(period, self._check_wedged)
 
     def _check_wedged(self) -> None:
-        now = time.monotonic()
-        limit = 2 * self.timeout_s + 10.0
-        for w in list(self._workers):
-            if not w.dead and w.inflight and now - w.inflight[0].started > limit:
-                self._worker_died(w, f"worker unresponsive for {limit:g} s")
-        if not self._closing:
-            self._arm_watchdog()
+        try:
+            now = time.monotonic()
+            limit = self.timeout_s + self.grace_s
+            for w in list(self._workers):
+                if not w.dead and w.inflight and now - w.inflight[0].started > limit:
+                    self._worker_died(w, f"no answer from the sandbox worker within {limit:g} s; "
+                                         "worker replaced")
+        except Exception:
+            log.exception("sandbox_pool: watchdog check failed")
+        finally:
+            if not self._closing:
+                self._arm_watchdog()
 
     def _report_isolation(self) -> None:
         for layer in LAYERS:
@@ -537,13 +725,15 @@ class SandboxPool:
                             self._why.get(layer, "unknown"), _CONSEQUENCE[layer])
 
 
-def _abandon(workers: list, scratch_root: str) -> None:
+def _abandon(workers: list, scratch_root: str, cgroups: JobCgroups | None) -> None:
     for w in workers:
         try:
             w.proc.kill()
         except Exception:
             pass
-    shutil.rmtree(scratch_root, ignore_errors=True)
+    remove_tree(scratch_root)
+    if cgroups is not None:
+        cgroups.remove()  # best effort; a later pool sweeps what is left
 
 
 def _widen_send_buffer(fd: int) -> None:
@@ -578,11 +768,60 @@ def _unsurrogate(obj):
     return obj
 
 
-def _special(value: dict):
-    """Decode the tagged forms used for non-finite floats and integers beyond 64 bits."""
-    if "f" in value:
-        return float(value["f"])
-    try:
-        return int(value["i"])
-    except ValueError:
-        return value["i"]
+def _value(value):
+    """A verdict value as sent by a supervisor: a JSON scalar, or a tagged non-finite float /
+    integer beyond 64 bits."""
+    if type(value) in _SCALARS:
+        return value
+    if type(value) is dict and len(value) == 1:
+        if type(value.get("f")) is str and value["f"] in _NONFINITE:
+            return _NONFINITE[value["f"]]
+        digits = value.get("i")
+        if type(digits) is str and digits.isascii() and digits.lstrip("-").isdigit() and digits.count("-") <= 1:
+            try:
+                return int(digits)
+            except ValueError:  # beyond the int<->str digit limit: kept as its text
+                return digits
+    raise _Malformed("invalid value")
+
+
+def _decode_result(msg: list, job: _Wire) -> tuple[list, list, str, float, float]:
+    """Check a result frame against the job it answers; raise _Malformed on any mismatch.
+
+    Returns (outcomes, the outcomes that came as records, output, elapsed, busy)."""
+    if len(msg) != 6:
+        raise _Malformed("result of the wrong shape")
+    job_id, tags, recs, output, elapsed, busy = msg
+    if job_id != job.id:
+        raise _Malformed(f"answer for job {job_id!r} while job {job.id} was running")
+    if (type(tags) is not str or type(recs) is not list or type(output) is not str
+            or type(elapsed) not in (int, float) or type(busy) not in (int, float)):
+        raise _Malformed("result fields of the wrong types")
+    if len(tags) != job.n or tags.count("R") != len(recs):
+        raise _Malformed(f"{len(tags)} verdicts for {job.n} inputs")
+    if sum(map(tags.count, "TFNR")) != len(tags):
+        raise _Malformed("unknown verdict tag")
+    outcomes = list(map(_TAG_OUTCOME.get, tags))  # bare True/False/None verdicts; None for "R"
+    decoded = []
+    if recs:
+        shared: dict = {}
+        it = iter(recs)
+        for i, tag in enumerate(tags):
+            if tag != "R":
+                continue
+            rec = next(it)
+            if type(rec) is not list or len(rec) != 3:
+                raise _Malformed("verdict record of the wrong shape")
+            code, value, detail = rec
+            if type(code) is not int or not 0 <= code < len(CODE_TO_STATUS) or type(detail) is not str:
+                raise _Malformed("invalid verdict record")
+            if code == C_OK:
+                o = Outcome("ok", _value(value), "")
+            else:
+                key = (code, detail)
+                o = shared.get(key)
+                if o is None:
+                    o = shared[key] = Outcome(CODE_TO_STATUS[code], None, one_line(detail))
+            outcomes[i] = o
+            decoded.append(o)
+    return outcomes, decoded, output, float(elapsed), float(busy)

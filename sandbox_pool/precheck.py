@@ -1,8 +1,10 @@
 """Static screening of verifier code before it is ever sent to a worker.
 
-This is a cheap first filter (obvious mistakes, disallowed imports), not the
-security boundary: the sandboxed process is. Results are cached because the
-engine evaluates the same verifier against many responses.
+A filter for honest mistakes (no evaluate(), syntax errors, imports a verifier should
+not need), NOT a security layer: any AST filter is easy to get around (exec of a
+string, getattr on builtins, a module's own reference to os...). Hostile code is held
+by the sandbox's isolation layers, which assume it got past this filter. Results are
+cached because the engine evaluates the same verifier against many responses.
 """
 
 from __future__ import annotations

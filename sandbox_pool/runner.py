@@ -94,10 +94,14 @@ def _describe_safely(exc: BaseException):
 _UNREPORTABLE = (C_ERROR, None, "exception could not be described")
 
 
-def run(code, inputs: list, out: Writer, max_value_chars: int) -> None:
-    """Execute `code` (source or code object), call its evaluate() on each input, record verdicts."""
+def run(code, inputs: list, out: Writer, max_value_chars: int, prebound: dict) -> None:
+    """Execute `code` (source or code object), call its evaluate() on each input, record verdicts.
+
+    `prebound` (allowed modules already imported) seeds the verifier's globals, so code that
+    uses `re` without `import re` still works.
+    """
     me = getpid()
-    namespace = {"__name__": "__verifier__", "__builtins__": builtins}
+    namespace = {**prebound, "__name__": "__verifier__", "__builtins__": builtins}
     try:
         if type(code) is str:
             code = compile(code, "<verifier>", "exec")

@@ -29,8 +29,10 @@ from collections import OrderedDict
 import orjson
 
 from . import isolation, verdicts, zygote
+from .cgroups import oom_kills
 from .channel import Channel
-from .outcome import C_CRASHED, C_OK, C_TIMEOUT
+from .limits import WorkerSpec
+from .outcome import C_CRASHED, C_MEMORY, C_OK, C_TIMEOUT
 from .runner import one_line
 
 _COMPILE_CACHE = 256
@@ -52,7 +54,10 @@ def boot(args: dict) -> None:
     """Run a supervisor on the pool connection fd given in `args`; never returns."""
     channel = Channel(args["fd"])
     try:
-        sup = Supervisor(args["cfg"], channel, args["index"], dict(args["layers"]), dict(args["why"]))
+        spec = args["spec"]
+        if not isinstance(spec, WorkerSpec):  # decoded from the command line's JSON
+            spec = WorkerSpec.from_json(spec)
+        sup = Supervisor(spec, channel, dict(args["layers"]), dict(args["why"]))
         sup.setup()
     except BaseException:
         try:
@@ -102,18 +107,22 @@ def _signal_name(sig: int) -> str:
 
 
 class Supervisor:
-    def __init__(self, cfg: dict, conn: Channel, index: int, layers: dict, why: dict):
-        self.cfg = cfg
+    def __init__(self, spec: WorkerSpec, conn: Channel, layers: dict, why: dict):
+        self.spec = spec
+        self.limits = spec.limits
         self.conn = conn
-        self.index = index
+        self.index = spec.index
         self.layers = layers  # layer name -> bool, what is really in force
         self.why = why  # layer name -> reason it is not
-        self.disabled = set(cfg["disable_layers"])
+        self.disabled = set(self.limits.disable_layers)
         self.ruleset_fd: int | None = None
         self.uid: int | None = None
         self.code_ids: OrderedDict[str, int] = OrderedDict()  # mirrors the zygote's compiled cache
         self.next_code_id = 0
         self.seq = 0
+        # Allowed top-level modules bound in every verifier's globals: small models often use
+        # `re` or `string` without importing it, and those modules are imported here anyway.
+        self.prebound: dict[str, object] = {}
 
     # ---- startup -------------------------------------------------------------------------
 
@@ -136,14 +145,19 @@ class Supervisor:
         elif os.geteuid() != 0:
             self._set("setuid", False, "not running as root: jobs keep the pool's uid")
         else:
-            self.uid, self.uid_lock = _claim_uid(self.cfg["sandbox_uid_base"], self.index)
+            self.uid, self.uid_lock = _claim_uid(self.limits.sandbox_uid_base, self.index)
             self._set("setuid", True)
-        # RLIMIT_NPROC counts every process of the uid, so it is only meaningful for our own uid.
-        self._set("fork_limit", self.uid is not None, "needs a dedicated uid (setuid layer)")
+        self._open_cgroup()
+        # RLIMIT_NPROC counts every process of the uid, so it is only meaningful for our own uid;
+        # a pids cgroup counts the job's processes whatever their uid.
+        self._set("fork_limit", self.uid is not None or self.pids_cgroup,
+                  "needs a dedicated uid (setuid layer) or a pids cgroup")
 
-        self.scratch = os.path.join(self.cfg["scratch_root"], f"w{self.index}")
+        self.scratch = os.path.join(self.spec.scratch_root, f"w{self.index}")
         os.makedirs(self.scratch, mode=0o711, exist_ok=True)
         os.chmod(self.scratch, 0o711)
+        # With the scratch_quota layer, job dirs live on a tmpfs mounted at jobs/ (worker.py).
+        self.jobs_dir = os.path.join(self.scratch, "jobs") if self.layers.get("scratch_quota") else self.scratch
         self._build_landlock()
 
         # Inputs go to the job through one memfd, verdicts come back through another.
@@ -153,6 +167,30 @@ class Supervisor:
         self.vmap: mmap.mmap | None = None
         self._start_zygote()
         self._probe()
+
+    def _open_cgroup(self) -> None:
+        """Open the worker's job cgroup files, which every job joins before its code runs."""
+        self.cgroup_fds: tuple[int, ...] = ()
+        self.oom_fd: int | None = None
+        self.oom_seen = 0
+        self.pids_cgroup = False
+        cg = self.spec.cgroup
+        if "job_cgroup" in self.disabled:
+            self._set("job_cgroup", False, "disabled by configuration")
+            return
+        if not cg:
+            self._set("job_cgroup", False, self.spec.cgroup_why or "no cgroup")
+            return
+        try:
+            self.cgroup_fds = tuple(os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in cg.procs)
+            self.oom_fd = os.open(cg.oom_events, os.O_RDONLY | os.O_CLOEXEC)
+            self.oom_seen = oom_kills(self.oom_fd)
+        except OSError as e:
+            self._set("job_cgroup", False, f"cannot open the worker's cgroup: {e.strerror}")
+            self.cgroup_fds = ()
+            return
+        self.pids_cgroup = cg.pids
+        self._set("job_cgroup", True)
 
     def _set(self, layer: str, ok: bool, reason: str = "") -> None:
         self.layers[layer] = bool(ok)
@@ -168,11 +206,13 @@ class Supervisor:
         stdlib at all (e.g. a pyenv Python under /root), so a lazy import inside a job fails.
         """
         stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
-        for name in sorted(self.cfg["allowed_modules"]):
+        for name in self.limits.allowed_modules:
             try:
                 mod = importlib.import_module(name)
             except BaseException:
                 continue  # allowed but not installed: importing it in a job is an ordinary error
+            if "." not in name:
+                self.prebound[name] = mod
             # Submodules of allowed stdlib packages (json.decoder, html.parser, collections.abc...).
             path = getattr(mod, "__path__", None)
             if path and os.path.realpath(getattr(mod, "__file__", "") or "").startswith(stdlib):
@@ -191,7 +231,7 @@ class Supervisor:
             except KeyError:
                 pass
         # Allowed packages installed somewhere unusual (editable installs, user site).
-        allowed = self.cfg["allowed_modules"]
+        allowed = self.limits.allowed_modules
         for name, mod in list(sys.modules.items()):
             if name.split(".", 1)[0] in allowed:
                 f = getattr(mod, "__file__", None)
@@ -237,8 +277,11 @@ class Supervisor:
                 isolation.set_parent_death_signal(signal.SIGKILL)
                 os.close(self.ctl)
                 os.close(self.conn.fd)  # the pool's connection stays with the supervisor
-                zygote.Zygote(self.cfg, zfd, self.job_fd, self.verdict_fd, devnull, self.scratch,
-                              self.ruleset_fd, self.uid, pid_ns).serve()
+                zygote.Zygote(self.limits, zfd, self.job_fd, self.verdict_fd, devnull, self.jobs_dir,
+                              self.ruleset_fd, self.uid, pid_ns, self.prebound,
+                              scratch_tmpfs=self.jobs_dir != self.scratch,
+                              ipc_ns=self.layers.get("ipc_namespace", False),
+                              cgroup_fds=self.cgroup_fds).serve()
             finally:
                 os._exit(1)
         os.close(zfd)
@@ -260,6 +303,10 @@ class Supervisor:
                 flags |= zygote.FLAG_DROP_LANDLOCK
                 for name in ("landlock_fs", "landlock_net", "landlock_scope"):
                     self._set(name, False, f"restricting failed: {reason}")
+            elif layer == "job_cgroup":
+                flags |= zygote.FLAG_DROP_CGROUP
+                self._set("job_cgroup", False, f"joining failed: {reason}")
+                self._set("fork_limit", self.uid is not None, "needs a dedicated uid (setuid layer)")
             elif layer == "setuid":
                 flags |= zygote.FLAG_DROP_SETUID
                 self.uid = None
@@ -321,7 +368,7 @@ class Supervisor:
 
     def run_job(self, code: str, n: int, inputs_json, flags: int = 0):
         # Fresh, zero-filled verdict file (truncating frees the previous job's pages).
-        need = verdicts.region_size(n, self.cfg["max_value_chars"])
+        need = verdicts.region_size(n, self.limits.max_value_chars)
         if need > self.vsize:
             self.vsize = need
             if self.vmap is not None:
@@ -345,21 +392,40 @@ class Supervisor:
         missing = n - len(tags)
         if missing:
             tags += b"R" * missing
-            recs.extend([self._why_incomplete(status, cpu, timed_out, problem)] * missing)
+            why = self._why_incomplete(n, status, cpu, timed_out, problem, self._oom_killed(status))
+            recs.extend([why] * missing)
         output = out.decode("utf-8", "replace")
         if out_total > len(out):
             output += f"\n[output truncated: {out_total} bytes written, first {len(out)} kept]"
         return tags.decode("ascii"), recs, output, elapsed, setup_error
 
-    def _why_incomplete(self, status: int, cpu: float, timed_out: int, problem: str | None):
-        cfg = self.cfg
+    def _oom_killed(self, status: int) -> bool:
+        """Whether the cgroup's OOM killer acted during the job (asked only of a killed job)."""
+        if self.oom_fd is None or not os.WIFSIGNALED(status):
+            return False
+        try:
+            n = oom_kills(self.oom_fd)
+        except (OSError, ValueError):
+            return False
+        seen, self.oom_seen = self.oom_seen, n
+        return n > seen
+
+    def _why_incomplete(self, n: int, status: int, cpu: float, timed_out: int, problem: str | None,
+                        oom: bool):
+        lim = self.limits
         if timed_out:
-            return [C_TIMEOUT, None, f"job exceeded the {cfg['timeout_s']:g} s wall-clock limit"]
+            return [C_TIMEOUT, None, f"job exceeded the {lim.timeout_s:g} s wall-clock limit"]
+        if oom:
+            return [C_MEMORY, None, f"job exceeded the {lim.memory_mb} MB memory limit "
+                                    "(its processes and shared memory together)"]
         if problem and (not os.WIFSIGNALED(status) or problem.startswith("sandbox")):
             return [C_CRASHED, None, problem]
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= cfg["cpu_s"]):
-                return [C_TIMEOUT, None, f"job exceeded the {cfg['cpu_s']} s CPU-time limit"]
+            if sig == signal.SIGPROF:
+                return [C_TIMEOUT, None, f"job exceeded its CPU-time budget of {lim.cpu_budget_s(n):g} s "
+                                         f"({lim.cpu_base_s:g} s + {lim.cpu_per_input_s:g} s per input)"]
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= lim.cpu_s):
+                return [C_TIMEOUT, None, f"job exceeded the {lim.cpu_s} s CPU-time limit"]
             return [C_CRASHED, None, f"killed by {_signal_name(sig)}"]
         return [C_CRASHED, None, f"exited with code {os.waitstatus_to_exitcode(status)}"]

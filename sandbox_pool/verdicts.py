@@ -69,16 +69,31 @@ class Writer:
         return True
 
 
+_NONFINITE = ("nan", "inf", "-inf")
+
+
 def _valid(rec) -> bool:
+    """Whether a record read from the job's log is one the runner could have written.
+
+    The log is written by the job process, which verifier code controls (it can reach the
+    runner's writer through frames and gc), so every field is checked here, in a process
+    the job cannot touch, before anything is passed on.
+    """
     if type(rec) is not list or len(rec) != 3:
         return False
     code, value, detail = rec
-    if code not in _JOB_CODES or type(detail) is not str:
+    if type(code) is not int or code not in _JOB_CODES or type(detail) is not str:
         return False
     if type(value) in _SCALARS:
         return True
-    return (type(value) is dict and len(value) == 1 and next(iter(value)) in ("i", "f")
-            and type(next(iter(value.values()))) is str)
+    if type(value) is not dict or len(value) != 1:
+        return False
+    key, text = next(iter(value.items()))
+    if type(text) is not str:
+        return False
+    if key == "f":
+        return text in _NONFINITE
+    return key == "i" and text.isascii() and text.lstrip("-").isdigit() and text.count("-") <= 1
 
 
 def parse(region, n: int, end: int):

@@ -1,6 +1,6 @@
 """Entry point of a pool worker process (started once by multiprocess).
 
-The worker enters fresh network and PID namespaces (its children land in the new
+The worker enters fresh network, PID, mount and IPC namespaces (its children land in the new
 PID namespace; its first child, the zygote, becomes PID 1 there), then re-executes
 itself as a fresh interpreter running the supervisor, with an empty environment:
 none of the pool process' memory (secrets in its heap or environment,
@@ -19,6 +19,7 @@ import traceback
 import orjson
 
 from . import isolation
+from .limits import WorkerSpec
 
 _BOOT = "import sys, json; a = json.loads(sys.argv[1]); sys.path[:0] = a['path']; " \
         "from sandbox_pool.supervisor import boot; boot(a)"
@@ -28,7 +29,7 @@ def _enter_namespaces(disabled: set[str]) -> tuple[dict, dict]:
     layers: dict[str, bool] = {}
     why: dict[str, str] = {}
     wanted = {"pid_namespace": isolation.CLONE_NEWPID, "net_namespace": isolation.CLONE_NEWNET,
-              "scratch_quota": isolation.CLONE_NEWNS}
+              "scratch_quota": isolation.CLONE_NEWNS, "ipc_namespace": isolation.CLONE_NEWIPC}
     for layer in list(wanted):
         if layer in disabled:
             layers[layer] = False
@@ -53,26 +54,30 @@ def _enter_namespaces(disabled: set[str]) -> tuple[dict, dict]:
     return layers, why
 
 
-def _mount_scratch(cfg: dict, index: int, layers: dict, why: dict) -> None:
-    """Give this worker's scratch dir its own size-capped tmpfs (private to our mount namespace).
+def _mount_scratch(spec: WorkerSpec, layers: dict, why: dict) -> None:
+    """Give this worker's job dirs their own size-capped tmpfs (private to our mount namespace).
 
-    Job files then count against max_scratch_mb instead of the host's disk or RAM, and they
-    are invisible outside the worker.
+    Job files then count against max_scratch_mb instead of the host's disk or RAM, they are
+    invisible outside the worker, and a dirty tmpfs is replaced by a fresh mount instead of
+    being walked. It sits one level below the scratch dir, so the Landlock rule on the scratch
+    dir (an inode on the host) still covers each new mount.
     """
-    scratch = os.path.join(cfg["scratch_root"], f"w{index}")
+    scratch = os.path.join(spec.scratch_root, f"w{spec.index}")
     os.makedirs(scratch, mode=0o711, exist_ok=True)
     if not layers.get("scratch_quota"):
         return
     try:
-        isolation.mount_private_tmpfs(scratch, cfg["max_scratch_mb"], cfg["max_scratch_files"])
+        os.makedirs(os.path.join(scratch, "jobs"), mode=0o711, exist_ok=True)
+        isolation.mount_private_tmpfs(os.path.join(scratch, "jobs"), spec.limits.max_scratch_mb,
+                                      spec.limits.max_scratch_files)
     except OSError as e:
         layers["scratch_quota"] = False
         why["scratch_quota"] = f"mounting a tmpfs failed: {e.strerror}"
 
 
-def _exec_supervisor(args: dict) -> None:
+def _exec_supervisor(args: dict, keep_env: bool) -> None:
     """Replace this process with a fresh interpreter running the supervisor (returns on failure)."""
-    env = {} if "env_scrub" not in args["cfg"]["disable_layers"] else dict(os.environ)
+    env = dict(os.environ) if keep_env else {}
     os.set_inheritable(args["fd"], True)
     try:
         # -I: no PYTHON* variables, no user site, no cwd on sys.path.
@@ -81,18 +86,19 @@ def _exec_supervisor(args: dict) -> None:
         os.set_inheritable(args["fd"], False)
 
 
-def worker_main(cfg: dict, conn, index: int) -> None:
+def worker_main(spec: WorkerSpec, conn) -> None:
     try:
         # Die with the pool (our parent is multiprocess' forkserver, which exits with it).
         isolation.set_parent_death_signal(signal.SIGKILL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if cfg.get("nice"):
-            os.nice(cfg["nice"])            # inherited by the supervisor, zygote and every job
-        layers, why = _enter_namespaces(set(cfg["disable_layers"]))
-        _mount_scratch(cfg, index, layers, why)
-        args = {"cfg": cfg, "fd": conn.fileno(), "index": index, "layers": layers, "why": why,
+        if spec.limits.nice:
+            os.nice(spec.limits.nice)            # inherited by the supervisor, zygote and every job
+        disabled = set(spec.limits.disable_layers)
+        layers, why = _enter_namespaces(disabled)
+        _mount_scratch(spec, layers, why)
+        args = {"spec": spec, "fd": conn.fileno(), "layers": layers, "why": why,
                 "path": [p for p in sys.path if p and os.path.isdir(p)]}
-        _exec_supervisor(args)
+        _exec_supervisor(args, keep_env="env_scrub" in disabled)
         # exec failed: run the supervisor here (heavier image, environment only scrubbed in place)
         from .supervisor import boot
 

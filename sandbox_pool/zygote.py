@@ -8,18 +8,18 @@ that tax drops from ~470 faults per job to a few dozen.
 
 Per job: read a small request, create the job's scratch dir and output pipe, fork
 the job, enforce the wall-clock deadline while draining output, then kill and reap
-everything the job left behind, remove the scratch dir and reply with how the job
-ended. Inputs and verdicts travel through two memfds the supervisor owns; the job
+everything the job left behind, remove every SysV IPC object left in the worker's
+IPC namespace, remove the scratch dir (replacing the whole scratch tmpfs when the
+job left anything in it, so no file tree can defeat the cleanup) and reply with
+how the job ended. Inputs and verdicts travel through two memfds the supervisor owns; the job
 maps/reads them itself, so their bytes never pass through this process.
 """
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
 import select
-import shutil
 import signal
 import struct
 import sys
@@ -29,11 +29,14 @@ import orjson
 
 from . import confine as confine_mod
 from . import isolation, runner, verdicts
+from .limits import Limits
+from .scratch import remove_tree
 
 REQUEST = struct.Struct("<qqqIII")  # seq, code_id, evict_id (-1: none), code_len, n_inputs, flags
 REPLY = struct.Struct("<iiddQI")  # wait status, timed_out, job cpu s, elapsed s, output total, output kept
 FLAG_DROP_LANDLOCK = 1
 FLAG_DROP_SETUID = 2
+FLAG_DROP_CGROUP = 4
 SETUP_FAILED_EXIT = 111
 _READ_CHUNK = 1 << 16
 
@@ -56,18 +59,23 @@ def write_all(fd: int, data) -> None:
 
 
 class Zygote:
-    def __init__(self, cfg: dict, ctl_fd: int, job_fd: int, verdict_fd: int, devnull: int,
-                 scratch: str, ruleset_fd: int | None, uid: int | None, pid_ns: bool):
-        self.cfg = cfg
+    def __init__(self, limits: Limits, ctl_fd: int, job_fd: int, verdict_fd: int, devnull: int,
+                 scratch: str, ruleset_fd: int | None, uid: int | None, pid_ns: bool,
+                 prebound: dict, *, scratch_tmpfs: bool, ipc_ns: bool, cgroup_fds: tuple[int, ...]):
+        self.limits = limits
         self.ctl = ctl_fd
         self.job_fd = job_fd
         self.verdict_fd = verdict_fd
         self.devnull = devnull
-        self.scratch = scratch
+        self.scratch = scratch  # job dirs go here; a tmpfs of this worker's own when scratch_tmpfs
+        self.scratch_tmpfs = scratch_tmpfs
+        self.ipc_ns = ipc_ns  # the worker has an IPC namespace of its own: sweeping it is safe
+        self.cgroup_fds = cgroup_fds  # cgroup.procs files each job joins (memory, pids)
         self.ruleset_fd = ruleset_fd
         self.uid = uid
         self.pid = os.getpid()
         self.pid_ns = pid_ns and self.pid == 1
+        self.prebound = prebound
         self.codes: dict[int, object] = {}
         self.poller = select.poll()  # reused: every object this process allocates costs COW faults
         self.seq = 0
@@ -85,7 +93,7 @@ class Zygote:
                 pass
         self.kill_leftovers()  # of a predecessor in this slot (matters without a PID namespace)
         for name in os.listdir(self.scratch):  # its job dirs, if it died mid-job
-            remove_tree(os.path.join(self.scratch, name))
+            self.remove_scratch(os.path.join(self.scratch, name))
         while True:
             try:
                 head = read_exact(self.ctl, REQUEST.size)
@@ -97,25 +105,28 @@ class Zygote:
                 self.ruleset_fd = None
             if flags & FLAG_DROP_SETUID:
                 self.uid = None
+            if flags & FLAG_DROP_CGROUP:
+                self.cgroup_fds = ()
             if evict_id >= 0:
                 self.codes.pop(evict_id, None)
             if code_len:
                 self.codes[code_id] = _compile(read_exact(self.ctl, code_len).decode("utf-8", "surrogatepass"))
-            status, timed_out, cpu, elapsed, out_total, out = self.run_job(self.codes[code_id])
+            status, timed_out, cpu, elapsed, out_total, out = self.run_job(self.codes[code_id], n)
             write_all(self.ctl, REPLY.pack(status, timed_out, cpu, elapsed, out_total, len(out)) + out)
 
     # ---- one job ----------------------------------------------------------------------------
 
     def _plan(self, scratch: str) -> confine_mod.Plan:
-        cfg = self.cfg
+        lim = self.limits
         return confine_mod.Plan(
-            scratch=scratch, memory_mb=cfg["memory_mb"], cpu_s=cfg["cpu_s"],
-            max_procs=cfg["max_procs"] if self.uid is not None else None,
-            max_file_mb=cfg["max_file_mb"], max_open_files=cfg["max_open_files"],
-            ruleset_fd=self.ruleset_fd, uid=self.uid, devnull_fd=self.devnull, parent_pid=self.pid)
+            scratch=scratch, memory_mb=lim.memory_mb, cpu_s=lim.cpu_s,
+            max_procs=lim.max_procs if self.uid is not None else None,
+            max_file_mb=lim.max_file_mb, max_open_files=lim.max_open_files,
+            ruleset_fd=self.ruleset_fd, uid=self.uid, devnull_fd=self.devnull, parent_pid=self.pid,
+            cgroup_fds=self.cgroup_fds)
 
-    def run_job(self, program):
-        cfg = self.cfg
+    def run_job(self, program, n: int):
+        lim = self.limits
         self.seq += 1
         scratch = os.path.join(self.scratch, f"j{self.tag}-{self.seq}")
         os.mkdir(scratch, 0o700)
@@ -126,12 +137,12 @@ class Zygote:
         t0 = time.monotonic()
         pid = self.fork()
         if pid == 0:
-            self._job_child(plan, program, out_w)  # never returns
+            self._job_child(plan, program, out_w, lim.cpu_budget_s(n))  # never returns
         os.close(out_w)
         os.set_blocking(out_r, False)
         out = bytearray()
         out_total = 0
-        max_out = cfg["max_output_bytes"]
+        max_out = lim.max_output_bytes
 
         def drain() -> bool:
             """Read what is available; False once the pipe reached EOF."""
@@ -151,7 +162,7 @@ class Zygote:
         poller = self.poller
         poller.register(pidfd, select.POLLIN)
         poller.register(out_r, select.POLLIN)
-        deadline = t0 + cfg["timeout_s"]
+        deadline = t0 + lim.timeout_s
         timed_out = False
         out_open = True
         while True:
@@ -178,10 +189,12 @@ class Zygote:
         self.kill_leftovers(pid)  # nothing of the job runs past this point
         drain()
         os.close(out_r)
-        remove_tree(scratch)
+        if self.ipc_ns:
+            isolation.sweep_sysv_ipc()  # shared memory, queues, semaphores die with their job
+        self.remove_scratch(scratch)
         return status, int(timed_out), rusage.ru_utime + rusage.ru_stime, elapsed, out_total, bytes(out)
 
-    def _job_child(self, plan, program, out_w) -> None:
+    def _job_child(self, plan, program, out_w, cpu_budget_s: float) -> None:
         writer = None
         try:
             writer = verdicts.Writer(mmap.mmap(self.verdict_fd, 0))
@@ -199,7 +212,11 @@ class Zygote:
                 os._exit(SETUP_FAILED_EXIT)
             if "random" in sys.modules:
                 sys.modules["random"].seed()  # forked jobs must not replay the same sequence
-            runner.run(program, inputs, writer, self.cfg["max_value_chars"])
+            # SIGPROF's default action ends the job once it has used its CPU budget; verdicts
+            # already logged are kept. Code that catches or cancels it still meets RLIMIT_CPU
+            # and the wall clock.
+            signal.setitimer(signal.ITIMER_PROF, cpu_budget_s)
+            runner.run(program, inputs, writer, self.limits.max_value_chars, self.prebound)
         except BaseException as e:
             if writer is not None and writer.pos == 0:  # say why instead of a bare exit code
                 writer.add({"setup_error": f"internal error: {type(e).__name__}: {e}", "layer": "internal"},
@@ -208,6 +225,25 @@ class Zygote:
         os._exit(0)
 
     # ---- cleanup ------------------------------------------------------------------------------
+
+    def remove_scratch(self, path: str) -> None:
+        """Remove a job dir; never raises, whatever the job left in it."""
+        try:
+            os.rmdir(path)  # the common case: the job wrote nothing
+            return
+        except OSError:
+            pass
+        if self.scratch_tmpfs:
+            try:  # one syscall pair, independent of how many files or how deep
+                isolation.remount_private_tmpfs(self.scratch, self.limits.max_scratch_mb,
+                                                self.limits.max_scratch_files)
+                return
+            except OSError:
+                pass
+        try:
+            remove_tree(path)
+        except Exception:  # e.g. MemoryError: the next job gets a fresh dir name anyway
+            pass
 
     def kill_leftovers(self, job_pid: int | None = None) -> None:
         """Kill and reap every process a job left behind (daemonised grandchildren included)."""
@@ -301,22 +337,3 @@ def _reap(deadline: float) -> None:
             if time.monotonic() > deadline:
                 return
             time.sleep(0.001)
-
-
-def remove_tree(path: str) -> None:
-    try:
-        os.rmdir(path)  # the common case: the job wrote nothing
-        return
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return
-    shutil.rmtree(path, ignore_errors=True)
-    if os.path.exists(path):  # a job may have removed its own write permission
-        for root, dirs, _files in os.walk(path):
-            for d in dirs:
-                try:
-                    os.chmod(os.path.join(root, d), 0o700)
-                except OSError:
-                    pass
-        os.chmod(path, 0o700)
-        shutil.rmtree(path, ignore_errors=True)

@@ -18,8 +18,10 @@ ECHO = "def evaluate(x):\n    return x\n"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool():
+    # The per-job CPU budget is tested on its own below; here it is set out of the way so
+    # that the wall clock and the rlimits, its backstops, are what these tests meet.
     async with SandboxPool(workers=2, timeout_s=TIMEOUT, memory_mb=256, max_procs=16,
-                           max_output_bytes=4096, allowed_modules=HOSTILE) as p:
+                           max_output_bytes=4096, allowed_modules=HOSTILE, cpu_base_s=60.0) as p:
         yield p
 
 
@@ -197,3 +199,43 @@ async def test_output_flood_is_truncated(pool):
     assert "104857608 bytes written" in note  # all of it was read (and dropped), none of it kept
     assert len(res.output) < 4096 + 200
     assert wall < TIMEOUT + SLACK
+
+
+# ---- the per-job CPU-time budget ---------------------------------------------------------------
+
+LOOPS_ON = (
+    "def evaluate(x):\n"
+    "    while x == 'loop':\n"
+    "        pass\n"
+    "    return x.upper()\n"
+)
+
+
+async def test_cpu_budget_cuts_a_looping_verifier_long_before_the_wall_clock():
+    async with SandboxPool(workers=1, timeout_s=20.0, cpu_base_s=0.05, cpu_per_input_s=0.01) as p:
+        t0 = time.perf_counter()
+        res = await p.evaluate(LOOPS_ON, ["a", "b", "loop", "c"])
+        wall = time.perf_counter() - t0
+        assert [o.status for o in res] == ["ok", "ok", "timeout", "timeout"], res
+        assert [o.value for o in res[:2]] == ["A", "B"]  # checks done before the cut keep verdicts
+        assert "CPU-time budget of 0.09 s" in res[2].detail
+        assert wall < 5.0  # 0.09 s of CPU; the shared machine may stretch it, never to 20 s
+        # The budget scales with the inputs: an honest job of 500 string checks is never cut.
+        texts = [f"response number {i} " * 50 for i in range(500)]
+        code = "def evaluate(r):\n    return len(re.findall(r'\\w+', r)) > 10 and r.lower() != r\n"
+        res = await p.evaluate(code, texts)
+        assert all(o.ok for o in res), {o.detail for o in res if not o.ok}
+
+
+async def test_cpu_budget_ignored_by_the_verifier_still_meets_the_wall_clock():
+    code = (
+        "import signal\n"
+        "signal.signal(signal.SIGPROF, signal.SIG_IGN)\n"
+        "def evaluate(x):\n"
+        "    while True:\n"
+        "        pass\n"
+    )
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, cpu_base_s=0.05, allowed_modules=HOSTILE) as p:
+        res, wall = await _run(p, code, ["a"])
+        assert res[0].status == "timeout" and "wall-clock" in res[0].detail, res
+        assert wall < TIMEOUT + SLACK

@@ -103,6 +103,21 @@ async def test_load_time_failure_fails_every_input(pool):
     assert "ZeroDivisionError" in res[0].detail
 
 
+async def test_allowed_modules_are_usable_without_an_import(pool):
+    # Small models forget `import re`; the allowed modules are already bound in the globals.
+    code = (
+        "def evaluate(x):\n"
+        "    return repr((bool(re.search(r'\\d', x)), x.strip(string.punctuation), json.dumps(x),\n"
+        "                 math.floor(1.5), collections.Counter(x)['a'], 'os' in globals()))\n"
+    )
+    res = await pool.evaluate(code, ["a1a!"])
+    assert res[0].ok, res
+    assert res[0].value == repr((True, "a1a", '"a1a!"', 1, 2, True))  # os is allowed in this pool
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT) as default:  # default allowlist: no os
+        res = await default.evaluate(code, ["a1a!"])
+    assert res[0].ok and res[0].value == repr((True, "a1a", '"a1a!"', 1, 2, False)), res
+
+
 async def test_partial_results_survive_a_timeout(pool):
     code = "def evaluate(x):\n    while x == 'hang':\n        pass\n    return x\n"
     res = await pool.evaluate(code, ["a", "b", "hang", "c"])
@@ -228,3 +243,50 @@ async def test_jobs_run_at_lower_cpu_priority_than_the_engine(pool):
     out = await pool.evaluate(code, ["x"])
     assert out[0].status == "ok", out[0]
     assert out[0].value >= os.getpriority(os.PRIO_PROCESS, 0) + 5
+
+
+async def test_jobs_of_the_same_code_are_coalesced_and_functions_never_share_a_process():
+    # Many small jobs at once, as the responses stage sends them (one per function per query).
+    fns = {name: "import os\ndef evaluate(x):\n    return f'%s {os.getpid()} {x}'\n" % name
+           for name in ("A", "B", "C")}
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE) as p:
+        queries = [[f"q{q}r{r}" for r in range(8)] for q in range(12)]
+        results = await asyncio.gather(*(p.evaluate_many([(fns[n], texts) for n in fns]) for texts in queries))
+        stats = p.stats()
+    pids_of: dict[str, set] = {n: set() for n in fns}
+    for texts, per_fn in zip(queries, results):
+        for name, res in zip(fns, per_fn):
+            assert len(res) == len(texts) and all(o.ok for o in res), res
+            got = [o.value.split() for o in res]
+            assert [g[0] for g in got] == [name] * len(texts)
+            assert [g[2] for g in got] == texts  # every caller gets its own inputs, in order
+            pids_of[name].update(g[1] for g in got)
+    assert not (pids_of["A"] & pids_of["B"] or pids_of["A"] & pids_of["C"] or pids_of["B"] & pids_of["C"])
+    assert stats["jobs"] == 36 and stats["checks"] == 36 * 8
+    assert stats["dispatched"] < 36  # fewer forks than jobs: queued jobs of one code went together
+
+
+async def test_coalescing_is_capped_and_can_be_switched_off():
+    code = "import os\ndef evaluate(x):\n    return os.getpid()\n"
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_max_inputs=1) as p:
+        res = await p.evaluate_many([(code, [i]) for i in range(6)])
+        assert len({r[0].value for r in res}) == 6 and p.stats()["dispatched"] == 6
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_max_inputs=4) as p:
+        res = await p.evaluate_many([(code, [i, i]) for i in range(6)])
+        assert all(r[0].value == r[1].value for r in res)
+        assert 3 <= p.stats()["dispatched"] < 6  # at most two 2-input jobs per fork
+
+
+async def test_a_coalesced_job_that_fails_does_not_cost_the_other_callers_their_verdicts():
+    code = "def evaluate(x):\n    while x == 'loop':\n        pass\n    return x.upper()\n"
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, pipeline_depth=1) as p:
+        res = await p.evaluate_many([(code, ["loop"]), (code, ["a", "b"]), (code, ["c"])])
+        assert [o.status for o in res[0]] == ["timeout"]  # cut by its CPU budget
+        assert [[o.value for o in r] for r in res[1:]] == [["A", "B"], ["C"]]  # run again alone
+        s = p.stats()
+        assert s["dispatched"] == 3 and s["jobs"] == 3 and s["checks"] == 4 and s["timeout"] == 1  # 1 + 2 alone
+        # A part that the failure hit is run again too unless it ran first: here the loop is
+        # in the second caller's input, so the third caller's check is run again alone.
+        res = await p.evaluate_many([(code, ["d"]), (code, ["e", "loop"]), (code, ["f"])])
+        assert [[o.status for o in r] for r in res] == [["ok"], ["ok", "timeout"], ["ok"]], res
+        assert res[0][0].value == "D" and res[1][0].value == "E" and res[2][0].value == "F"

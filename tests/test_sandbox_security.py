@@ -94,7 +94,8 @@ async def test_degraded_without_pid_namespace_still_kills_leftovers(caplog):
         warned = [r.getMessage() for r in caplog.records if r.name == "sandbox_pool"]
         assert len(warned) == 4 and all("unavailable" in m for m in warned)
         await _check_no_escape(p)  # fallback: uid-wide kill(-1) from a helper with the job's uid
-    async with _pool("pid_namespace", "setuid", "landlock") as p:
+    # Without the job cgroup too: its pids controller would otherwise still bound forks.
+    async with _pool("pid_namespace", "setuid", "landlock", "job_cgroup") as p:
         assert {"pid_namespace", "setuid", "fork_limit"} <= set(p.stats()["degraded"])
         await _check_no_escape(p)  # fallback: subreaper + descendant sweep
 

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 from engine.records import FunctionResult
 from engine.stage import Context
 from engine.stages.base import outcome_bool
+from sandbox_pool import Outcome
 
 PASS_RATE_BINS = 10                      # [0, .1), [.1, .2), ... [.9, 1.0]
 SCORE_VALUES = tuple(range(0, 11))       # 0: the judge gave no readable score; 1..10
@@ -65,13 +66,13 @@ class Distributions:
         return out
 
 
-def pass_rates(results: Sequence[Sequence[Any]]) -> list[float]:
+def pass_rates(results: Sequence[Sequence[Outcome]]) -> list[float]:
     """Per response j, the share of functions i whose outcome results[i][j] is exactly True
     (engine.stages.responses.grade's rule, through the same FunctionResult.passed)."""
     if not results:
         return []
     n = min(len(r) for r in results)
-    return [sum(FunctionResult("", getattr(r[j], "status", "missing"), outcome_bool(r[j])).passed
+    return [sum(FunctionResult("", r[j].status, outcome_bool(r[j])).passed
                 for r in results) / len(results) for j in range(n)]
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ast
 from collections import Counter
-from typing import Any
 
 from engine.config import Config
 from engine.llm import Completion, SamplingParams
 from engine.prompting import user_message
 from engine.stage import Context
+from sandbox_pool import Outcome
+from sandbox_pool.outcome import OK
 
 
 def settings(ctx: Context) -> Config:
@@ -23,11 +24,10 @@ async def ask(ctx: Context, prompt: str, *, n: int, temperature: float, max_toke
     return await ctx.llm.chat(user_message(prompt), n=n, params=params)
 
 
-def outcome_bool(outcome: Any) -> bool | None:
+def outcome_bool(outcome: Outcome) -> bool | None:
     """The bool a function returned, or None when it errored, timed out or returned a non-bool."""
-    value = getattr(outcome, "value", None)
-    if getattr(outcome, "status", None) == "ok" and type(value) is bool:
-        return value
+    if outcome.status == OK and type(outcome.value) is bool:
+        return outcome.value
     return None
 
 

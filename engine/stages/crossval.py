@@ -16,6 +16,8 @@ from typing import Sequence
 from engine.records import Case, Verifier, VerifiedInstruction, VerifierDraft
 from engine.stage import Context
 from engine.stages.base import code_key, outcome_bool, settings, tally
+from sandbox_pool import Outcome
+from sandbox_pool.outcome import REJECTED
 
 
 @dataclass
@@ -40,7 +42,7 @@ def _distinct(draft: VerifierDraft) -> tuple[list[Verifier], list[Case], int, in
             len(draft.functions) - len(funcs), len(draft.cases) - len(cases))
 
 
-def judge(functions: Sequence[Verifier], cases: Sequence[Case], results: Sequence[Sequence],
+def judge(functions: Sequence[Verifier], cases: Sequence[Case], results: Sequence[Sequence[Outcome]],
           case_agreement: float, function_accuracy: float,
           min_functions: int = 1, min_cases: int = 1) -> CrossValVerdict:
     """Apply the rules to executor results (results[i][j]: function i on case j)."""
@@ -48,7 +50,7 @@ def judge(functions: Sequence[Verifier], cases: Sequence[Case], results: Sequenc
     cdrops: Counter[str] = Counter()
     answers: list[tuple[Verifier, list[bool | None]]] = []
     for f, outcomes in zip(functions, results):
-        if not outcomes or all(getattr(o, "status", None) == "rejected" for o in outcomes):
+        if not outcomes or all(o.status == REJECTED for o in outcomes):
             fdrops["not_compiling"] += 1
         else:
             answers.append((f, [outcome_bool(o) for o in outcomes]))

@@ -12,16 +12,17 @@ from engine.llm import Completion
 from engine.records import FunctionResult, QueryResult, QueryTask, ResponseRecord, Verifier
 from engine.stage import Context
 from engine.stages.base import ask, outcome_bool, settings, tally
+from sandbox_pool import Outcome
 
 
-def grade(completions: Sequence[Completion], functions: Sequence[Verifier], results: Sequence[Sequence],
+def grade(completions: Sequence[Completion], functions: Sequence[Verifier], results: Sequence[Sequence[Outcome]],
           pass_threshold: float) -> tuple[list[ResponseRecord], Counter]:
     """Records for each completion from results[i][j] (function i on completion j), and drop reasons."""
     records: list[ResponseRecord] = []
     dropped: Counter[str] = Counter()
     for j, c in enumerate(completions):
         per_function = tuple(
-            FunctionResult(verifier_id=f.id, status=getattr(res[j], "status", "missing"),
+            FunctionResult(verifier_id=f.id, status=res[j].status,
                            value=outcome_bool(res[j]))
             for f, res in zip(functions, results))
         rate = sum(r.passed for r in per_function) / len(per_function)
