@@ -3,7 +3,8 @@
     python -m bench.pool [--quick]
 
 Workloads (bench/workload.py), every input distinct:
-  size_1, size_8, size_64, size_200: jobs of exactly that many inputs, sent in one evaluate_many;
+  size_1, size_8, size_64, size_200: jobs of exactly that many inputs, each job its own
+          function (nothing for the pool to merge), all sent in one evaluate_many;
   stream: the responses stage's shape: instructions with 3-8 functions, 16 queries each, each
           query's 8 fresh responses sent as one job per function in one evaluate_many call,
           queries in flight at once up to the engine's default stage concurrency.
