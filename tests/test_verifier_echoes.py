@@ -98,6 +98,8 @@ async def test_code_style_requests_and_echo_drops():
     assert f["verifiers.case_answer"]["dropped"] == {"truncated": 1}
     # both copied example replies go, whichever side they were put on
     assert f["verifiers.case"]["dropped"] == {"template_echo": 2}
+    # what summary.json reports as the truncation rate of each row
+    assert ctx.funnel.truncation() == {"verifiers.answer": 0.2, "verifiers.case_answer": 0.3333}
 
 
 async def test_own_example_constraint_may_reuse_its_example_body():
