@@ -72,6 +72,8 @@ CONSTRAINTS = [
                {"keyword": "river", "frequency": 3, "relation": "at least"}),
     Constraint('Mention the word "budget" somewhere in your reply.', "keywords:existence",
                {"keywords": ["budget"]}),
+    Constraint('Include the keywords "river" and "lantern" in your reply.', "keywords:existence",
+               {"keywords": ["river", "lantern"]}),
     Constraint('Never use the words "good" or "bad".', "keywords:forbidden_words",
                {"forbidden_words": ["good", "bad"]}),
     Constraint('Finish your reply with the exact words "Is there anything else?" and add nothing after them.',

@@ -54,3 +54,15 @@ def test_chat_template_fallback_is_recognised():
     assert template_fallback({"chat_template": CHATML_FALLBACK})
     assert template_fallback({"chat_template": ""})
     assert not template_fallback({"chat_template": "{%- if tools %}{{- '<|im_start|>system' }}{%- endif %}"})
+
+
+def test_a_dead_assemblys_half_written_file_is_removed(tmp_path):
+    blob = b"not a model at all"
+    pinned = replace(QWEN_CODER_05B, size=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = cache / f"{pinned.name}.gguf.999999999.tmp"       # no such pid
+    dead.write_bytes(b"partial")
+    with pytest.raises(ModelError):
+        assemble(pinned, cache, parts=chunks(tmp_path, blob))
+    assert not dead.exists() and not list(cache.iterdir())

@@ -1,8 +1,8 @@
 """The embedded model writes verifiers that survive cross-validation and agree with IFEval's
 official checkers: the real llama-server, the real stages and sandbox pool, no double.
 
-Small on purpose (two constraints, K=4 functions, two short case answers; about a minute on
-2 cores). Skipped, with the reason, when the `embedded` extra is not installed.
+Small on purpose (two constraints, K=4 functions, three short case answers; about two minutes
+on 2 cores). Skipped, with the reason, when the `embedded` extra is not installed.
 """
 from __future__ import annotations
 
@@ -21,15 +21,16 @@ EMBEDDED_OK, EMBEDDED_WHY = embedded_available()
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300),
               pytest.mark.skipif(not EMBEDDED_OK, reason=f"embedded llama.cpp unavailable: {EMBEDDED_WHY}")]
 
-CHOSEN = [c for c in CONSTRAINTS if c.checker in ("punctuation:no_comma", "change_case:english_capital")]
-OWN_PROBES = ["Tea is a drink made from dried leaves.", "Tea, coffee and cocoa are warm drinks.",
-              "BREW THE TEA FOR THREE MINUTES.", "Brew the tea for three minutes, then pour it.",
-              "WATER, LEAVES AND PATIENCE."]
+# keyword constraints: the ones whose failing replies the 0.5B model writes most often
+CHOSEN = [c for c in CONSTRAINTS if c.checker == "keywords:existence"]
+OWN_PROBES = ["The river was calm and a lantern glowed on the bank.", "A lantern hung by the door.",
+              "We walked along the river at dusk.", "Our budget for the trip is small.",
+              "Nothing here mentions either word."]
 
 
 async def test_embedded_verifiers_survive_crossval_and_agree_with_ifeval(tmp_path):
     probes = OWN_PROBES + ifbench_probes()[:5]
-    cfg = Config(verifier_k=4, verifier_case_samples=2, verifier_cases_per_side=3,
+    cfg = Config(verifier_k=4, verifier_case_samples=3, verifier_cases_per_side=3,
                  verifier_max_tokens=160, verifier_case_max_tokens=400)
     agreeing: dict[str, list[str]] = {}
     async with default_embedded_server(tmp_path, parallel=4) as srv, \

@@ -66,10 +66,9 @@ FUNCTIONS = [
 ]
 CASES = [
     Completion(text=orjson.dumps({"follow": ["no commas at all", "plain words here"],
-                                  "break": ["one, two", "I like tea; I drink it daily."]}).decode()),
-    # the prompt's own example reply, copied: an echo, not a test case
-    Completion(text=orjson.dumps({"follow": ["I like tea, and I drink it every day."],
-                                  "break": ["x, y"]}).decode()),
+                                  "break": ["one, two", "break"]}).decode()),
+    # the prompt's own words, copied: an echo, not a test case
+    Completion(text=orjson.dumps({"follow": ["follow"], "break": ["x, y"]}).decode()),
     Completion(text='{"follow": ["cut off', finish_reason="length"),
 ]
 
@@ -96,8 +95,10 @@ async def test_code_style_requests_and_echo_drops():
     assert f["verifiers.answer"]["kept"] == 2
     assert f["verifiers.answer"]["dropped"] == {"template_echo": 2, "truncated": 1}
     assert f["verifiers.case_answer"]["dropped"] == {"truncated": 1}
-    # both copied example replies go, whichever side they were put on
+    # both copied prompt strings go
     assert f["verifiers.case"]["dropped"] == {"template_echo": 2}
+    # what summary.json reports as the truncation rate of each row
+    assert ctx.funnel.truncation() == {"verifiers.answer": 0.2, "verifiers.case_answer": 0.3333}
 
 
 async def test_own_example_constraint_may_reuse_its_example_body():

@@ -1,7 +1,7 @@
 """`autoif serve`: start LLM server(s) under the manager, print their URLs, keep them up until
 Ctrl-C (or SIGTERM), then stop them cleanly.
 
-    autoif serve                                   # embedded llama.cpp + Gemma 3 270M, 8 slots
+    autoif serve                                   # embedded llama.cpp + Qwen2.5-Coder-0.5B-Instruct, 8 slots
     autoif serve --backend sglang --model M --tp 2 --replicas 4 -- --context-length 8192
 
 URLs go to stdout, one per line (for scripts); progress and errors go to stderr.
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="llamacpp",
                         help="llamacpp (embedded CPU default), sglang (GPU), sim (protocol simulator)")
     parser.add_argument("--model", help="model path (GGUF for llamacpp, HF id or path for sglang); "
-                        "llamacpp defaults to the embedded Gemma 3 270M")
+                        "llamacpp defaults to the embedded Qwen2.5-Coder-0.5B-Instruct")
     parser.add_argument("--parallel", type=int, default=8, help="llama.cpp parallel slots (default 8)")
     parser.add_argument("--tp", type=int, default=1, help="SGLang tensor parallelism (GPUs per replica)")
     parser.add_argument("--port", type=int, help="port of the first replica (default: free ports)")

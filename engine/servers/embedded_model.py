@@ -107,6 +107,14 @@ def check_metadata(model: PinnedModel, meta: dict[str, object]) -> None:
         raise ModelError("embedded model: the GGUF has no tokenizer.chat_template")
 
 
+def remove_stale_parts(target: Path) -> None:
+    """Half-written files of assemblies whose process died (killed mid-copy): 491 MB each."""
+    for tmp in target.parent.glob(f"{target.name}.*.tmp"):
+        pid = tmp.name[len(target.name) + 1:-len(".tmp")]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            tmp.unlink(missing_ok=True)
+
+
 def assemble(model: PinnedModel = QWEN_CODER_05B, target_dir: Path | None = None,
              parts: list[Path] | None = None) -> Path:
     """The verified model file, joined from its chunks on first use (then only re-hashed).
@@ -123,6 +131,7 @@ def assemble(model: PinnedModel = QWEN_CODER_05B, target_dir: Path | None = None
             return target
         parts = parts if parts is not None else chunk_files(model)
         target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_parts(target)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         h = hashlib.sha256()
         size = 0
