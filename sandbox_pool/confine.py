@@ -26,7 +26,8 @@ class SetupError(Exception):
 
 @dataclass(frozen=True)
 class Plan:
-    scratch: str
+    """The same for every job of a worker; built once."""
+
     memory_mb: int
     cpu_s: int
     max_procs: int | None  # None: RLIMIT_NPROC would count the host user's processes, so skip it
@@ -59,7 +60,7 @@ def _close_fds_except(keep: set[int]) -> None:
     os.closerange(lo, 1 << 20)
 
 
-def confine(plan: Plan, out_w: int) -> None:
+def confine(plan: Plan, scratch: str, out_w: int) -> None:
     """Confine the calling (job) process. Raises SetupError naming the layer that failed."""
     for fd in plan.cgroup_fds:
         try:
@@ -77,7 +78,7 @@ def confine(plan: Plan, out_w: int) -> None:
 
     # Always a session of its own: kill(0, ...) from the job must not reach the pool's group.
     os.setsid()
-    os.chdir(plan.scratch)
+    os.chdir(scratch)
 
     try:
         vm = _vm_size_bytes()

@@ -3,8 +3,10 @@
 It is forked once from the fully warmed-up supervisor and then does as little as
 possible between forks. Every fork write-protects the forking process' memory, so
 each page the forker dirties afterwards costs a copy-on-write fault; with the pool
-protocol, decoding and parsing left to the supervisor (which never forks again),
-that tax drops from ~470 faults per job to a few dozen.
+protocol, decoding, parsing and compiling left to the supervisor (which never forks
+again), that tax drops from ~470 faults per job to under 200. Every page present here is
+also copied into each job's page tables at fork and torn down at its exit, which is why
+the supervisor boots without the pool's package __init__ (worker.py).
 
 Per job: read a small request, create the job's scratch dir and output pipe, fork
 the job, enforce the wall-clock deadline while draining output, then kill and reap
@@ -17,6 +19,7 @@ maps/reads them itself, so their bytes never pass through this process.
 
 from __future__ import annotations
 
+import marshal
 import mmap
 import os
 import select
@@ -37,6 +40,7 @@ REPLY = struct.Struct("<iiddQI")  # wait status, timed_out, job cpu s, elapsed s
 FLAG_DROP_LANDLOCK = 1
 FLAG_DROP_SETUID = 2
 FLAG_DROP_CGROUP = 4
+FLAG_CODE_MARSHALLED = 8  # the code travels as a marshalled code object, else as source text
 SETUP_FAILED_EXIT = 111
 _READ_CHUNK = 1 << 16
 
@@ -77,6 +81,7 @@ class Zygote:
         self.pid_ns = pid_ns and self.pid == 1
         self.prebound = prebound
         self.codes: dict[int, object] = {}
+        self.plan: confine_mod.Plan | None = None  # rebuilt only when a layer is dropped
         self.poller = select.poll()  # reused: every object this process allocates costs COW faults
         self.seq = 0
         self.tag = os.urandom(4).hex()  # job dir names never collide with a predecessor's
@@ -103,23 +108,30 @@ class Zygote:
             if flags & FLAG_DROP_LANDLOCK and self.ruleset_fd is not None:
                 os.close(self.ruleset_fd)
                 self.ruleset_fd = None
+                self.plan = None
             if flags & FLAG_DROP_SETUID:
                 self.uid = None
+                self.plan = None
             if flags & FLAG_DROP_CGROUP:
                 self.cgroup_fds = ()
+                self.plan = None
             if evict_id >= 0:
                 self.codes.pop(evict_id, None)
             if code_len:
-                self.codes[code_id] = _compile(read_exact(self.ctl, code_len).decode("utf-8", "surrogatepass"))
+                raw = read_exact(self.ctl, code_len)
+                # Compiled by the supervisor, which never forks again: compiling here would dirty
+                # hundreds of this process' copy-on-write pages per new verifier.
+                self.codes[code_id] = (marshal.loads(raw) if flags & FLAG_CODE_MARSHALLED
+                                       else raw.decode("utf-8", "surrogatepass"))
             status, timed_out, cpu, elapsed, out_total, out = self.run_job(self.codes[code_id], n)
             write_all(self.ctl, REPLY.pack(status, timed_out, cpu, elapsed, out_total, len(out)) + out)
 
     # ---- one job ----------------------------------------------------------------------------
 
-    def _plan(self, scratch: str) -> confine_mod.Plan:
+    def _plan(self) -> confine_mod.Plan:
         lim = self.limits
         return confine_mod.Plan(
-            scratch=scratch, memory_mb=lim.memory_mb, cpu_s=lim.cpu_s,
+            memory_mb=lim.memory_mb, cpu_s=lim.cpu_s,
             max_procs=lim.max_procs if self.uid is not None else None,
             max_file_mb=lim.max_file_mb, max_open_files=lim.max_open_files,
             ruleset_fd=self.ruleset_fd, uid=self.uid, devnull_fd=self.devnull, parent_pid=self.pid,
@@ -132,12 +144,14 @@ class Zygote:
         os.mkdir(scratch, 0o700)
         if self.uid is not None:
             os.chown(scratch, self.uid, self.uid)
-        plan = self._plan(scratch)
+        plan = self.plan
+        if plan is None:
+            plan = self.plan = self._plan()
         out_r, out_w = os.pipe()
         t0 = time.monotonic()
         pid = self.fork()
         if pid == 0:
-            self._job_child(plan, program, out_w, lim.cpu_budget_s(n))  # never returns
+            self._job_child(plan, scratch, program, out_w, lim.cpu_budget_s(n))  # never returns
         os.close(out_w)
         os.set_blocking(out_r, False)
         out = bytearray()
@@ -194,7 +208,7 @@ class Zygote:
         self.remove_scratch(scratch)
         return status, int(timed_out), rusage.ru_utime + rusage.ru_stime, elapsed, out_total, bytes(out)
 
-    def _job_child(self, plan, program, out_w, cpu_budget_s: float) -> None:
+    def _job_child(self, plan, scratch: str, program, out_w, cpu_budget_s: float) -> None:
         writer = None
         try:
             writer = verdicts.Writer(mmap.mmap(self.verdict_fd, 0))
@@ -206,7 +220,7 @@ class Zygote:
                 inputs = orjson.loads(view)
                 view.release()
                 payload.close()
-                confine_mod.confine(plan, out_w)  # closes every fd but stdio and the ruleset
+                confine_mod.confine(plan, scratch, out_w)  # closes every fd but stdio and the ruleset
             except confine_mod.SetupError as e:
                 writer.add({"setup_error": str(e), "layer": e.layer}, verdicts.TAG_SETUP_ERROR)
                 os._exit(SETUP_FAILED_EXIT)
@@ -270,19 +284,6 @@ class Zygote:
             _kill_uid(self.uid)
         _kill_descendants()
         _reap(deadline=time.monotonic() + 1.0)
-
-
-def _compile(text: str):
-    """Compiled here once and inherited by every job running this verifier.
-
-    Compiling is bounded in CPython 3.11 (constant folding is size-capped) and code objects
-    are immutable; each job still runs the module body in a fresh namespace. On failure the
-    job compiles the text itself and reports the error like any other.
-    """
-    try:
-        return compile(text, "<verifier>", "exec")
-    except BaseException:
-        return text
 
 
 def _kill_uid(uid: int) -> None:
