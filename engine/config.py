@@ -106,6 +106,11 @@ class Config:
     pool_workers: int = _f(0, "pool", "sandbox worker processes (0: one per CPU core)", volatile=True, lo=0)
     pool_timeout_s: float = _f(2.0, "pool", "time limit of one sandbox job: one function over all its inputs", lo=0.001)
     pool_memory_mb: int = _f(512, "pool", "memory limit of a sandbox worker", lo=16)
+    # A looping verifier costs its job's CPU budget, not the wall-clock timeout. An honest check
+    # of a pipeline response takes tens of microseconds (a regex over 10,000 words: ~4 ms), so
+    # 2 ms per input on top of 50 ms leaves a margin of ~60x where jobs are coalesced.
+    pool_cpu_base_s: float = _f(0.05, "pool", "CPU-time budget of one sandbox job: this much, plus pool_cpu_per_input_s per input", lo=0.001)
+    pool_cpu_per_input_s: float = _f(0.002, "pool", "CPU-time budget per input of a sandbox job (checks it cuts are timeouts)", lo=0)
     # export
     export_formats: list[str] = _f(["alpaca", "sharegpt", "trl"], "export", "SFT formats to write",
                                    choices=("alpaca", "sharegpt", "trl"))
