@@ -180,21 +180,30 @@ def _read_case(entry: Any) -> Case | None:
     return Case(input=inp, expected=expected)
 
 
-def parse_verifier_answer(text: str) -> ParsedVerifier:
-    """Read {"func": "def evaluate(response): ...", "cases": [{"input", "output"}, ...]} from an answer."""
-    saw_json = False
-    obj: dict | None = None
+class _Seen:
+    """Whether any candidate of an answer was JSON at all (no_json vs. a missing field)."""
+
+    json = False
+
+
+def json_values(text: str, seen: _Seen) -> Iterator[Any]:
+    """Each candidate of `text` that parses as JSON, unwrapped, in json_candidates' order."""
     for candidate in json_candidates(text):
         try:
             value = _unwrap(loads_lenient(candidate))
         except ParseError:
             continue
-        saw_json = True
-        if isinstance(value, dict) and any(k in value for k in _FUNC_KEYS):
-            obj = value
-            break
+        seen.json = True
+        yield value
+
+
+def parse_verifier_answer(text: str) -> ParsedVerifier:
+    """Read {"func": "def evaluate(response): ...", "cases": [{"input", "output"}, ...]} from an answer."""
+    seen = _Seen()
+    obj = next((v for v in json_values(text, seen) if isinstance(v, dict) and any(k in v for k in _FUNC_KEYS)),
+               None)
     if obj is None:
-        raise ParseError("no_func_field" if saw_json else "no_json")
+        raise ParseError("no_func_field" if seen.json else "no_json")
     code = clean_code(next(obj[k] for k in _FUNC_KEYS if k in obj))
     if not re.search(r"^\s*def\s+evaluate\s*\(", code, re.M):
         raise ParseError("no_evaluate_function")
@@ -391,13 +400,8 @@ def prompt_examples(template_text: str) -> set[str]:
 def parse_case_answer(text: str) -> ParsedVerifier:
     """Test cases from {"follow": [...], "break": [...]}, or a list of {"input", "output"}
     (also under "cases"). The code field stays empty."""
-    saw_json = False
-    for candidate in json_candidates(text):
-        try:
-            value = _unwrap(loads_lenient(candidate))
-        except ParseError:
-            continue
-        saw_json = True
+    seen = _Seen()
+    for value in json_values(text, seen):
         parsed = ParsedVerifier(code="")
         if isinstance(value, dict) and ("follow" in value or "break" in value):
             for key, expected in (("follow", True), ("break", False)):
@@ -419,4 +423,4 @@ def parse_case_answer(text: str) -> ParsedVerifier:
                 else:
                     parsed.cases.append(case)
             return parsed
-    raise ParseError("no_cases_field" if saw_json else "no_json")
+    raise ParseError("no_cases_field" if seen.json else "no_json")
