@@ -98,7 +98,9 @@ def exported(run_dir: Path):
     sft = [(r["provenance"]["instruction_id"], r["messages"][0]["content"], r["messages"][1]["content"])
            for r in read_jsonl(run_dir / "exports" / "sft_trl.jsonl")]
     dpo = [(r["provenance"]["instruction_id"], r["prompt"][0]["content"], r["chosen"][0]["content"],
-            r["rejected"][0]["content"]) for r in read_jsonl(run_dir / "exports" / "dpo_trl.jsonl")]
+            r["rejected"][0]["content"])
+           for stem in ("dpo_trl", "dpo_cases_trl")        # query-level pairs, then case pairs
+           for r in read_jsonl(run_dir / "exports" / f"{stem}.jsonl")]
     assert len(sft) == 4 and len(dpo) == 9          # what tests/test_run_e2e.py derives
     return sft, dpo
 
