@@ -499,6 +499,9 @@ class SandboxPool:
         except BlockingIOError:
             sent = 0
         except OSError as e:
+            # Nothing of this wire reached the worker (it died before we noticed): its jobs
+            # never ran, so they go back to the queue instead of failing with the worker.
+            self._requeue(w.inflight.pop())
             self._worker_died(w, f"connection lost ({e.strerror})")
             return
         if sent < len(head) + n:
@@ -645,6 +648,14 @@ class SandboxPool:
         except Exception:
             pass
 
+    def _requeue(self, wire: _Wire) -> None:
+        """A wire's jobs back at the head of the queue, in order: they never ran."""
+        for job in reversed(wire.parts):
+            job.taken = False
+            self._queue.appendleft(job)
+            if not job.solo:
+                self._index(job, at_end=False)
+
     def _worker_died(self, w: _Worker, reason: str) -> None:
         if w.dead:
             return
@@ -665,11 +676,7 @@ class SandboxPool:
             self._counts["crashed"] += head.n
             head.fail(reason)
             for wire in reversed(inflight[1:]):
-                for job in reversed(wire.parts):
-                    job.taken = False
-                    self._queue.appendleft(job)
-                    if not job.solo:
-                        self._index(job, at_end=False)
+                self._requeue(wire)
         if self._closing:
             return
         if not was_ready:
