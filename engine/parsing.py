@@ -135,6 +135,15 @@ class ParsedVerifier:
     bad_cases: int = 0                    # case entries that could not be read
     missing_cases: bool = False
 
+    def add_entries(self, entries: Any) -> None:
+        """Read each {"input", "output"} entry into a case; count the ones that are not."""
+        for entry in entries:
+            case = _read_case(entry)
+            if case is None:
+                self.bad_cases += 1
+            else:
+                self.cases.append(case)
+
 
 def _unwrap(value: Any) -> Any:
     """Peel single-element wrappers: [obj], {"answer": obj}."""
@@ -212,12 +221,7 @@ def parse_verifier_answer(text: str) -> ParsedVerifier:
     parsed = ParsedVerifier(code=code, missing_cases=raw_cases is None)
     if isinstance(raw_cases, dict):          # {"input": ..., "output": ...} alone
         raw_cases = [raw_cases]
-    for entry in raw_cases or ():
-        case = _read_case(entry)
-        if case is None:
-            parsed.bad_cases += 1
-        else:
-            parsed.cases.append(case)
+    parsed.add_entries(raw_cases or ())
     return parsed
 
 
@@ -416,11 +420,6 @@ def parse_case_answer(text: str) -> ParsedVerifier:
             value = [value] if any(k in value for k in _INPUT_KEYS) else \
                 next((value[k] for k in _CASE_KEYS if k in value), None)
         if isinstance(value, list):
-            for entry in value:
-                case = _read_case(entry)
-                if case is None:
-                    parsed.bad_cases += 1
-                else:
-                    parsed.cases.append(case)
+            parsed.add_entries(value)
             return parsed
     raise ParseError("no_cases_field" if seen.json else "no_json")
