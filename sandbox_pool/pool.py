@@ -9,6 +9,7 @@ process does one precheck lookup (cached), one send and one receive.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 import os
@@ -516,7 +517,7 @@ class SandboxPool:
         except BlockingIOError:
             pass
         except OSError as e:
-            self._worker_died(w, f"connection lost ({e.strerror})")
+            self._connection_lost(w, e, unread=True)  # the last wire was not all written
             return
         if w.wbuf and not w.writing:
             self._loop.add_writer(w.fd, self._flush, w)
@@ -542,7 +543,8 @@ class SandboxPool:
         except BlockingIOError:
             return
         except OSError as e:
-            self._worker_died(w, f"connection lost ({e.strerror})")
+            # ECONNRESET: the worker died with bytes of ours unread, so the last wire never ran.
+            self._connection_lost(w, e, unread=e.errno == errno.ECONNRESET)
             return
         if not data:
             self._worker_died(w, self._exit_reason(w))
@@ -647,6 +649,15 @@ class SandboxPool:
             w.conn.close()
         except Exception:
             pass
+
+    def _connection_lost(self, w: _Worker, e: OSError, *, unread: bool) -> None:
+        # The supervisor reads one whole wire before it runs it. A lone in-flight wire that the
+        # worker never finished reading never ran: it goes back to the queue rather than failing
+        # 'crashed' (a job sent to a worker killed a moment before). With more wires in flight
+        # the head may have been running, so it fails as the worker's job.
+        if unread and len(w.inflight) == 1:
+            self._requeue(w.inflight.pop())
+        self._worker_died(w, f"connection lost ({e.strerror})")
 
     def _requeue(self, wire: _Wire) -> None:
         """A wire's jobs back at the head of the queue, in order: they never ran."""

@@ -198,6 +198,22 @@ async def test_stats_shape(pool):
     assert s["degraded"] == [k for k, v in s["isolation"].items() if not v]
 
 
+async def test_job_sent_to_a_worker_that_dies_before_reading_it_is_requeued():
+    # The race CI met: a job written to a worker already being killed. A stopped worker cannot
+    # read it, so its death leaves our bytes unread (ECONNRESET): the job never ran, and must
+    # run on the replacement instead of failing 'crashed'.
+    async with SandboxPool(workers=1, timeout_s=5.0) as p:
+        [pid] = p.stats()["pids"]
+        os.kill(pid, signal.SIGSTOP)
+        job = asyncio.ensure_future(p.evaluate("def evaluate(x):\n    return x + 1\n", [1]))
+        await asyncio.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        res = await asyncio.wait_for(job, 10)
+        assert res[0].status == "ok" and res[0].value == 2
+        s = p.stats()
+        assert s["restarts"] == 1 and s["crashed"] == 0 and s["pids"] != [pid]
+
+
 async def test_killed_worker_is_replaced_and_its_job_crashes():
     async with SandboxPool(workers=2, timeout_s=5.0, allowed_modules=HOSTILE) as p:
         old = p.stats()["pids"]
