@@ -33,7 +33,7 @@ from engine.errors import JobError, RefusedError
 from engine.export import ExportOptions, export, pyarrow_available
 from engine.grpo import GrpoOptions, GrpoSummary, export_grpo
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
-from engine.outcome import closing_lines, is_storage_failure
+from engine.outcome import is_storage_failure
 from engine.progress import Progress, print_funnel
 from engine.records import QueryResult, SampledPrompt, VerifiedInstruction
 from engine.report.observe import Distributions, observe_stages
@@ -332,8 +332,7 @@ def write_summary(run_dir: Path, name: str, summary: dict, funnel: Funnel) -> No
     print(file=sys.stderr)
     print_funnel(funnel.to_dict(), sys.stderr)
     print(f"wall {summary['wall_s']:.1f}s; summary: {path}", file=sys.stderr)
-    for line in closing_lines(summary):     # the last lines: what was lost, what to do
-        print(line, file=sys.stderr)
+    # the closing lines (what was lost, what to do) come last: outcome.finish(), after shutdown
 
 
 # -- the job ------------------------------------------------------------------------------

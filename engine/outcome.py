@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import sys
 from typing import Mapping
 
 EXIT_OK = 0
@@ -91,3 +92,11 @@ def closing_lines(summary: Mapping, command: str = "autoif run") -> list[str]:
         lines.append(f"{command}: interrupted ({summary['stopped']}); what finished is stored, "
                      "run the same command again to resume")
     return lines
+
+
+def finish(summary: Mapping, command: str = "autoif run") -> int:
+    """Print the closing lines and return the exit status. Called once the job has closed its
+    server client, pool and servers, so no late log line (a health probe) lands after them."""
+    for line in closing_lines(summary, command):
+        print(line, file=sys.stderr)
+    return exit_code(summary)

@@ -19,7 +19,7 @@ from engine.aio import install_uvloop
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.distributed import add_arguments as add_ray_arguments, run_ray
 from engine.job import DEMO, JobError, run_job
-from engine.outcome import EXIT_CODES_HELP, EXIT_USAGE, exit_code
+from engine.outcome import EXIT_CODES_HELP, EXIT_USAGE, finish
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,4 +74,4 @@ def run(args: argparse.Namespace) -> int:
     except JobError as exc:
         print(f"autoif run: {exc}", file=sys.stderr)
         return exc.exit_code
-    return exit_code(result)
+    return finish(result)

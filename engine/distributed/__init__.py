@@ -14,7 +14,7 @@ import sys
 
 from engine.distributed.driver import run_sharded
 from engine.job import JobError
-from engine.outcome import exit_code
+from engine.outcome import finish
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,4 +51,4 @@ def run_ray(cfg, args: argparse.Namespace) -> int:
     except JobError as exc:
         print(f"autoif run: {exc}", file=sys.stderr)
         return exc.exit_code
-    return exit_code(result)
+    return finish(result)
