@@ -93,6 +93,9 @@ def _claim_uid(base: int, index: int) -> tuple[int, int]:
     raise RuntimeError(f"no free sandbox uid at or above {base}")
 
 
+_ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def _try_import(name: str) -> None:
     try:
         importlib.import_module(name)
@@ -154,7 +157,14 @@ class Supervisor:
             self._set("env_scrub", False, "disabled by configuration")
         else:  # exec'd with an empty environment already; this also clears what Python set itself
             self._set("env_scrub", isolation.scrub_environment(), "could not locate the environment block")
+        # Jobs are single-threaded checks: a numeric library an allowed module pulls in (nltk
+        # imports numpy) reads these once, when loaded, and must not start a thread pool in the
+        # zygote (every job would inherit it; under the jobs' limits it fails noisily). Unset
+        # again afterwards, so jobs still see an empty environment.
+        os.environ.update(dict.fromkeys(_ONE_THREAD, "1"))
         self._preimport()
+        for name in _ONE_THREAD:
+            os.environ.pop(name, None)
 
         if "setuid" in self.disabled:
             self._set("setuid", False, "disabled by configuration")

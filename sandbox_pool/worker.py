@@ -79,16 +79,9 @@ def _mount_scratch(spec: WorkerSpec, layers: dict, why: dict) -> None:
         why["scratch_quota"] = f"mounting a tmpfs failed: {e.strerror}"
 
 
-_ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
 def _exec_supervisor(args: dict, keep_env: bool) -> None:
     """Replace this process with a fresh interpreter running the supervisor (returns on failure)."""
     env = dict(os.environ) if keep_env else {}
-    # Jobs are single-threaded checks: a numeric library pulled in by an allowed module (nltk
-    # imports numpy) must not start a thread pool in the zygote, which every job would inherit
-    # (and which fails noisily under the jobs' limits).
-    env.update({name: "1" for name in _ONE_THREAD})
     os.set_inheritable(args["fd"], True)
     try:
         # -I: no PYTHON* variables, no user site, no cwd on sys.path.
