@@ -73,7 +73,11 @@ class Config:
     verifier_style: str = _f("code", "verifiers", "code: each function is a few-shot code completion and test cases a "
                              "separate JSON request (small models follow it); json: one JSON answer holds both",
                              choices=("code", "json"))
-    verifier_case_samples: int = _f(2, "verifiers", "code style: test-case answers sampled per instruction", lo=1)
+    verifier_case_style: str = _f("replies", "verifiers", "code style: replies: cases are replies written to obey the "
+                                  "constraint (expected True) and plain replies to the same queries (expected False); "
+                                  "lists: one JSON request for lists of passing and failing replies",
+                                  choices=("replies", "lists"))
+    verifier_case_samples: int = _f(2, "verifiers", "code style: test-case answers (lists) or queries replied to (replies) per instruction", lo=1)
     verifier_cases_per_side: int = _f(3, "verifiers", "code style: passing and failing cases asked for in each answer", lo=1)
     verifier_case_max_tokens: int = _f(768, "verifiers", "code style: max new tokens of a test-case answer", lo=1)
     # crossval
@@ -102,6 +106,8 @@ class Config:
     # scoring
     scoring: bool = _f(True, "scoring", "have the LLM rate kept responses")
     score_min: int = _f(8, "scoring", "keep responses scored at least this (1-10)", lo=1, hi=10)
+    score_until: int = _f(0, "scoring", "judge passed responses best first until this many per query are kept; "
+                          "0: judge every one", lo=0)
     # pool
     pool_workers: int = _f(0, "pool", "sandbox worker processes (0: one per CPU core)", volatile=True, lo=0)
     pool_timeout_s: float = _f(2.0, "pool", "time limit of one sandbox job: one function over all its inputs", lo=0.001)

@@ -31,6 +31,7 @@ class GrpoOptions:
     band_low: float = 0.0
     band_high: float = 1.0
     config_hash: str = ""
+    model: str = ""          # the model the server names, for prompts sampled as "default"
 
     @classmethod
     def from_config(cls, cfg: Any) -> GrpoOptions:
@@ -77,7 +78,8 @@ def prompt_row(sampled: SampledPrompt, opts: GrpoOptions) -> dict:
             "data_source": DATA_SOURCE, "reward_model": {"style": "rule", "ground_truth": iid},
             "provenance": {"instruction_id": iid, "query_id": task.query_id,
                            "function_ids": [f.id for f, _ in inst.functions],
-                           "model": sampled.model, "config_hash": opts.config_hash}}
+                           "model": sampled.model if sampled.model not in ("", "default") else opts.model or sampled.model,
+                           "config_hash": opts.config_hash}}
 
 
 def export_grpo(out_dir: str | Path, sampled: Iterable[SampledPrompt], opts: GrpoOptions) -> GrpoSummary:

@@ -50,14 +50,15 @@ from sandbox_pool import SandboxPool
 log = logging.getLogger("autoif.job")
 
 # `--demo`: a handful of seeds and queries, every stage for real, minutes on a laptop CPU. Sized
-# for the embedded 0.5B model on 2 cores: the first seeds of the built-in set are ones it can
-# follow, token limits leave truncation rare, and enough queries for 20+ SFT rows.
-DEMO = dict(augment_batches=1, augment_seeds_shown=4, augment_per_prompt=4, verifier_k=4,
-            verifier_case_samples=2, verifier_cases_per_side=3, queries_per_instruction=6,
+# for the embedded 0.5B model on 2 cores: the first seeds of the built-in set are constraints it
+# can both write checkers for and follow (measured: a reply's opening words, no digits, a banned
+# word), token limits leave truncation rare, and augmentation asks for a few more.
+DEMO = dict(augment_batches=1, augment_seeds_shown=4, augment_per_prompt=3, verifier_k=4,
+            verifier_case_samples=3, verifier_cases_per_side=3, queries_per_instruction=6,
             responses_k=3, max_inflight_requests=8, stage_concurrency=8, verifier_max_tokens=200,
-            verifier_case_max_tokens=400, response_max_tokens=384, judge_max_tokens=128,
-            augment_max_tokens=256, output_dir="runs/demo")
-DEMO_SEEDS = 6
+            verifier_case_max_tokens=200, response_max_tokens=256, judge_max_tokens=128,
+            augment_max_tokens=200, score_until=1, output_dir="runs/demo")
+DEMO_SEEDS = 5
 
 
 # -- before any work ---------------------------------------------------------------------
@@ -450,7 +451,8 @@ def export_options(cfg: Config, store: StateStore) -> ExportOptions:
 
 def export_grpo_run(cfg: Config, store: StateStore, out_dir: Path, funnel: Funnel) -> GrpoSummary:
     """The GRPO prompt files from every graded prompt; the share of mixed prompts goes in the funnel."""
-    grpo = export_grpo(out_dir, store.iter_records(SampledPrompt, SAMPLED), GrpoOptions.from_config(cfg))
+    opts = replace(GrpoOptions.from_config(cfg), model=model_name(cfg, store))
+    grpo = export_grpo(out_dir, store.iter_records(SampledPrompt, SAMPLED), opts)
     grpo.count(funnel)
     return grpo
 

@@ -15,8 +15,8 @@ from engine.errors import PromptError
 PACKAGE = "prompts"
 
 # the LLM calls of the pipeline; each has prompts/<name>.txt
-TEMPLATES = ("augment", "checkable", "verifier", "verifier_code", "verifier_cases", "backtranslate", "nli",
-             "response", "score")
+TEMPLATES = ("augment", "checkable", "verifier", "verifier_code", "verifier_cases", "case_follow",
+             "case_plain", "backtranslate", "nli", "response", "score")
 
 
 def packaged_file(name: str) -> Path:

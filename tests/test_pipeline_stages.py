@@ -295,3 +295,23 @@ async def test_scoring_drop_and_off():
     assert ctx.funnel.to_dict()["scoring"]["dropped"] == {"unparsable_score": 1}
     item = result_with(("x", True))
     assert await make("scoring", scoring=False).process(item, make_ctx(ScriptedLLM(lambda *a: pytest.fail()))) == [item]
+
+
+async def test_scoring_until_enough_judges_best_first_and_stops():
+    judged = {"meh": "Score: 5", "good": "Score: 9", "also": "Score: 10", "bad": "Score: 10"}
+    llm = ScriptedLLM(lambda name, prompt, n: [judged[prompt.split("[Reply]\n")[1].split("\n")[0]]])
+    ctx = make_ctx(llm)
+    item = result_with(("meh", True), ("good", True), ("also", True), ("bad", False))
+    [out] = await make("scoring", score_until=1).process(item, ctx)
+    # "meh" (first in sample order) is judged first and falls short, "good" is kept, "also" is
+    # never asked about: stored 0, so no export uses it
+    assert [r.score for r in out.responses] == [5, 9, 0, None]
+    assert llm.count("score") == 2
+    row = ctx.funnel.to_dict()["scoring.response"]
+    assert row["kept"] == 1 and row["dropped"] == {"low_score": 1, "not_needed": 1}
+    # a higher pass rate is judged first
+    best = QueryResult(item.task, (ResponseRecord("meh", 0.6, item.responses[0].results, True),
+                                   ResponseRecord("also", 1.0, item.responses[1].results, True)), "m")
+    llm.calls.clear()
+    [out] = await make("scoring", score_until=1).process(best, make_ctx(llm))
+    assert [r.score for r in out.responses] == [0, 10] and llm.count("score") == 1

@@ -1,12 +1,10 @@
 """The embedded model writes verifiers that survive cross-validation and agree with IFEval's
 official checkers: the real llama-server, the real stages and sandbox pool, no double.
 
-Small on purpose (two constraints, K=4 functions, three short case answers; about two minutes
+Small on purpose (two constraints, K=4 functions, cases from three queries; about two minutes
 on 2 cores). Skipped, with the reason, when the `embedded` extra is not installed.
 """
 from __future__ import annotations
-
-import os
 
 import pytest
 
@@ -16,35 +14,30 @@ from engine.config import Config
 from engine.records import Instruction
 from engine.servers import default_embedded_server, embedded_available
 from engine.stage import Context, Funnel
-from engine.stages import build_stage
+from engine.stages import build_stage, load_queries
 from sandbox_pool import SandboxPool
 
 EMBEDDED_OK, EMBEDDED_WHY = embedded_available()
-# Opt-in: with the 0.5B embedded model, whether any verifier survives cross-validation depends on
-# sampling (its test cases are often one-sided), so the default suite cannot rely on it passing.
-# Run it with AUTOIF_REALMODEL_QUALITY=1.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300),
-              pytest.mark.skipif(not EMBEDDED_OK, reason=f"embedded llama.cpp unavailable: {EMBEDDED_WHY}"),
-              pytest.mark.skipif(os.environ.get("AUTOIF_REALMODEL_QUALITY") != "1",
-                                 reason="opt-in (AUTOIF_REALMODEL_QUALITY=1): its outcome depends on the small model's sampling")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420),
+              pytest.mark.skipif(not EMBEDDED_OK, reason=f"embedded llama.cpp unavailable: {EMBEDDED_WHY}")]
 
-# keyword constraints: the ones whose failing replies the 0.5B model writes most often
-CHOSEN = [c for c in CONSTRAINTS if c.checker == "keywords:existence"]
-OWN_PROBES = ["The river was calm and a lantern glowed on the bank.", "A lantern hung by the door.",
-              "We walked along the river at dusk.", "Our budget for the trip is small.",
-              "Nothing here mentions either word."]
+# Constraints whose cases the 0.5B model writes on both sides (measured: its replies obey them
+# often enough, and a plain reply breaks them); the test needs one of them to survive.
+CHOSEN = [c for c in CONSTRAINTS if c.checker in ("punctuation:no_comma", "change_case:english_lowercase")]
+OWN_PROBES = ["the river was calm and a lantern glowed on the bank", "A lantern hung by the door, unlit.",
+              "We walked along the river at dusk.", "our budget, sadly, is small",
+              "nothing here has a capital letter or a comma"]
 
 
 async def test_embedded_verifiers_survive_crossval_and_agree_with_ifeval(tmp_path):
     probes = OWN_PROBES + ifbench_probes()[:5]
-    cfg = Config(verifier_k=4, verifier_case_samples=3, verifier_cases_per_side=3,
-                 verifier_max_tokens=160, verifier_case_max_tokens=400)
+    cfg = Config(verifier_k=4, verifier_case_samples=3, verifier_max_tokens=160, verifier_case_max_tokens=200)
     agreeing: dict[str, list[str]] = {}
     async with default_embedded_server(tmp_path, parallel=4) as srv, \
             LLMClient([srv.url], model=srv.model, api="openai") as client, \
             SandboxPool(workers=2, timeout_s=2.0) as pool:
         ctx = Context(llm=client, executor=pool, funnel=Funnel())
-        verifiers, crossval = build_stage("verifiers", cfg), build_stage("crossval", cfg)
+        verifiers, crossval = build_stage("verifiers", cfg, queries=load_queries()), build_stage("crossval", cfg)
         for c in CHOSEN:
             drafts = await verifiers.process(Instruction(c.text), ctx)
             verified = [v for d in drafts for v in await crossval.process(d, ctx)]

@@ -88,7 +88,8 @@ def test_page_shows_the_run(report):
     # what the histograms count: every graded response, every judge score (kept or not)
     dist = summary["distributions"]
     assert sum(dist["pass_rate"]["counts"]) == funnel["responses.sample"]["in"]
-    assert sum(dist["score"]["counts"]) == funnel.get("scoring.response", {}).get("in", 0)
+    judged = funnel.get("scoring.response", {"in": 0, "dropped": {}})
+    assert sum(dist["score"]["counts"]) == judged["in"] - judged["dropped"].get("not_needed", 0)
     # the engine sampled its time series at fixed intervals while it ran (not only with a TTY)
     series = summary["timeseries"]
     assert series, "no time series recorded"

@@ -7,7 +7,7 @@ from engine.config import Config
 from engine.llm import Completion
 from engine.parsing import (ParseError, parse_case_answer, parse_code_completion,
                             parse_verifier_answer)
-from engine.records import Case, Instruction
+from engine.records import Case, Instruction, Query
 from engine.stage import Context, Funnel
 from engine.stages import build_stage
 from engine.stages.verifiers import CODE_STOPS
@@ -76,7 +76,8 @@ CASES = [
 async def test_code_style_requests_and_echo_drops():
     llm = ScriptedLLM(lambda name, prompt, n: FUNCTIONS[:n] if name == "verifier_code" else CASES[:n])
     ctx = Context(llm=llm, executor=None, funnel=Funnel())
-    stage = build_stage("verifiers", Config(verifier_k=5, verifier_case_samples=3, verifier_cases_per_side=2))
+    stage = build_stage("verifiers", Config(verifier_k=5, verifier_case_samples=3, verifier_cases_per_side=2,
+                                            verifier_case_style="lists"))
     [draft] = await stage.process(Instruction(CONSTRAINT), ctx)
     by_name = {c[0]: c for c in llm.calls}
     assert sorted(by_name) == ["verifier_cases", "verifier_code"]
@@ -105,9 +106,37 @@ async def test_own_example_constraint_may_reuse_its_example_body():
     llm = ScriptedLLM(lambda name, prompt, n: [Completion(text='\n    return ";" not in response')] * n
                       if name == "verifier_code" else [CASES[0]] * n)
     ctx = Context(llm=llm, executor=None, funnel=Funnel())
-    stage = build_stage("verifiers", Config(verifier_k=1, verifier_case_samples=1))
+    stage = build_stage("verifiers", Config(verifier_k=1, verifier_case_samples=1, verifier_case_style="lists"))
     [draft] = await stage.process(Instruction("Never use a semicolon."), ctx)
     assert len(draft.functions) == 1
+
+
+async def test_reply_cases_follow_side_is_told_the_rule_and_plain_side_is_shared():
+    # "replies" case style: per query a reply told to obey (expected True; cut off: dropped) and
+    # a plain reply (expected False), asked once per run whatever the number of instructions.
+    def script(name, prompt, n):
+        if name == "verifier_code":
+            return FUNCTIONS[:2]
+        if name == "case_follow":
+            if "basil" in prompt:
+                return [Completion(text="water it and give it sun", finish_reason="length")]
+            return [Completion(text=" no commas in this reply ")]
+        return [Completion(text="Sure, here it is, with commas.")]
+    llm = ScriptedLLM(script)
+    ctx = Context(llm=llm, executor=None, funnel=Funnel())
+    queries = [Query("How do I keep basil alive?"), Query("Name a bakery."), Query("unused")]
+    stage = build_stage("verifiers", Config(verifier_k=2, verifier_case_samples=2), queries=queries)
+    [a], [b] = [await stage.process(Instruction(c), ctx) for c in (CONSTRAINT, "Use no commas at all.")]
+    follow = [c for c in llm.calls if c[0] == "case_follow"]
+    assert len(follow) == 4 and llm.count("case_plain") == 2          # plain replies shared
+    assert all(c[2] == 1 for c in follow) and "Rule: Use no commas at all." in follow[-1][1]
+    assert "Message: Name a bakery." in follow[1][1] and not any("unused" in c[1] for c in llm.calls)
+    for draft in (a, b):
+        assert [(c.input, c.expected) for c in draft.cases] == [
+            ("no commas in this reply", True), ("Sure, here it is, with commas.", False)]
+    f = ctx.funnel.to_dict()
+    assert f["verifiers.case_answer"]["kept"] == 6 and f["verifiers.case_answer"]["dropped"] == {"truncated": 2}
+    assert f["verifiers.case"]["kept"] == 6   # read per instruction; pooling then merges equal texts
 
 
 async def test_one_sided_cases_are_no_evidence():

@@ -387,6 +387,9 @@ class Driver:
     def _finish(self, store: Any, augment: dict, t0: float) -> dict:
         funnel = self._merged_funnel()
         shards = [self.done[i] for i in range(self.n)]
+        served = next((p.get("model") for p in [augment, *shards] if p.get("model")), None)
+        if served and not store.get_meta("served_model"):
+            store.set_meta("served_model", served)     # the name the shards' servers reported
         grpo = export_grpo_run(self.cfg, store, self.run_dir / "exports", funnel)
         stopped = "completed" if all(s.get("stopped") == "completed" for s in shards) \
             and augment.get("stopped") == "completed" else "drained"
@@ -408,9 +411,6 @@ class Driver:
                                                "stopped", "replayed", "t0", "client", "pool",
                                                "timeseries")} for s in shards],
         }
-        served = next((p.get("model") for p in [augment, *shards] if p.get("model")), None)
-        if served and not store.get_meta("served_model"):
-            store.set_meta("served_model", served)     # the name the shards' servers reported
         summary.update(model=model_name(self.cfg, store), config_hash=self.cfg.config_hash())
         store.save_funnel(summary["funnel"])
         files = export_run(self.cfg, store, self.run_dir / "exports")

@@ -49,6 +49,8 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
     responses stage), kept or not, for the GRPO prompt set.
     """
     judge = Sampling(1, cfg.judge_temperature, cfg.judge_max_tokens)
+    if name in ("queries", "audit", "verifiers") and queries is None:
+        queries = load_queries(cfg.queries_path or None)
     if name == "augment":
         return AugmentStage(seeds, deduper=Deduper(threshold=cfg.dedup_threshold, ngram=cfg.dedup_ngram),
                             per_prompt=cfg.augment_per_prompt,
@@ -61,7 +63,9 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
                              style=cfg.verifier_style,
                              cases=Sampling(cfg.verifier_case_samples, cfg.verifier_temperature,
                                             cfg.verifier_case_max_tokens),
-                             cases_per_side=cfg.verifier_cases_per_side)
+                             cases_per_side=cfg.verifier_cases_per_side,
+                             case_style=cfg.verifier_case_style,
+                             case_queries=queries or ())
     if name == "crossval":
         return CrossValStage(case_agreement=cfg.case_agreement, function_accuracy=cfg.function_accuracy,
                              min_functions=cfg.min_functions, min_cases=cfg.min_cases,
@@ -70,21 +74,17 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
         if not cfg.backtranslate:           # no judge is loaded for a stage that passes through
             return BackTranslateStage(nli=LLMJudge(judge), sampling=judge, enabled=False)
         return BackTranslateStage(nli=nli_judge(cfg), sampling=judge)
-    if name in ("queries", "audit") and queries is None:
-        queries = load_queries(cfg.queries_path or None)
     if name == "audit":
         return AuditStage(queries, enabled=cfg.audit, action=cfg.audit_action,
                           max_accepted=cfg.audit_max_accepted, weight=cfg.audit_weight)
     if name == "queries":
-        if queries is None:
-            queries = load_queries(cfg.queries_path or None)
         return QueryJoinStage(queries, per_instruction=cfg.queries_per_instruction, seed=cfg.seed)
     if name == "responses":
         return ResponseStage(sampling=Sampling(cfg.responses_k, cfg.response_temperature,
                                                cfg.response_max_tokens),
                              pass_threshold=cfg.pass_threshold, on_sampled=on_sampled)
     if name == "scoring":
-        return ScoreStage(sampling=judge, score_min=cfg.score_min, enabled=cfg.scoring)
+        return ScoreStage(sampling=judge, score_min=cfg.score_min, enabled=cfg.scoring, until=cfg.score_until)
     raise ValueError(f"no stage called {name!r} (stages: {', '.join(CHAIN)})")
 
 
@@ -98,7 +98,7 @@ def default_stages(cfg: Config, seeds: Sequence[Instruction] | None = None,
     """
     if seeds is None and "augment" in names:
         seeds = load_seed_instructions(cfg.seeds_path or None)
-    if queries is None and ("queries" in names or "audit" in names):
+    if queries is None and any(n in names for n in ("queries", "audit", "verifiers")):
         queries = load_queries(cfg.queries_path or None)
     return [build_stage(n, cfg, seeds=seeds or (), queries=queries, on_sampled=on_sampled)
             for n in names]

@@ -13,7 +13,8 @@ from engine.records import QueryResult, QueryTask, ResponseRecord
 from engine.stage import Context
 from engine.stages.base import Sampling, ask, tally
 
-UNSCORED = 0   # stored score when the judge's answer had no readable score
+UNSCORED = 0   # stored score when the judge's answer had no readable score, or was not asked
+NOT_NEEDED = object()   # `until` responses were kept already: this one is not judged
 
 
 class ScoreStage:
@@ -21,24 +22,36 @@ class ScoreStage:
     score already keeps it, and the judge is not asked again).
 
     `sampling`: the judge request; `score_min`: the lowest score kept. With `enabled` off,
-    items pass through unchanged."""
+    items pass through unchanged. `until` > 0: judge passed responses best first (pass rate)
+    and stop once `until` are kept; the rest stay unused (stored score 0, counted
+    `not_needed`). Exports take one SFT row per query by default, so the judge calls on the
+    other passed samples would be spent for nothing; 0 judges every one (the paper)."""
 
     name = "scoring"
 
-    def __init__(self, *, sampling: Sampling, score_min: int, enabled: bool = True) -> None:
+    def __init__(self, *, sampling: Sampling, score_min: int, enabled: bool = True, until: int = 0) -> None:
         self.sampling = sampling
         self.score_min = score_min
         self.enabled = enabled
+        self.until = until
 
     async def process(self, item: QueryResult, ctx: Context) -> list[QueryResult]:
         if not self.enabled:
             return [item]
         passed = [i for i, r in enumerate(item.responses) if r.passed]
-        scores = await asyncio.gather(*(self._score_of(ctx, item.task, item.responses[i]) for i in passed))
+        if self.until:
+            passed.sort(key=lambda i: -item.responses[i].pass_rate)   # stable: sample order breaks ties
+            scores = await self._score_until_enough(ctx, item, passed)
+        else:
+            scores = await asyncio.gather(*(self._score_of(ctx, item.task, item.responses[i]) for i in passed))
         responses = list(item.responses)
         dropped: Counter[str] = Counter()
         kept = 0
         for i, score in zip(passed, scores):
+            if score is NOT_NEEDED:
+                responses[i] = responses[i].with_score(UNSCORED)
+                dropped["not_needed"] += 1
+                continue
             responses[i] = responses[i].with_score(UNSCORED if score is None else score)
             if score is None:
                 dropped["unparsable_score"] += 1
@@ -52,6 +65,18 @@ class ScoreStage:
             ctx.funnel.drop(self.name, reason)
             return []
         return [QueryResult(task=item.task, responses=tuple(responses), model=item.model)]
+
+    async def _score_until_enough(self, ctx: Context, item: QueryResult, order: list[int]) -> list:
+        scores: list = []
+        kept = 0
+        for i in order:
+            if kept >= self.until:
+                scores.append(NOT_NEEDED)
+                continue
+            score = await self._score_of(ctx, item.task, item.responses[i])
+            scores.append(score)
+            kept += score is not None and score >= self.score_min
+        return scores
 
     async def _score_of(self, ctx: Context, task: QueryTask, response: ResponseRecord) -> int | None:
         if response.score is not None:      # scored already (a file `autoif stage score` reads)

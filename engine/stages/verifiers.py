@@ -3,10 +3,15 @@
 Two ways to ask (config.verifier_style):
 - "code" (default): the function is a few-shot code completion (prompts/verifier_code.txt ends
   with `# Constraint: ...` and the `def evaluate` line; stop at the next example), sampled K
-  times in one request; the test cases are a separate short chat request (n =
-  verifier_case_samples) constrained to a JSON object of passing ("follow") and failing
-  ("break") replies. Models of 0.5B parameters follow this; they copy the skeleton of a
-  JSON-with-code prompt instead.
+  times in one request. Models of 0.5B parameters follow this; they copy the skeleton of a
+  JSON-with-code prompt instead. The test cases come from separate requests (case_style):
+  - "replies" (default): replies written to obey the constraint (expected True) and plain
+    replies to the same queries (expected False). Every model can write a reply; a 0.5B model
+    cannot write a failing example on purpose (asked for lists, its "break" side restates the
+    "follow" side), but a plain reply breaks most constraints by itself. A reply that lands on
+    the wrong side is what cross-validation drops: it disagrees with the functions.
+  - "lists": one chat request (n = verifier_case_samples) constrained to a JSON object of
+    passing ("follow") and failing ("break") replies; larger models write sharper edge cases.
 - "json": one chat request with n=K, each answer a JSON object with the function as a string
   and its cases (the reference release's format, which `autoif stage` also reads).
 
@@ -20,7 +25,7 @@ import asyncio
 import functools
 import re
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import orjson
 
@@ -28,7 +33,7 @@ from engine.llm import Completion
 from engine.parsing import (ParseError, ParsedVerifier, parse_case_answer,
                             parse_code_completion, parse_verifier_answer, prompt_examples)
 from engine.prompting import render, template
-from engine.records import Case, Instruction, Verifier, VerifierDraft, normalize_instruction
+from engine.records import Case, Instruction, Query, Verifier, VerifierDraft, normalize_instruction
 from engine.stage import Context
 from engine.stages.base import Sampling, ask, code_key, complete, tally
 
@@ -135,17 +140,28 @@ class VerifierStage:
     or no case is left.
 
     `sampling`: the function request (its n is K, the functions per instruction); `style`:
-    "code" or "json" (module docstring); `cases`: the code style's test-case request, asking for
-    `cases_per_side` passing and failing replies per answer."""
+    "code" or "json" (module docstring); `cases`: the code style's test-case request: for
+    `case_style` "lists" n answers asking for `cases_per_side` passing and failing replies each;
+    for "replies" one reply per query of the first n of `case_queries`."""
 
     name = "verifiers"
 
     def __init__(self, *, sampling: Sampling, style: str = "code", cases: Sampling | None = None,
-                 cases_per_side: int = 3) -> None:
+                 cases_per_side: int = 3, case_style: str = "lists",
+                 case_queries: Sequence[Query] = ()) -> None:
         if style not in ("code", "json"):
             raise ValueError(f"verifier style {style!r}: expected 'code' or 'json'")
+        if case_style not in ("replies", "lists"):
+            raise ValueError(f"verifier case style {case_style!r}: expected 'replies' or 'lists'")
         self.sampling, self.style, self.cases_per_side = sampling, style, cases_per_side
         self.cases = cases or Sampling(2, sampling.temperature, 768)
+        self.case_style = case_style
+        self.case_queries = [q.text for q in case_queries][:self.cases.n]
+        if case_style == "replies" and not self.case_queries:
+            raise ValueError("verifier case style 'replies' needs queries to reply to")
+        # A plain reply to a query does not depend on the instruction: asked once per run and
+        # shared by every instruction's cases.
+        self._plain: dict[str, asyncio.Future] = {}
 
     async def process(self, item: Instruction, ctx: Context) -> list[VerifierDraft]:
         answer_drops: Counter[str] = Counter()
@@ -172,13 +188,50 @@ class VerifierStage:
     async def _code_style(self, item: Instruction, ctx: Context, answer_drops: Counter,
                           case_counts: Counter) -> list[ParsedVerifier]:
         code_prompt = render("verifier_code", instruction=item.text)
-        cases_prompt = render("verifier_cases", instruction=item.text, n=self.cases_per_side)
-        functions, case_answers = await asyncio.gather(
-            complete(ctx, code_prompt, self.sampling, stop=CODE_STOPS),
-            ask(ctx, cases_prompt, self.cases, json_schema=cases_schema(self.cases_per_side)))
         case_drops: Counter[str] = Counter()
-        parsed = parse_functions(item, functions, answer_drops)
-        cases = parse_case_answers(case_answers, case_drops, case_counts)
-        tally(ctx, f"{self.name}.case_answer", len(cases), case_drops)
-        drop_echoed_cases(cases, example_cases("verifier_cases"), case_counts)
-        return parsed + cases
+        if self.case_style == "replies":
+            functions, cases = await asyncio.gather(
+                complete(ctx, code_prompt, self.sampling, stop=CODE_STOPS),
+                self._reply_cases(item, ctx, case_drops))
+            case_counts["kept"] += len(cases.cases)
+            n_answers = 2 * len(self.case_queries) - sum(case_drops.values())
+            cases = [cases]
+        else:
+            cases_prompt = render("verifier_cases", instruction=item.text, n=self.cases_per_side)
+            functions, case_answers = await asyncio.gather(
+                complete(ctx, code_prompt, self.sampling, stop=CODE_STOPS),
+                ask(ctx, cases_prompt, self.cases, json_schema=cases_schema(self.cases_per_side)))
+            cases = parse_case_answers(case_answers, case_drops, case_counts)
+            n_answers = len(cases)
+            drop_echoed_cases(cases, example_cases("verifier_cases"), case_counts)
+        tally(ctx, f"{self.name}.case_answer", n_answers, case_drops)
+        return parse_functions(item, functions, answer_drops) + cases
+
+    async def _reply_cases(self, item: Instruction, ctx: Context, drops: Counter) -> ParsedVerifier:
+        """Cases of the "replies" style: per query, a reply told to obey the constraint
+        (expected True; dropped when cut off by the token limit, since an unfinished reply
+        says nothing about e.g. how it ends) and the shared plain reply (expected False)."""
+        one = Sampling(1, self.cases.temperature, self.cases.max_tokens)
+        follow = [ask(ctx, render("case_follow", instruction=item.text, query=q), one)
+                  for q in self.case_queries]
+        plain = [self._plain_reply(ctx, q, one) for q in self.case_queries]
+        answers = await asyncio.gather(*follow, *plain)
+        parsed = ParsedVerifier(code="")
+        for i, completions in enumerate(answers):
+            expected = i < len(follow)
+            for c in completions:
+                text = c.text.strip()
+                if not text:
+                    drops["empty"] += 1
+                elif expected and c.finish_reason == "length":
+                    drops["truncated"] += 1
+                else:
+                    parsed.cases.append(Case(input=text, expected=expected))
+        return parsed
+
+    async def _plain_reply(self, ctx: Context, query: str, one: Sampling) -> list[Completion]:
+        task = self._plain.get(query)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = asyncio.ensure_future(ask(ctx, render("case_plain", query=query), one))
+            self._plain[query] = task
+        return await asyncio.shield(task)   # one instruction cancelled must not cancel the others'
