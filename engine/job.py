@@ -34,6 +34,7 @@ from engine.export import ExportOptions, export, pyarrow_available
 from engine.grpo import GrpoOptions, GrpoSummary, export_grpo
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
 from engine.outcome import is_storage_failure
+from engine.prompting import packaged_file
 from engine.progress import Progress, print_funnel
 from engine.records import QueryResult, SampledPrompt, VerifiedInstruction
 from engine.report.observe import Distributions, observe_stages
@@ -51,13 +52,16 @@ log = logging.getLogger("autoif.job")
 
 # `--demo`: a handful of seeds and queries, every stage for real, minutes on a laptop CPU. Sized
 # for the embedded 0.5B model on 2 cores: the first seeds of the built-in set are constraints it
-# can both write checkers for and follow (measured: a reply's opening words, no digits, a banned
-# word), token limits leave truncation rare, and augmentation asks for a few more.
-DEMO = dict(augment_batches=1, augment_seeds_shown=4, augment_per_prompt=3, verifier_k=4,
-            verifier_case_samples=3, verifier_cases_per_side=3, queries_per_instruction=6,
+# can both write checkers for and follow (measured: a reply's opening words, no digits, a short
+# answer), an odd K (with 4 functions split 2-2, no case has agreement above 0.5), and
+# augmentation asks for a few more. The demo's queries (prompts/demo_queries.jsonl) ask for short answers: on 2 cores a
+# long reply costs seconds per sample, and a quarter of them hit the token limit.
+DEMO = dict(augment_batches=1, augment_seeds_shown=4, augment_per_prompt=3, augment_samples=2, verifier_k=5,
+            verifier_case_samples=4, verifier_cases_per_side=3, queries_per_instruction=6,
             responses_k=3, max_inflight_requests=8, stage_concurrency=8, verifier_max_tokens=200,
             verifier_case_max_tokens=200, response_max_tokens=256, judge_max_tokens=128,
-            augment_max_tokens=200, score_until=1, output_dir="runs/demo")
+            augment_max_tokens=200, score_until=1, queries_path=str(packaged_file("demo_queries.jsonl")),
+            output_dir="runs/demo")
 DEMO_SEEDS = 5
 
 
