@@ -1,8 +1,8 @@
 """The embedded model writes verifiers that survive cross-validation and agree with IFEval's
 official checkers: the real llama-server, the real stages and sandbox pool, no double.
 
-Small on purpose (two constraints, K=4 functions, cases from three queries; about two minutes
-on 2 cores). Skipped, with the reason, when the `embedded` extra is not installed.
+Small on purpose (four constraints, K=4 functions, cases from three queries; one to two
+minutes on 2 cores). Skipped, with the reason, when the `embedded` extra is not installed.
 """
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(420),
               pytest.mark.skipif(not EMBEDDED_OK, reason=f"embedded llama.cpp unavailable: {EMBEDDED_WHY}")]
 
 # Constraints whose cases the 0.5B model writes on both sides (measured: its replies obey them
-# often enough, and a plain reply breaks them); the test needs one of them to survive.
-CHOSEN = [c for c in CONSTRAINTS if c.checker in ("punctuation:no_comma", "change_case:english_lowercase")]
+# often enough, and a plain reply breaks them). Any one surviving is enough: which ones do
+# varies with sampling (each alone survived in some runs and not in others).
+CHOSEN = [c for c in CONSTRAINTS if c.checker in ("punctuation:no_comma", "change_case:english_lowercase",
+                                                   "length_constraints:number_words")]
 OWN_PROBES = ["the river was calm and a lantern glowed on the bank", "A lantern hung by the door, unlit.",
               "We walked along the river at dusk.", "our budget, sadly, is small",
               "nothing here has a capital letter or a comma"]
