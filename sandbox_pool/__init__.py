@@ -9,7 +9,10 @@ Process layout per worker (started once, reused for every job):
     pool (asyncio)  --socket-->  supervisor  (worker.py -> supervisor.py; fresh interpreter,
                                   |           empty environment, own net/mount namespaces)
                                   +-- zygote  (zygote.py; PID 1 of the worker's PID namespace)
-                                       +-- job   (one fork per job: confine.py, then runner.py)
+                                  |    +-- job   (one fork per job: confine.py, then runner.py)
+                                  +-- zygote  (the same, with the allowed third-party modules
+                                       +-- job    imported, in a PID namespace of its own: only
+                                                  code naming one of them is forked from it)
 
 A job is confined before any of its code runs: it joins its worker's job cgroup
 (memory with swap off, process count: children and shared memory included), then

@@ -20,6 +20,8 @@ _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 _libc.prctl.restype = ctypes.c_int
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.unshare.restype = ctypes.c_int
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.setns.restype = ctypes.c_int
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.mount.restype = ctypes.c_int
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -112,6 +114,20 @@ def fork_bare() -> int:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags))
+
+
+def new_pid_namespace_for_children() -> None:
+    """Make this process' next child PID 1 of a new PID namespace, also after an earlier one.
+
+    unshare(CLONE_NEWPID) only changes where children go, and only while that is still the
+    caller's own namespace; rejoining our own first (setns) allows a second, separate one.
+    """
+    fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWPID))
+    finally:
+        os.close(fd)
+    unshare(CLONE_NEWPID)
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:

@@ -118,6 +118,27 @@ async def test_allowed_modules_are_usable_without_an_import(pool):
     assert res[0].ok and res[0].value == repr((True, "a1a", '"a1a!"', 1, 2, False)), res
 
 
+async def test_third_party_modules_run_in_their_own_zygote_and_stdlib_code_never_forks_from_it():
+    # nltk (numpy) makes the image a job is forked from ~6x larger, and fork+exit cost grows with
+    # it, so only code naming a third-party module goes to the zygote that imported them.
+    nltk = pytest.importorskip("nltk")
+    pytest.importorskip("langdetect")
+    assert nltk
+    sees = "def evaluate(x):\n    return ' '.join(k for k in ('nltk', 'langdetect', 're') if k in globals())\n"
+    uses = ("import langdetect\ndef evaluate(x):\n"
+            "    return f'{len(nltk.tokenize.wordpunct_tokenize(x))} {langdetect.detect(x)}'\n")
+    text = ["This is plainly a sentence written in English, about the weather today."]
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT) as default:
+        # Alternating, twice: the lean zygote's kill(-1) after each job must not reach the other.
+        for _ in range(2):
+            lean, heavy = await default.evaluate(sees, text), await default.evaluate(uses, text)
+            assert lean[0].value == "re", lean  # forked from the image without them
+            # langdetect's profiles were loaded once in that zygote: the first detect() fits the
+            # job's default CPU budget (it took 0.5 s of CPU when every job loaded them).
+            assert heavy[0].ok and heavy[0].value == "14 en", heavy
+        assert default.stats()["restarts"] == 0
+
+
 async def test_partial_results_survive_a_timeout(pool):
     code = "def evaluate(x):\n    while x == 'hang':\n        pass\n    return x\n"
     res = await pool.evaluate(code, ["a", "b", "hang", "c"])
