@@ -385,7 +385,7 @@ class Supervisor:
                               ruleset_fd, self.uid, pid_ns, self.prebound,
                               scratch_tmpfs=self.jobs_dir != self.scratch,
                               ipc_ns=self.layers.get("ipc_namespace", False),
-                              cgroup_fds=cgroup_fds).serve()
+                              cgroup_fds=cgroup_fds, third_party=heavy).serve()
             finally:
                 os._exit(1)
         os.close(zfd)
@@ -528,7 +528,7 @@ class Supervisor:
         missing = n - len(tags)
         if missing:
             tags += b"R" * missing
-            why = self._why_incomplete(n, status, cpu, timed_out, problem, self._oom_killed(status))
+            why = self._why_incomplete(n, status, cpu, timed_out, problem, self._oom_killed(status), link.heavy)
             recs.extend([why] * missing)
         output = out.decode("utf-8", "replace")
         if out_total > len(out):
@@ -547,7 +547,7 @@ class Supervisor:
         return n > seen
 
     def _why_incomplete(self, n: int, status: int, cpu: float, timed_out: int, problem: str | None,
-                        oom: bool):
+                        oom: bool, third_party: bool = False):
         lim = self.limits
         if timed_out:
             return [C_TIMEOUT, None, f"job exceeded the {lim.timeout_s:g} s wall-clock limit"]
@@ -559,8 +559,11 @@ class Supervisor:
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             if sig == signal.SIGPROF:
-                return [C_TIMEOUT, None, f"job exceeded its CPU-time budget of {lim.cpu_budget_s(n):g} s "
-                                         f"({lim.cpu_base_s:g} s + {lim.cpu_per_input_s:g} s per input)"]
+                factor = zygote.THIRD_PARTY_BUDGET_FACTOR if third_party else 1.0
+                how = f"({lim.cpu_base_s:g} s + {lim.cpu_per_input_s:g} s per input"
+                how += f", x{factor:g} for code using third-party modules)" if third_party else ")"
+                return [C_TIMEOUT, None, f"job exceeded its CPU-time budget of "
+                                         f"{lim.cpu_budget_s(n) * factor:g} s {how}"]
             if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= lim.cpu_s):
                 return [C_TIMEOUT, None, f"job exceeded the {lim.cpu_s} s CPU-time limit"]
             return [C_CRASHED, None, f"killed by {_signal_name(sig)}"]

@@ -139,6 +139,22 @@ async def test_third_party_modules_run_in_their_own_zygote_and_stdlib_code_never
         assert default.stats()["restarts"] == 0
 
 
+async def test_checks_on_third_party_modules_get_a_larger_cpu_budget():
+    # langdetect costs ~6 ms of CPU per reply; the engine's defaults (50 ms + 2 ms per input)
+    # would cut an honest batch of them. The wall clock stays the backstop for both.
+    pytest.importorskip("langdetect")
+    replies = [f"Reply {i}: this is plainly a sentence in English about the weather and the sea. " * 30
+               for i in range(40)]
+    honest = "import langdetect\ndef evaluate(x):\n    return langdetect.detect(x) == 'en'\n"
+    loops = "import langdetect\ndef evaluate(x):\n    while True:\n        pass\n"
+    async with SandboxPool(workers=1, timeout_s=5.0, cpu_base_s=0.05, cpu_per_input_s=0.002) as p:
+        res = await p.evaluate(honest, replies)
+        assert all(o.ok and o.value is True for o in res), [o for o in res if not o.ok][:1]
+        res = await p.evaluate(loops, ["x", "y"])
+    assert [o.status for o in res] == ["timeout", "timeout"]
+    assert "budget of 0.54 s" in res[0].detail and "third-party" in res[0].detail, res[0].detail
+
+
 async def test_partial_results_survive_a_timeout(pool):
     code = "def evaluate(x):\n    while x == 'hang':\n        pass\n    return x\n"
     res = await pool.evaluate(code, ["a", "b", "hang", "c"])
