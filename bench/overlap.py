@@ -17,7 +17,7 @@ import asyncio
 import time
 
 from bench import common
-from bench.pool import VERIFIERS
+from bench.workload import VERIFIERS
 from engine.client import LLMClient
 from engine.llm import SamplingParams
 from engine.runner import StageSpec, StreamRunner

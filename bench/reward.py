@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 
 from bench import common
-from bench.pool import VERIFIERS
+from bench.workload import VERIFIERS
 from engine.records import Instruction, Verifier, VerifiedInstruction
 from engine.stages.backtranslate import BackTranslateStage
 from engine.state import StateStore

@@ -133,10 +133,14 @@ def instruction_functions(rng: random.Random, count: int, tag: str) -> list[str]
     return codes
 
 
-def all_functions(seed: int = 0) -> list[str]:
-    """Every writing of every family once, with parameters drawn from `seed`."""
+def named_functions(seed: int = 0) -> dict[str, str]:
+    """Every writing of every family once ("family_i": code), parameters drawn from `seed`."""
     params = _params(random.Random(seed))
-    return [Template(body).substitute(params, a="response") for family in _FAMILIES.values() for body in family]
+    return {f"{name}_{i}": Template(body).substitute(params, a="response")
+            for name, family in _FAMILIES.items() for i, body in enumerate(family)}
+
+
+VERIFIERS: dict[str, str] = named_functions()
 
 
 class Responses:

@@ -37,7 +37,7 @@ def test_fixed_jobs_have_exactly_size_distinct_inputs_and_distinct_code(size):
 
 def test_every_verifier_family_runs_and_splits_responses():
     texts = workload.Responses(5).take(300)
-    verdicts = baselines.inprocess([(code, texts) for code in workload.all_functions()])
+    verdicts = baselines.inprocess([(code, texts) for code in workload.VERIFIERS.values()])
     for v in verdicts:
         assert all(type(x) is bool for x in v)
     assert sum(any(v) and not all(v) for v in verdicts) > len(verdicts) // 2  # mostly discriminating
@@ -81,3 +81,13 @@ def test_baselines_agree_per_core():
     assert baselines.per_core(baselines.humaneval, items, 2, 0).results == [True] * 4
     wrong = [(baselines.humaneval_problem(0, jobs[0][1], [not v for v in ref.results[0]]), jobs[0][0])]
     assert baselines.humaneval(wrong) == [False]                       # a disagreement shows
+
+
+@pytest.mark.parametrize("name", ["pool", "pipeline", "reward", "overlap", "client", "scale", "quality",
+                                  "realmodel"])
+def test_every_benchmark_module_imports(name):
+    # Benchmarks run outside the suite; a rename that breaks one must still fail here.
+    import importlib
+
+    module = importlib.import_module(f"bench.{name}")
+    assert callable(module.main)
