@@ -113,9 +113,11 @@ class Config:
     pool_timeout_s: float = _f(2.0, "pool", "time limit of one sandbox job: one function over all its inputs", lo=0.001)
     pool_memory_mb: int = _f(512, "pool", "memory limit of a sandbox worker", lo=16)
     # A looping verifier costs its job's CPU budget, not the wall-clock timeout. An honest check
-    # of a pipeline response takes tens of microseconds (a regex over 10,000 words: ~4 ms), so
-    # 2 ms per input on top of 50 ms leaves a margin of ~60x where jobs are coalesced.
-    pool_cpu_base_s: float = _f(0.05, "pool", "CPU-time budget of one sandbox job: this much, plus pool_cpu_per_input_s per input", lo=0.001)
+    # of a pipeline response takes tens of microseconds (the slowest of bench.workload's 35 over
+    # a 10,000-word text: 2.1 ms), so 10 ms + 2 ms per input leaves one such check 5x and a
+    # coalesced batch ~60x. At 50 ms, cross-validation's looping verifiers cost the simulator
+    # run ~1 s of wall time (bench.pipeline).
+    pool_cpu_base_s: float = _f(0.01, "pool", "CPU-time budget of one sandbox job: this much, plus pool_cpu_per_input_s per input", lo=0.001)
     pool_cpu_per_input_s: float = _f(0.002, "pool", "CPU-time budget per input of a sandbox job (checks it cuts are timeouts)", lo=0)
     # export
     export_formats: list[str] = _f(["alpaca", "sharegpt", "trl"], "export", "SFT formats to write",

@@ -23,9 +23,11 @@ Out = TypeVar("Out", covariant=True)
 class Executor(Protocol):
     """What stages need from the sandbox pool (sandbox_pool.SandboxPool satisfies it).
 
-    One Outcome per input of each (code, inputs) job, in job order."""
+    One Outcome per input of each (code, inputs) job, in job order. `urgent` jobs go before
+    queued ones that are not: stages whose results unlock more LLM work ask for it."""
 
-    async def evaluate_many(self, jobs: Sequence[tuple[str, Sequence[Any]]]) -> list[Sequence[Outcome]]: ...
+    async def evaluate_many(self, jobs: Sequence[tuple[str, Sequence[Any]]], *,
+                            urgent: bool = False) -> list[Sequence[Outcome]]: ...
 
 
 class Funnel:

@@ -68,9 +68,10 @@ class _Malformed(Exception):
 class _Job:
     """One caller's (code, inputs), waiting for a worker."""
 
-    __slots__ = ("code", "code_json", "data", "n", "future", "taken", "solo")
+    __slots__ = ("code", "code_json", "data", "n", "future", "taken", "solo", "queue")
 
-    def __init__(self, code: str, code_json: bytes, data: bytes, n: int, future: asyncio.Future):
+    def __init__(self, code: str, code_json: bytes, data: bytes, n: int, future: asyncio.Future,
+                 queue: deque):
         self.code = code
         self.code_json = code_json
         self.data = data  # the inputs as one JSON array
@@ -78,6 +79,7 @@ class _Job:
         self.future = future
         self.taken = False  # sent (possibly coalesced into an earlier job of the same code)
         self.solo = False  # runs alone: it lost its verdicts to another job's failure once
+        self.queue = queue  # the pool's urgent or normal queue: where it goes back if requeued
 
 
 class _SameCode:
@@ -218,6 +220,10 @@ class SandboxPool:
         self._start_timeout_s = start_timeout_s
         self._workers: list[_Worker] = []
         self._queue: deque[_Job] = deque()
+        # Jobs whose results gate more LLM work (cross-validation, audit) go first: a response
+        # check only gates its own judging, while a new instruction's checks gate all of its
+        # queries' generation.
+        self._urgent: deque[_Job] = deque()
         self._reaping: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx = None
@@ -299,9 +305,10 @@ class SandboxPool:
         if self._watchdog:
             self._watchdog.cancel()
         err = RuntimeError("SandboxPool closed")
-        for job in self._queue:
+        for job in (*self._urgent, *self._queue):
             if not job.future.done():
                 job.future.set_exception(err)
+        self._urgent.clear()
         self._queue.clear()
         self._by_code.clear()
         for w in self._workers:
@@ -341,17 +348,19 @@ class SandboxPool:
 
     # ---- public API --------------------------------------------------------------------------
 
-    async def evaluate(self, code: str, inputs: Sequence) -> JobResult:
+    async def evaluate(self, code: str, inputs: Sequence, *, urgent: bool = False) -> JobResult:
         """Run `code`'s evaluate() on each input in one sandboxed job; one Outcome per input."""
-        fut = self._enqueue([self._prepare(code, inputs)])[0]
+        fut = self._enqueue([self._prepare(code, inputs)], urgent)[0]
         self._dispatch()
         return await fut
 
-    async def evaluate_many(self, jobs: Iterable[tuple[str, Sequence]]) -> list[JobResult]:
-        """Run many (code, inputs) jobs spread over all workers; results in job order."""
+    async def evaluate_many(self, jobs: Iterable[tuple[str, Sequence]], *, urgent: bool = False) -> list[JobResult]:
+        """Run many (code, inputs) jobs spread over all workers; results in job order.
+
+        `urgent` jobs are dispatched before every queued job that is not."""
         encoded: dict = {}  # the engine often sends one inputs list with many verifiers
         prepared = [self._prepare(code, inputs, encoded) for code, inputs in jobs]  # may raise: nothing queued
-        futs = self._enqueue(prepared)
+        futs = self._enqueue(prepared, urgent)
         self._dispatch()
         return list(await asyncio.gather(*futs))
 
@@ -399,8 +408,9 @@ class SandboxPool:
                 encoded[id(inputs)] = (inputs, n, data)  # holding `inputs` keeps its id unique
         return code, _dumps(code), data, n
 
-    def _enqueue(self, prepared: list) -> list[asyncio.Future]:
+    def _enqueue(self, prepared: list, urgent: bool) -> list[asyncio.Future]:
         futs = []
+        queue = self._urgent if urgent else self._queue
         for item in prepared:
             fut = self._loop.create_future()
             self._jobs += 1
@@ -409,8 +419,8 @@ class SandboxPool:
                 self._counts[REJECTED] += len(item) if item and item[0].status == REJECTED else 0
                 fut.set_result(item)
             else:
-                job = _Job(*item, fut)
-                self._queue.append(job)
+                job = _Job(*item, fut, queue)
+                queue.append(job)
                 self._index(job, at_end=True)
             futs.append(fut)
         return futs
@@ -462,8 +472,8 @@ class SandboxPool:
         return _Wire(self._next_id, parts, n)
 
     def _dispatch(self) -> None:
-        queue = self._queue
-        while queue:
+        while self._urgent or self._queue:
+            queue = self._urgent or self._queue
             best = None
             free = 0
             for w in self._workers:
@@ -617,7 +627,7 @@ class SandboxPool:
             keep = wire.parts[:-rerun]
             for job in reversed(wire.parts[-rerun:]):
                 job.solo, job.taken = True, False
-                self._queue.appendleft(job)
+                job.queue.appendleft(job)
             wire.parts = keep
             outcomes = outcomes[:sum(p.n for p in keep)]
             recs = [o for o in outcomes if o not in (OK_TRUE, OK_FALSE, OK_NONE)]
@@ -663,7 +673,7 @@ class SandboxPool:
         """A wire's jobs back at the head of the queue, in order: they never ran."""
         for job in reversed(wire.parts):
             job.taken = False
-            self._queue.appendleft(job)
+            job.queue.appendleft(job)
             if not job.solo:
                 self._index(job, at_end=False)
 
@@ -710,9 +720,10 @@ class SandboxPool:
         err = RuntimeError(f"SandboxPool is broken: {reason}")
         if self._ready_waiter and not self._ready_waiter.done():
             self._ready_waiter.set_exception(err)
-        for job in self._queue:
+        for job in (*self._urgent, *self._queue):
             if not job.future.done():
                 job.future.set_exception(err)
+        self._urgent.clear()
         self._queue.clear()
         self._by_code.clear()
 

@@ -50,10 +50,10 @@ class RecordingPool:
         self.pool = pool
         self.batches: list[list[tuple[str, list]]] = []
 
-    async def evaluate_many(self, jobs):
+    async def evaluate_many(self, jobs, *, urgent=False):
         jobs = [(code, list(inputs)) for code, inputs in jobs]
         self.batches.append(jobs)
-        return await self.pool.evaluate_many(jobs)
+        return await self.pool.evaluate_many(jobs, urgent=urgent)
 
 
 def real_pool() -> SandboxPool:

@@ -211,6 +211,24 @@ async def test_no_state_leaks_between_jobs():
         assert [o.value for o in res] == [True, True], res
 
 
+async def test_urgent_jobs_overtake_queued_ones():
+    # Cross-validation and audit results unlock an instruction's LLM work; a backlog of response
+    # checks must not hold them up.
+    done: list[str] = []
+    slow = "import time\ndef evaluate(x):\n    time.sleep(0.05)\n    return x\n"
+
+    async def run(name, code, urgent):
+        await solo.evaluate(code, [name], urgent=urgent)
+        done.append(name)
+
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_max_inputs=1) as solo:
+        backlog = [asyncio.create_task(run(f"n{i}", slow + f"# {i}\n", False)) for i in range(12)]
+        await asyncio.sleep(0.12)  # the worker is busy with the first ones
+        await asyncio.gather(run("urgent", slow, True), *backlog)
+    assert done.index("urgent") <= 5, done  # queued behind the in-flight ones only, not all 12
+    assert [n for n in done if n != "urgent"] == [f"n{i}" for i in range(12)]  # all ran, in order
+
+
 async def test_batch_spreads_over_workers(pool):
     code = "import os, time\ndef evaluate(x):\n    time.sleep(0.25)\n    return os.readlink('/proc/self/ns/pid')\n"
     t0 = time.perf_counter()

@@ -78,7 +78,8 @@ class AuditStage:
             return [item]
         texts = probes(item.instruction.text, echo_query(self.queries, item.instruction.id))
         inputs = [texts[p] for p in PROBES]
-        results = await ctx.executor.evaluate_many([(f.code, inputs) for f, _ in item.functions])
+        # Urgent: the audit is the last step before this instruction's queries are generated.
+        results = await ctx.executor.evaluate_many([(f.code, inputs) for f, _ in item.functions], urgent=True)
         audits, kept, accepted_by_probe, flagged_n = [], [], Counter(), 0
         for (f, accuracy), outcomes in zip(item.functions, results):
             accepted = tuple(p for p, o in zip(PROBES, outcomes) if outcome_bool(o) is True)

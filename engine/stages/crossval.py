@@ -107,7 +107,8 @@ class CrossValStage:
             ctx.funnel.drop(self.name, "no_functions" if not functions else "no_cases")
             return []
         inputs = [c.input for c in cases]
-        results = await ctx.executor.evaluate_many([(f.code, inputs) for f in functions])
+        # Urgent: a surviving instruction unlocks back-translation and all its queries.
+        results = await ctx.executor.evaluate_many([(f.code, inputs) for f in functions], urgent=True)
         verdict = judge(functions, cases, results, self.case_agreement, self.function_accuracy,
                         self.min_functions, self.min_cases, self.two_sided)
         verdict.function_drops["duplicate"] += dup_functions
