@@ -1,7 +1,7 @@
 """Confinement applied inside a freshly forked job process, before untrusted code runs.
 
 Order matters: the job joins its worker's job cgroups first (as root, before it can
-allocate anything that should count), fds are cleaned next (so nothing of the supervisor leaks), then
+allocate anything that should count), then enters an IPC namespace of its own, fds are cleaned next (so nothing of the supervisor leaks), then
 rlimits, then no_new_privs + Landlock (which needs them), and the uid switch
 last, since dropping root also drops the right to do the steps before it.
 """
@@ -38,6 +38,7 @@ class Plan:
     devnull_fd: int  # opened once, before the zygote starts; becomes the job's stdin
     parent_pid: int  # the zygote, as the job sees it
     cgroup_fds: tuple[int, ...] = ()  # cgroup.procs files of the job cgroups (memory, pids)
+    new_ipc_ns: bool = False  # an IPC namespace of the job's own: its SysV objects die with it
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -67,6 +68,11 @@ def confine(plan: Plan, scratch: str, out_w: int) -> None:
             os.write(fd, b"0")  # "0": the writing process itself
         except OSError as e:
             raise SetupError("job_cgroup", str(e)) from None
+    if plan.new_ipc_ns:  # while still root; after the cgroup join, so the namespace is charged there
+        try:
+            isolation.unshare(isolation.CLONE_NEWIPC)
+        except OSError as e:
+            raise SetupError("ipc_namespace", str(e)) from None
     os.dup2(plan.devnull_fd, 0)
     os.dup2(out_w, 1)
     os.dup2(out_w, 2)

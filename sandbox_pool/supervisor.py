@@ -195,6 +195,7 @@ class Supervisor:
         self.lean: _Link | None = None  # the zygote every job goes to...
         self.heavy: _Link | None = None  # ...unless its code names a third-party module
         self.heavy_names: frozenset[str] = frozenset()
+        self.job_ipc = True  # jobs unshare an IPC namespace each (dropped if the probe fails it)
         # Allowed top-level modules bound in every verifier's globals: small models often use
         # `re` or `string` without importing it, and those modules are imported here anyway.
         self.prebound: dict[str, object] = {}
@@ -385,7 +386,8 @@ class Supervisor:
                               ruleset_fd, self.uid, pid_ns, self.prebound,
                               scratch_tmpfs=self.jobs_dir != self.scratch,
                               ipc_ns=self.layers.get("ipc_namespace", False),
-                              cgroup_fds=cgroup_fds, third_party=heavy).serve()
+                              cgroup_fds=cgroup_fds, third_party=heavy,
+                              ipc_per_job=self.job_ipc).serve()
             finally:
                 os._exit(1)
         os.close(zfd)
@@ -417,7 +419,7 @@ class Supervisor:
     def _probe(self) -> None:
         """Run one trivial job through the full confinement; drop a layer that cannot be applied."""
         flags = 0
-        for _ in range(3):
+        for _ in range(5):  # each failed round drops one layer
             tags, recs, output, _, setup_error = self.run_job("def evaluate(x):\n    return x\n", 1, b"[7]", flags)
             if tags == "R" and recs[0] == [C_OK, 7, ""]:
                 return
@@ -427,6 +429,9 @@ class Supervisor:
                 flags |= zygote.FLAG_DROP_LANDLOCK
                 for name in ("landlock_fs", "landlock_net", "landlock_scope"):
                     self._set(name, False, f"restricting failed: {reason}")
+            elif layer == "ipc_namespace":  # the worker's own namespace is swept after each job
+                flags |= zygote.FLAG_DROP_JOB_IPC
+                self.job_ipc = False
             elif layer == "job_cgroup":
                 flags |= zygote.FLAG_DROP_CGROUP
                 self._set("job_cgroup", False, f"joining failed: {reason}")

@@ -41,6 +41,7 @@ FLAG_DROP_LANDLOCK = 1
 FLAG_DROP_SETUID = 2
 FLAG_DROP_CGROUP = 4
 FLAG_CODE_MARSHALLED = 8  # the code travels as a marshalled code object, else as source text
+FLAG_DROP_JOB_IPC = 16
 SETUP_FAILED_EXIT = 111
 # Checks built on the third-party modules cost milliseconds, not microseconds (langdetect:
 # 6.6 ms for a 280-word reply, against tens of us for a string check), so jobs of the
@@ -70,7 +71,7 @@ class Zygote:
     def __init__(self, limits: Limits, ctl_fd: int, job_fd: int, verdict_fd: int, devnull: int,
                  scratch: str, ruleset_fd: int | None, uid: int | None, pid_ns: bool,
                  prebound: dict, *, scratch_tmpfs: bool, ipc_ns: bool, cgroup_fds: tuple[int, ...],
-                 third_party: bool = False):
+                 third_party: bool = False, ipc_per_job: bool | None = None):
         self.limits = limits
         self.ctl = ctl_fd
         self.job_fd = job_fd
@@ -79,6 +80,9 @@ class Zygote:
         self.scratch = scratch  # job dirs go here; a tmpfs of this worker's own when scratch_tmpfs
         self.scratch_tmpfs = scratch_tmpfs
         self.ipc_ns = ipc_ns  # the worker has an IPC namespace of its own: sweeping it is safe
+        # Where the worker could unshare one, each job gets an IPC namespace too: its SysV
+        # objects die with it and no two jobs ever share one. Else the worker's is swept.
+        self.ipc_per_job = ipc_ns if ipc_per_job is None else ipc_per_job and ipc_ns
         self.cgroup_fds = cgroup_fds  # cgroup.procs files each job joins (memory, pids)
         self.ruleset_fd = ruleset_fd
         self.uid = uid
@@ -121,6 +125,9 @@ class Zygote:
             if flags & FLAG_DROP_CGROUP:
                 self.cgroup_fds = ()
                 self.plan = None
+            if flags & FLAG_DROP_JOB_IPC:
+                self.ipc_per_job = False
+                self.plan = None
             if evict_id >= 0:
                 self.codes.pop(evict_id, None)
             if code_len:
@@ -141,7 +148,7 @@ class Zygote:
             max_procs=lim.max_procs if self.uid is not None else None,
             max_file_mb=lim.max_file_mb, max_open_files=lim.max_open_files,
             ruleset_fd=self.ruleset_fd, uid=self.uid, devnull_fd=self.devnull, parent_pid=self.pid,
-            cgroup_fds=self.cgroup_fds)
+            cgroup_fds=self.cgroup_fds, new_ipc_ns=self.ipc_per_job)
 
     def run_job(self, program, n: int):
         lim = self.limits
@@ -209,7 +216,7 @@ class Zygote:
         self.kill_leftovers(pid)  # nothing of the job runs past this point
         drain()
         os.close(out_r)
-        if self.ipc_ns:
+        if self.ipc_ns and not self.ipc_per_job:
             isolation.sweep_sysv_ipc()  # shared memory, queues, semaphores die with their job
         self.remove_scratch(scratch)
         return status, int(timed_out), rusage.ru_utime + rusage.ru_stime, elapsed, out_total, bytes(out)

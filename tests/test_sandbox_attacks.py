@@ -274,6 +274,18 @@ async def test_sysv_ipc_attack_objects_die_with_their_job():
         _remove_host_ipc(keys)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="IPC namespaces need root")
+async def test_sysv_ipc_attack_finds_no_namespace_shared_with_another_job():
+    # Not only swept after each job: each job has an IPC namespace of its own, so its objects
+    # die with its last process and no two jobs (nor the worker) ever share one.
+    code = "import os\ndef evaluate(x):\n    return os.readlink('/proc/self/ns/ipc')\n"
+    async with _pool() as p:
+        worker = os.readlink(f"/proc/{p.stats()['pids'][0]}/ns/ipc")
+        seen = [(await p.evaluate(code + f"# job {i}\n", [0]))[0].value for i in range(2)]
+    assert all(ns.startswith("ipc:[") for ns in seen), seen
+    assert worker not in seen and os.readlink("/proc/self/ns/ipc") not in seen, (worker, seen)
+
+
 # ---- attack class: scratch content that breaks its cleanup ---------------------------------------
 
 DEEP = (
