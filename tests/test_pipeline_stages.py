@@ -99,6 +99,22 @@ async def test_augment_dedups_filters_and_passes_seeds_through():
                                "unparsable_checkable": 1}
 
 
+async def test_augment_keeps_at_most_the_count_it_asked_for_from_each_answer():
+    # A small model asked for 3 listed 9; each extra instruction costs a run K verifiers and all
+    # its queries, so the list is cut where the prompt said.
+    asks = ["End your reply with the word goodbye.", "Write entirely in capital letters.",
+            "Use no more than three sentences.", "Include the keyword harbor twice.",
+            "Wrap the whole reply in double quotes.", "Put a title in double angle brackets.",
+            "Do not use the letter z anywhere.", "Number every paragraph.", "Avoid all exclamation marks."]
+    listed = "\n".join(f"{i}. {t}" for i, t in enumerate(asks, 1))
+    llm = ScriptedLLM(lambda name, prompt, n: [listed] * n)
+    ctx = make_ctx(llm)
+    stage = make("augment", SEEDS, augment_per_prompt=3, checkable_filter=False)
+    out = await stage.process(make_seed_batches(SEEDS, 1, 2)[0], ctx)
+    assert [i.text for i in out if i.source == "augment"] == asks[:3]
+    assert ctx.funnel.to_dict()["augment.candidate"]["dropped"] == {"beyond_count": 6}
+
+
 async def test_augment_without_filter_and_unreadable_answer():
     llm = ScriptedLLM(lambda name, prompt, n: ["I'd rather not."] if name == "augment" else ["YES"])
     ctx = make_ctx(llm)

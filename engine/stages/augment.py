@@ -133,7 +133,10 @@ class AugmentStage:
             proposed = parse_instruction_list(answer.text)
             if not proposed:
                 unreadable["no_list"] += 1
-            for text in proposed:
+            for i, text in enumerate(proposed):
+                if i >= self.per_prompt:    # asked for per_prompt: a longer list runs on (a small
+                    dropped["beyond_count"] += 1  # model gave 9 for 3), and each one costs a run
+                    continue                # K verifiers and all its queries
                 reason = self.deduper.check(text)
                 if reason:
                     dropped[reason] += 1
