@@ -61,6 +61,9 @@ class Config:
     augment_seeds_shown: int = _f(8, "augment", "seed instructions shown in each prompt", lo=1)
     augment_per_prompt: int = _f(10, "augment", "new instructions asked for in each prompt", lo=1)
     augment_samples: int = _f(1, "augment", "answers sampled per augment prompt", lo=1)
+    augment_style: str = _f("chat", "augment", "chat: ask for new constraints in a chat message; list: the seeds as "
+                            "a numbered list the model continues as raw text (small models, which obey the "
+                            "shown constraints when asked in chat, continue a list)", choices=("chat", "list"))
     augment_temperature: float = _f(0.9, "augment", "sampling temperature of augmentation", lo=0)
     augment_max_tokens: int = _f(1024, "augment", "max new tokens of an augment answer", lo=1)
     dedup_threshold: float = _f(0.7, "augment", "n-gram Jaccard at or above which an instruction is a near-duplicate", lo=0.01, hi=1)

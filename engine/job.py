@@ -57,7 +57,7 @@ log = logging.getLogger("autoif.job")
 # augmentation asks for two more per answer (each instruction costs ~1k generated tokens of
 # verifiers and cases, ~2k more if it survives: a run with 9 augmented took 537 s). The demo's queries (prompts/demo_queries.jsonl) ask for short answers: on 2 cores a
 # long reply costs seconds per sample, and a quarter of them hit the token limit.
-DEMO = dict(augment_batches=1, augment_seeds_shown=4, augment_per_prompt=2, augment_samples=2, verifier_k=5,
+DEMO = dict(augment_batches=1, augment_seeds_shown=4, augment_per_prompt=2, augment_samples=2, augment_style="list", verifier_k=5,
             verifier_case_samples=4, verifier_cases_per_side=3, queries_per_instruction=6,
             responses_k=3, max_inflight_requests=8, stage_concurrency=8, verifier_max_tokens=200,
             verifier_case_max_tokens=200, response_max_tokens=256, judge_max_tokens=128,

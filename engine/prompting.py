@@ -15,7 +15,7 @@ from engine.errors import PromptError
 PACKAGE = "prompts"
 
 # the LLM calls of the pipeline; each has prompts/<name>.txt
-TEMPLATES = ("augment", "checkable", "verifier", "verifier_code", "verifier_cases", "case_follow",
+TEMPLATES = ("augment", "augment_list", "checkable", "verifier", "verifier_code", "verifier_cases", "case_follow",
              "case_plain", "backtranslate", "nli", "response", "score")
 
 

@@ -115,6 +115,25 @@ async def test_augment_keeps_at_most_the_count_it_asked_for_from_each_answer():
     assert ctx.funnel.to_dict()["augment.candidate"]["dropped"] == {"beyond_count": 6}
 
 
+async def test_augment_list_style_continues_the_seed_list_as_raw_text():
+    # The seeds shown become items 1-3 of a numbered list; the model writes "4." onwards and the
+    # request stops where item 4 + per_prompt would begin.
+    def script(name, prompt, n):
+        assert name == "augment_list" and prompt.endswith("\n4."), prompt
+        return [" Use the word harbor exactly twice.\n5. Write entirely in capital letters."] * n
+
+    llm = ScriptedLLM(script)
+    ctx = make_ctx(llm)
+    stage = make("augment", SEEDS, augment_style="list", augment_per_prompt=2, checkable_filter=False)
+    out = await stage.process(make_seed_batches(SEEDS, 1, 3)[0], ctx)
+    assert [i.text for i in out if i.source == "augment"] == [
+        "Use the word harbor exactly twice.", "Write entirely in capital letters."]
+    (_, prompt, n, params), = llm.calls
+    assert params.stop == ("\n6.", "\n\n") and n == 1
+    assert sum(s.text in prompt for s in SEEDS) == 3  # the batch's shown seeds, numbered 1-3
+    assert ctx.funnel.to_dict()["augment.candidate"] == {"in": 2, "kept": 2, "out": 2, "dropped": {}}
+
+
 async def test_augment_without_filter_and_unreadable_answer():
     llm = ScriptedLLM(lambda name, prompt, n: ["I'd rather not."] if name == "augment" else ["YES"])
     ctx = make_ctx(llm)

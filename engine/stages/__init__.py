@@ -53,7 +53,7 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
         queries = load_queries(cfg.queries_path or None)
     if name == "augment":
         return AugmentStage(seeds, deduper=Deduper(threshold=cfg.dedup_threshold, ngram=cfg.dedup_ngram),
-                            per_prompt=cfg.augment_per_prompt,
+                            per_prompt=cfg.augment_per_prompt, style=cfg.augment_style,
                             sampling=Sampling(cfg.augment_samples, cfg.augment_temperature,
                                               cfg.augment_max_tokens),
                             checkable=judge if cfg.checkable_filter else None)
