@@ -28,6 +28,11 @@ slope is the cost of one check. Baselines' CPU comes from getrusage (self and ch
 each per-core process. Every method's verdicts are compared with those of in-process exec
 run once more, untimed, in this process.
 
+After the rounds, the same pool runs an honest size_8 workload, a batch of hostile verifiers
+(a CPU loop, a 4 GB allocation, forked children holding memory, a 1,100-deep scratch tree, an
+output flood, a fork bomb) and the honest workload again, 3 times: `after_hostile_over_before`
+is the median ratio of the two throughputs, and the verdicts after must all agree.
+
 Writes bench/results/pool.json; exits 1 when a target is missed or verdicts differ.
 """
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import statistics
 import sys
 import time
 from typing import Callable
@@ -149,6 +155,46 @@ async def one_round(pool, wls: dict[str, Workload], r: int, sample_jobs: int, co
                    jobs_passed=passed)
 
 
+# Verifiers that attack the isolation layers, written against the default allowlist (the filter
+# is no barrier: `random._os` is the os module). Each class is one the sandbox tests name.
+HOSTILE = {
+    "cpu_loop": "def evaluate(x):\n    while True:\n        pass\n",
+    "memory_bomb": "def evaluate(x):\n    block = bytearray(4 << 30)\n    return len(block)\n",
+    "forked_children_memory": (
+        "import random\nos = random._os\ndef evaluate(x):\n    for _ in range(6):\n"
+        "        if os.fork() == 0:\n            held = bytearray(300 << 20)\n            while True:\n"
+        "                pass\n    while True:\n        pass\n"),
+    "deep_scratch_tree": (
+        "import random\nos = random._os\ndef evaluate(x):\n    os.makedirs('/'.join(['d'] * 1100), exist_ok=True)\n"
+        "    return True\n"),
+    "output_flood": "def evaluate(x):\n    for _ in range(2000):\n        print('x' * 100000)\n    return True\n",
+    "fork_bomb": (
+        "import random\nos = random._os\ndef evaluate(x):\n    while True:\n        try:\n"
+        "            os.fork()\n        except OSError:\n            pass\n"),
+}
+
+
+async def after_hostile(pool, cores: int) -> dict:
+    """The honest size_8 workload just before and just after a batch of hostile jobs, 3 times:
+    the pool must answer as fast and as right after an attack as before it."""
+    out = []
+    for r in range(REPEATS):
+        wl = Workload("size_8", workload.fixed_jobs(8, 150, seed=500 + r))
+        before = await pool_run(pool, wl, 1)
+        hostile = await pool.evaluate_many([(code, ["a", "b"]) for code in HOSTILE.values()])
+        wl2 = Workload("size_8", workload.fixed_jobs(8, 150, seed=600 + r))
+        after = await pool_run(pool, wl2, 1)
+        agree = agreement(baselines.inprocess(wl2.jobs), after.results, list(range(len(wl2.jobs))))
+        out.append({"before_checks_per_s_per_core": wl.checks / before.wall_s / cores,
+                    "after_checks_per_s_per_core": wl2.checks / after.wall_s / cores,
+                    "after_over_before": before.wall_s / after.wall_s * wl2.checks / wl.checks,
+                    "after_agreement": agree[0] / agree[1],
+                    "hostile_statuses": {name: sorted({o.status for o in res})
+                                         for name, res in zip(HOSTILE, hostile)}})
+    return {"runs": out, "after_over_before": statistics.median(r["after_over_before"] for r in out),
+            "after_agreement": min(r["after_agreement"] for r in out)}
+
+
 async def measure(quick: bool, sample_jobs: int) -> dict:
     cores = os.cpu_count() or 1
     cfg = Config()
@@ -174,10 +220,12 @@ async def measure(quick: bool, sample_jobs: int) -> dict:
             loads.append(common.loadavg())
             await one_round(pool, wls, r, sample_jobs, cores, cfg.stage_concurrency, record)
             print(f"  round {r + 1}/{REPEATS} done, load average at its start {loads[-1]}", flush=True)
+        hostile = await after_hostile(pool, cores)
         stats = pool.stats()
     return {"runs": runs, "loadavg_per_round": loads, "shapes": shapes, "cores": cores, "pool_startup_s": startup,
             "pool_stats": {k: v for k, v in stats.items() if k not in ("pids", "uids")},
-            "stage_concurrency": cfg.stage_concurrency, "pool_timeout_s": cfg.pool_timeout_s}
+            "stage_concurrency": cfg.stage_concurrency, "pool_timeout_s": cfg.pool_timeout_s,
+            "after_hostile": hostile}
 
 
 # ---- figures -----------------------------------------------------------------------------------
@@ -240,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     m = aio_run(measure(args.quick, sample_jobs))
     s = summarize(m)
     ratios = {k: v for k, v in s["ratios"].items() if v is not None}
+    ratios["after_hostile_over_before"] = m["after_hostile"]["after_over_before"]
     agreement_all = {f"{name}/{method}": v["verdict_agreement"]
                      for name, ms in s["medians"].items() for method, v in ms.items()}
     degraded = m["pool_stats"].get("degraded", [])
@@ -260,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_us_per_check": s["cpu_us_per_check"],
         "verdict_agreement": agreement_all,
         "pool_stats": m["pool_stats"],
+        "after_hostile": m["after_hostile"],
         "pool_startup_s": m["pool_startup_s"],
         "pool_degraded_layers": degraded,
         "targets": {**TARGETS, "fixed_cpu_us_per_job_max": MAX_FIXED_CPU_US},
@@ -285,7 +335,13 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{k} {v:.3g}" for k, v in ratios.items()))
     print(f"load average (1/5/15 min) at each round's start: {m['loadavg_per_round']}; "
           f"isolation layers missing: {degraded or 'none'}")
+    h = m["after_hostile"]
+    print(f"after a batch of hostile jobs ({', '.join(HOSTILE)}): honest size_8 throughput "
+          f"{h['after_over_before']:.3g}x of just before (median of {REPEATS}), verdicts agree "
+          f"{h['after_agreement']:.0%}")
     bad = {k: v for k, v in agreement_all.items() if v != 1.0}
+    if h["after_agreement"] != 1.0:
+        bad["after_hostile/pool"] = h["after_agreement"]
     missed = [f"{k} {ratios[k]:.3g} < {t}" for k, t in TARGETS.items() if k in ratios and ratios[k] < t]
     if s["fixed_cpu_us_per_job"] > MAX_FIXED_CPU_US:
         missed.append(f"fixed CPU per job {s['fixed_cpu_us_per_job']:,.0f} us > {MAX_FIXED_CPU_US:,.0f}")
