@@ -408,7 +408,10 @@ class Supervisor:
                                                    f"{', '.join(self.third_party)} import inside each job")
                 return
         self._preimport(self.third_party)
-        self.heavy_names = frozenset(m.split(".", 1)[0] for m in self.third_party)
+        # Only those that imported: a broken install stays an ordinary error in a job.
+        self.heavy_names = frozenset(m.split(".", 1)[0] for m in self.third_party if m in sys.modules)
+        if not self.heavy_names:
+            return
         self.heavy = self._start_zygote(heavy=True)
         probe = f"import {sorted(self.heavy_names)[0]}\ndef evaluate(x):\n    return x\n"  # routed there
         tags, recs, output, _, setup_error = self.run_job(probe, 1, b"[7]")

@@ -139,6 +139,19 @@ async def test_third_party_modules_run_in_their_own_zygote_and_stdlib_code_never
         assert default.stats()["restarts"] == 0
 
 
+async def test_an_allowed_third_party_module_that_fails_to_import_is_an_ordinary_job_error(tmp_path, monkeypatch):
+    pkg = tmp_path / "broken_checker_lib"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise ImportError('this install is broken')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # workers start with the pool's sys.path
+    code = "import broken_checker_lib\ndef evaluate(x):\n    return True\n"
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT,
+                           allowed_modules=DEFAULT_ALLOWED_MODULES | {"broken_checker_lib"}) as p:
+        res = await p.evaluate(code, ["a"])
+        assert res[0].status == "error" and "broken_checker_lib" in res[0].detail, res
+        assert (await p.evaluate("def evaluate(x):\n    return x\n", ["ok"]))[0].value == "ok"
+
+
 async def test_checks_on_third_party_modules_get_a_larger_cpu_budget():
     # langdetect costs ~6 ms of CPU per reply; the engine's defaults (50 ms + 2 ms per input)
     # would cut an honest batch of them. The wall clock stays the backstop for both.
