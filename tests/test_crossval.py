@@ -81,6 +81,20 @@ async def test_accuracy_is_measured_on_kept_cases_only():
     assert out == [] and ctx.funnel.to_dict()["crossval"]["dropped"] == {"one_sided": 1}
 
 
+async def test_with_two_sided_cases_a_function_right_on_one_side_only_is_dropped():
+    # One passing case and two failing ones are kept; `return False` is right on 2 of 3 (0.67,
+    # above the paper's 0.5) without ever telling a passing reply from a failing one. A 0.5B
+    # model's `words[0] == "Here is my answer:"` (never true) survived the demo this way.
+    cases = [("a b c", True), ("a, b", False), ("x,y", False)]
+    codes = [NO_COMMA, NO_COMMA_COUNT, NO_COMMA_RE, ALWAYS_FALSE]
+    out, ctx = await run_stage(codes, cases)                       # the paper's rules: kept
+    assert ALWAYS_FALSE in codes_of(out[0])
+    out, ctx = await run_stage(codes, cases, two_sided_cases=True)
+    [v] = out
+    assert len(v.cases) == 3 and codes_of(v) == sorted([NO_COMMA, NO_COMMA_COUNT, NO_COMMA_RE])
+    assert ctx.funnel.to_dict()["crossval.function"]["dropped"] == {"one_sided_function": 1}
+
+
 async def test_case_at_exactly_half_agreement_is_dropped():
     # two functions; on "a,b" they disagree (NO_COMMA: False, SHORT: True) -> 1/2 = 0.5 -> dropped
     cases = [("hi", True), ("a,b", False)]

@@ -6,7 +6,9 @@ All functions x all cases of one instruction run in ONE executor batch. Then:
 - a function is kept when its accuracy on the kept cases is MORE than `function_accuracy`;
 - the instruction survives with at least `min_cases` cases and `min_functions` functions,
   and (with `two_sided`) only if its kept cases expect True at least once AND False at least
-  once: agreement on one side alone is no evidence (a constant function passes it).
+  once: agreement on one side alone is no evidence (a constant function passes it). For the
+  same reason a function must then be right on at least one case of each side: with one
+  passing and two failing cases kept, `return False` scores 0.67.
 An error, a timeout or a non-bool return counts as a wrong answer.
 """
 from __future__ import annotations
@@ -77,9 +79,11 @@ def judge(functions: Sequence[Verifier], cases: Sequence[Case], results: Sequenc
 
     kept_functions: list[tuple[Verifier, float]] = []
     for f, vals in answers:
-        right = sum(1 for j in kept_cases if vals[j] is not None and vals[j] == cases[j].expected)
-        accuracy = right / len(kept_cases)
-        if accuracy > function_accuracy:
+        right_on = [cases[j].expected for j in kept_cases if vals[j] is not None and vals[j] == cases[j].expected]
+        accuracy = len(right_on) / len(kept_cases)
+        if two_sided and accuracy > function_accuracy and len(set(right_on)) < 2:
+            fdrops["one_sided_function"] += 1
+        elif accuracy > function_accuracy:
             kept_functions.append((f, accuracy))
         else:
             fdrops["low_accuracy"] += 1
