@@ -21,8 +21,8 @@ Landlock ruleset (writes only beneath the worker's scratch dir, reads only of th
 interpreter and system libraries, no TCP, no signals or abstract sockets outside the
 job), and a dedicated unprivileged uid. Workers have their own PID, network, mount and
 IPC namespaces, and each job an IPC namespace of its own. After each job the zygote kills
-everything left in the namespace and removes the job's scratch. Its verdicts reach the pool only as
-data that the supervisor and then the pool validate; anything malformed fails that job
+everything left in the namespace and removes the job's scratch. Its verdicts reach the pool
+only as data that the supervisor and then the pool validate; anything malformed fails that job
 alone, and a watchdog resolves every job within timeout_s + grace_s. Layers the host
 cannot provide are reported once at start and in stats()["degraded"].
 

@@ -40,7 +40,7 @@ import orjson
 from . import isolation, verdicts, zygote
 from .cgroups import oom_kills
 from .channel import Channel
-from .limits import WorkerSpec
+from .limits import THIRD_PARTY_BUDGET_FACTOR, WorkerSpec
 from .outcome import C_CRASHED, C_MEMORY, C_OK, C_TIMEOUT
 from .runner import one_line
 
@@ -109,21 +109,16 @@ _ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _WARM_UP = {"langdetect": ("langdetect.detector_factory", "init_factory")}
 
 
-def _findable(name: str) -> bool:
+def _spec(name: str):
+    """The installed module's spec, without importing it; None when it is not installed."""
     try:
-        return importlib.util.find_spec(name) is not None
+        return importlib.util.find_spec(name)
     except (ImportError, ValueError):
-        return False
+        return None
 
 
-def _locations(name: str) -> set[str]:
+def _locations(spec) -> set[str]:
     """Directories an installed, not yet imported module is read from."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return set()
-    if spec is None:
-        return set()
     found = set(spec.submodule_search_locations or ())
     if spec.origin and os.path.isabs(spec.origin):
         found.add(os.path.dirname(spec.origin))
@@ -217,7 +212,8 @@ class Supervisor:
         allowed = self.limits.allowed_modules
         third_party = [m for m in allowed if m.split(".", 1)[0] not in sys.stdlib_module_names]
         self._preimport([m for m in allowed if m not in third_party])
-        self.third_party = [m for m in third_party if _findable(m)]
+        # Installed ones, by name: their specs say where Landlock must let jobs read them.
+        self.third_party = {m: spec for m in third_party if (spec := _spec(m)) is not None}
 
         if "setuid" in self.disabled:
             self._set("setuid", False, "disabled by configuration")
@@ -335,8 +331,8 @@ class Supervisor:
                 f = getattr(mod, "__file__", None)
                 if isinstance(f, str):
                     paths.add(os.path.dirname(os.path.abspath(f)))
-        for name in self.third_party:  # not imported yet: the second zygote imports them later
-            paths.update(_locations(name))
+        for spec in self.third_party.values():  # not imported yet: the second zygote imports them later
+            paths.update(_locations(spec))
         return {p for p in paths if p and os.path.exists(p)}
 
     def _build_landlock(self) -> None:
@@ -407,7 +403,7 @@ class Supervisor:
                 self.why["third_party_modules"] = (f"no second PID namespace ({e.strerror}): "
                                                    f"{', '.join(self.third_party)} import inside each job")
                 return
-        self._preimport(self.third_party)
+        self._preimport(list(self.third_party))
         # Only those that imported: a broken install stays an ordinary error in a job.
         self.heavy_names = frozenset(m.split(".", 1)[0] for m in self.third_party if m in sys.modules)
         if not self.heavy_names:
@@ -567,11 +563,12 @@ class Supervisor:
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             if sig == signal.SIGPROF:
-                factor = zygote.THIRD_PARTY_BUDGET_FACTOR if third_party else 1.0
                 how = f"({lim.cpu_base_s:g} s + {lim.cpu_per_input_s:g} s per input"
-                how += f", x{factor:g} for code using third-party modules)" if third_party else ")"
+                if third_party:
+                    how += f", x{THIRD_PARTY_BUDGET_FACTOR:g} for code using third-party modules"
+                how += ")"
                 return [C_TIMEOUT, None, f"job exceeded its CPU-time budget of "
-                                         f"{lim.cpu_budget_s(n) * factor:g} s {how}"]
+                                         f"{lim.cpu_budget_s(n, third_party):g} s {how}"]
             if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= lim.cpu_s):
                 return [C_TIMEOUT, None, f"job exceeded the {lim.cpu_s} s CPU-time limit"]
             return [C_CRASHED, None, f"killed by {_signal_name(sig)}"]

@@ -43,10 +43,6 @@ FLAG_DROP_CGROUP = 4
 FLAG_CODE_MARSHALLED = 8  # the code travels as a marshalled code object, else as source text
 FLAG_DROP_JOB_IPC = 16
 SETUP_FAILED_EXIT = 111
-# Checks built on the third-party modules cost milliseconds, not microseconds (langdetect:
-# 6.6 ms for a 280-word reply, against tens of us for a string check), so jobs of the
-# zygote that has them get this many times the CPU budget; the wall clock stays the same.
-THIRD_PARTY_BUDGET_FACTOR = 10.0
 _READ_CHUNK = 1 << 16
 
 
@@ -71,7 +67,7 @@ class Zygote:
     def __init__(self, limits: Limits, ctl_fd: int, job_fd: int, verdict_fd: int, devnull: int,
                  scratch: str, ruleset_fd: int | None, uid: int | None, pid_ns: bool,
                  prebound: dict, *, scratch_tmpfs: bool, ipc_ns: bool, cgroup_fds: tuple[int, ...],
-                 third_party: bool = False, ipc_per_job: bool | None = None):
+                 third_party: bool, ipc_per_job: bool):
         self.limits = limits
         self.ctl = ctl_fd
         self.job_fd = job_fd
@@ -82,14 +78,14 @@ class Zygote:
         self.ipc_ns = ipc_ns  # the worker has an IPC namespace of its own: sweeping it is safe
         # Where the worker could unshare one, each job gets an IPC namespace too: its SysV
         # objects die with it and no two jobs ever share one. Else the worker's is swept.
-        self.ipc_per_job = ipc_ns if ipc_per_job is None else ipc_per_job and ipc_ns
+        self.ipc_per_job = ipc_per_job and ipc_ns
         self.cgroup_fds = cgroup_fds  # cgroup.procs files each job joins (memory, pids)
         self.ruleset_fd = ruleset_fd
         self.uid = uid
         self.pid = os.getpid()
         self.pid_ns = pid_ns and self.pid == 1
         self.prebound = prebound
-        self.budget_factor = THIRD_PARTY_BUDGET_FACTOR if third_party else 1.0
+        self.third_party = third_party  # the larger CPU budget of Limits.cpu_budget_s
         self.codes: dict[int, object] = {}
         self.plan: confine_mod.Plan | None = None  # rebuilt only when a layer is dropped
         self.poller = select.poll()  # reused: every object this process allocates costs COW faults
@@ -164,7 +160,8 @@ class Zygote:
         t0 = time.monotonic()
         pid = self.fork()
         if pid == 0:
-            self._job_child(plan, scratch, program, out_w, lim.cpu_budget_s(n) * self.budget_factor)  # never returns
+            budget = lim.cpu_budget_s(n, self.third_party)
+            self._job_child(plan, scratch, program, out_w, budget)  # never returns
         os.close(out_w)
         os.set_blocking(out_r, False)
         out = bytearray()

@@ -79,7 +79,8 @@ def judge(functions: Sequence[Verifier], cases: Sequence[Case], results: Sequenc
 
     kept_functions: list[tuple[Verifier, float]] = []
     for f, vals in answers:
-        right_on = [cases[j].expected for j in kept_cases if vals[j] is not None and vals[j] == cases[j].expected]
+        right_on = [cases[j].expected for j in kept_cases
+                    if vals[j] is not None and vals[j] == cases[j].expected]  # sides it got right
         accuracy = len(right_on) / len(kept_cases)
         if two_sided and accuracy > function_accuracy and len(set(right_on)) < 2:
             fdrops["one_sided_function"] += 1
