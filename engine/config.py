@@ -105,6 +105,9 @@ class Config:
     responses_k: int = _f(8, "responses", "responses sampled per (instruction, query)", lo=1)
     response_temperature: float = _f(0.7, "responses", "sampling temperature of responses", lo=0)
     response_max_tokens: int = _f(1024, "responses", "max new tokens of a response", lo=1)
+    plain_rejects: bool = _f(False, "responses", "also verify a plain reply to each query (the query alone, without the "
+                             "instruction): when it fails, it is the query-level DPO reject of a query none of whose "
+                             "K samples failed (never an SFT answer)")
     pass_threshold: float = _f(0.5, "responses", "a response is kept when MORE than this share of functions pass it", lo=0, hi=1)
     # scoring
     scoring: bool = _f(True, "scoring", "have the LLM rate kept responses")

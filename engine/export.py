@@ -5,7 +5,9 @@ threshold) and, when scored, scored at least `score_min`.
 DPO, two levels, in two sets of files (each file is one table: every row has one schema,
 which `datasets.load_dataset("json")`, TRL and LLaMA-Factory need):
 - query level (`dpo_trl`, `dpo_llamafactory`): chosen = a response with pass rate >= 0.5,
-  rejected = one with pass rate 0;
+  rejected = one with pass rate 0; where no sample has pass rate 0, a finished plain reply
+  to the query (written without the instruction, config.plain_rejects) that fails every
+  function. `provenance.rejected_source` says which ("sample" or "plain");
 - instruction level (`dpo_cases_trl`, `dpo_cases_llamafactory`, from cross-validated test
   cases): prompt = the instruction, chosen = a case input expected True, rejected = one
   expected False.
@@ -101,12 +103,15 @@ def query_pairs(results: Iterable[QueryResult], opts: ExportOptions) -> list[Exa
         chosen = sorted((r for r in result.responses
                          if r.pass_rate >= DPO_CHOSEN_MIN_PASS and usable(r, opts.score_min)),
                         key=_rank, reverse=True)
-        rejected = [r for r in result.responses if r.pass_rate == 0 and r.text.strip()]
+        # the model's own failure under the instruction first: the sharper contrast
+        rejected = [(r, "sample") for r in result.responses if r.pass_rate == 0 and r.text.strip()]
+        rejected += [(r, "plain") for r in result.plain
+                     if r.pass_rate == 0 and r.text.strip() and r.finish_reason != "length"]
         if chosen and rejected:
-            c, r = chosen[0], rejected[0]
+            c, (r, source) = chosen[0], rejected[0]
             out.append(Example(result.task.prompt, c.text, r.text,
                                _provenance(result, "query", opts, pass_rate=c.pass_rate, score=c.score,
-                                           rejected_pass_rate=r.pass_rate)))
+                                           rejected_pass_rate=r.pass_rate, rejected_source=source)))
     return out
 
 

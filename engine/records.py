@@ -328,11 +328,16 @@ class ResponseRecord:
 
 @dataclass(frozen=True, slots=True)
 class QueryResult:
-    """All K responses sampled for one QueryTask (failing ones too: they make DPO rejects)."""
+    """All K responses sampled for one QueryTask (failing ones too: they make DPO rejects).
+
+    `plain`: replies to the query alone, without the instruction (config.plain_rejects),
+    verified like the samples but never kept for SFT: a failing one is a DPO reject where no
+    sample failed."""
 
     task: QueryTask
     responses: tuple[ResponseRecord, ...] = field(default_factory=tuple)
     model: str = ""
+    plain: tuple[ResponseRecord, ...] = field(default_factory=tuple)
 
     @property
     def id(self) -> str:
@@ -343,14 +348,18 @@ class QueryResult:
         return tuple(r for r in self.responses if r.passed)
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "task": self.task.to_dict(), "model": self.model,
-                "responses": [r.to_dict() for r in self.responses]}
+        d = {"id": self.id, "task": self.task.to_dict(), "model": self.model,
+             "responses": [r.to_dict() for r in self.responses]}
+        if self.plain:
+            d["plain"] = [r.to_dict() for r in self.plain]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping, instructions: Mapping[str, VerifiedInstruction] | None = None) -> QueryResult:
         """`instructions`: verified instructions by id, where the task's is looked up."""
         return cls(task=QueryTask.from_dict(d["task"], instructions), model=d.get("model", ""),
-                   responses=tuple(ResponseRecord.from_dict(r) for r in d["responses"]))
+                   responses=tuple(ResponseRecord.from_dict(r) for r in d["responses"]),
+                   plain=tuple(ResponseRecord.from_dict(r) for r in d.get("plain", ())))
 
 
 @dataclass(frozen=True, slots=True)

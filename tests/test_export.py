@@ -52,6 +52,28 @@ def test_query_level_pairs_need_a_zero_pass_reject():
     assert query_pairs([result(response("low", 1.0, 3), response("zero", 0.0))], OPTS) == []
 
 
+def test_query_level_pair_takes_a_plain_reply_when_no_sample_failed():
+    plain = (ResponseRecord("Tea, warm, calm", 0.0, (), False, "length"),   # cut off: not a reject
+             ResponseRecord("Tea, hot", 0.0, (), False, "stop"))
+    r = result(response("good", 1.0, 9), response("half", 0.5))
+    [pair] = query_pairs([QueryResult(r.task, r.responses, r.model, plain)], OPTS)
+    assert (pair.chosen, pair.rejected) == ("good", "Tea, hot")
+    assert pair.provenance["rejected_source"] == "plain" and pair.provenance["rejected_pass_rate"] == 0.0
+    # a failing sample is preferred to the plain reply
+    r = result(response("good", 1.0, 9), response("zero", 0.0))
+    [pair] = query_pairs([QueryResult(r.task, r.responses, r.model, plain)], OPTS)
+    assert pair.rejected == "zero" and pair.provenance["rejected_source"] == "sample"
+    # a plain reply that passes a function is no reject; and it is never an SFT answer
+    r = result(response("good", 1.0, 9))
+    followed = (ResponseRecord("tea is hot", 1.0, (), False, "stop"),)
+    assert query_pairs([QueryResult(r.task, r.responses, r.model, followed)], OPTS) == []
+    assert [e.chosen for e in sft_examples([QueryResult(r.task, r.responses, r.model, plain)], OPTS)] == ["good"]
+    # stored and read back with its plain replies
+    stored = QueryResult(r.task, r.responses, r.model, plain)
+    assert QueryResult.from_dict(stored.to_dict(), {VERIFIED.id: VERIFIED}).plain == plain
+    assert "plain" not in r.to_dict()
+
+
 def test_instruction_level_pairs_from_cases():
     pairs = instruction_pairs([VERIFIED, VERIFIED], OPTS)                 # the same instruction twice: once
     assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [

@@ -298,6 +298,42 @@ async def test_responses_threshold_and_drop():
         assert [r.passed for r in result.responses] == [False, True]
 
 
+async def test_responses_plain_reply_verified_in_the_same_batch_as_a_reject_only():
+    """plain_rejects: one reply to the query alone rides in the samples' batch; it is kept as a
+    reject only when finished and failing every function, and never counts as a sample."""
+    plain = {"Describe tea.": Completion("Tea, warm, calm")}                 # fails NO_COMMA and LOWER
+
+    def script(name, prompt, n):
+        if name == "case_plain":
+            return [plain[prompt.strip().splitlines()[-1]]] * n
+        return ["tea is warm", "tea, warm"][:n]
+
+    llm = ScriptedLLM(script)
+    async with real_pool() as pool:
+        ctx = make_ctx(llm, RecordingPool(pool))
+        [result] = await make("responses", responses_k=2, plain_rejects=True).process(task_for(NO_COMMA, LOWER), ctx)
+    assert sorted(c[0] for c in llm.calls) == ["case_plain", "response"]
+    [batch] = ctx.executor.batches                                           # one batch, plain reply last
+    assert all(inputs == ["tea is warm", "tea, warm", "Tea, warm, calm"] for _, inputs in batch)
+    assert [r.text for r in result.responses] == ["tea is warm", "tea, warm"]
+    [p] = result.plain
+    assert p.pass_rate == 0.0 and not p.passed
+    rows = ctx.funnel.to_dict()
+    assert rows["responses.sample"]["in"] == 2 and rows["responses.plain"]["kept"] == 1
+    # one that meets a function anyway, or is cut off, is counted as dropped
+    for text, finish, reason in (("tea is calm", "stop", "followed"), ("Tea, warm", "length", "truncated")):
+        plain["Describe tea."] = Completion(text, finish_reason=finish)
+        async with real_pool() as pool:
+            ctx = make_ctx(ScriptedLLM(script), pool)
+            await make("responses", responses_k=2, plain_rejects=True).process(task_for(NO_COMMA, LOWER), ctx)
+        assert ctx.funnel.to_dict()["responses.plain"]["dropped"] == {reason: 1}
+    # off (the default): not asked for
+    llm = ScriptedLLM(script)
+    async with real_pool() as pool:
+        [result] = await make("responses", responses_k=2).process(task_for(NO_COMMA, LOWER), make_ctx(llm, pool))
+    assert [c[0] for c in llm.calls] == ["response"] and result.plain == ()
+
+
 # ---------------------------------------------------------------- scoring
 
 def result_with(*texts_passed):

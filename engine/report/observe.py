@@ -6,22 +6,17 @@ dropped by its stage, and a histogram of the survivors alone would hide exactly 
 the distribution that tells how to set `pass_threshold` and `score_min`.
 
 Two thin wrappers see those numbers without changing the stages:
-- ResponseStage: its sandbox calls go through an executor proxy that computes each response's
-  pass rate from the outcomes exactly as the stage does (share of functions that returned True);
+- ResponseStage: the pass rates it reports to its `on_sampled` hook for every graded task;
 - ScoreStage: a subclass whose `score()` records what the judge said (0: unreadable).
 Counts are fixed bins, so memory does not grow with the run.
 """
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import threading
 from typing import Any, Sequence
 
-from engine.records import FunctionResult
 from engine.stage import Context
-from engine.stages.base import outcome_bool
-from sandbox_pool import Outcome
 
 # Pass-rate buckets by upper bound, inclusive (Prometheus's `le`): 0 exactly, then (0, .1],
 # (.1, .2], ... (.9, 1]. Upper-inclusive bins line up with the rule "kept when MORE than the
@@ -76,45 +71,27 @@ class Distributions:
         return out
 
 
-def pass_rates(results: Sequence[Sequence[Outcome]]) -> list[float]:
-    """Per response j, the share of functions i whose outcome results[i][j] is exactly True
-    (engine.stages.responses.grade's rule, through the same FunctionResult.passed)."""
-    if not results:
-        return []
-    n = min(len(r) for r in results)
-    return [sum(FunctionResult("", r[j].status, outcome_bool(r[j])).passed
-                for r in results) / len(results) for j in range(n)]
-
-
-class _PassRateExecutor:
-    """The pool, as ResponseStage sees it: records the pass rate of every batch it grades."""
-
-    def __init__(self, inner: Any, dists: Distributions) -> None:
-        self.inner, self.dists = inner, dists
-
-    async def evaluate_many(self, jobs):
-        results = await self.inner.evaluate_many(jobs)
-        try:
-            rates = pass_rates(results)
-        except Exception:               # observing must never change what the stage sees
-            rates = []
-        for rate in rates:
-            self.dists.add_pass_rate(rate)
-        return results
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 class ObservedResponses:
-    """Wraps a ResponseStage; its outputs and funnel counts are the stage's own."""
+    """Wraps a ResponseStage; its outputs and funnel counts are the stage's own. The pass rates
+    come through the stage's `on_sampled` hook (chained: whoever else listens still hears),
+    which gets the K samples of every graded task, kept or not, and nothing else that rode
+    in the same sandbox batch (the plain replies of plain_rejects)."""
 
     def __init__(self, stage: Any, dists: Distributions) -> None:
         self.inner, self.dists, self.name = stage, dists, stage.name
+        target = getattr(stage, "inner", stage)
+        listener = target.on_sampled
+
+        def on_sampled(sampled: Any) -> None:
+            for rate in sampled.pass_rates:
+                dists.add_pass_rate(rate)
+            if listener is not None:
+                listener(sampled)
+
+        target.on_sampled = on_sampled
 
     async def process(self, item: Any, ctx: Context) -> list:
-        view = dataclasses.replace(ctx, executor=_PassRateExecutor(ctx.executor, self.dists))
-        return await self.inner.process(item, view)
+        return await self.inner.process(item, ctx)
 
 
 class ObservedScores:

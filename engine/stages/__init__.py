@@ -82,7 +82,10 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
     if name == "responses":
         return ResponseStage(sampling=Sampling(cfg.responses_k, cfg.response_temperature,
                                                cfg.response_max_tokens),
-                             pass_threshold=cfg.pass_threshold, on_sampled=on_sampled)
+                             pass_threshold=cfg.pass_threshold, on_sampled=on_sampled,
+                             # the verifier stage's plain case reply, so both share one answer
+                             plain=(Sampling(1, cfg.verifier_temperature, cfg.verifier_case_max_tokens)
+                                    if cfg.plain_rejects else None))
     if name == "scoring":
         return ScoreStage(sampling=judge, score_min=cfg.score_min, enabled=cfg.scoring, until=cfg.score_until)
     raise ValueError(f"no stage called {name!r} (stages: {', '.join(CHAIN)})")

@@ -2,13 +2,21 @@
 functions in ONE executor batch. Pass rate = share of functions returning exactly True
 (an error, timeout or non-bool is a fail). A response is kept when its pass rate is MORE
 than `pass_threshold`; failing responses stay in the record as DPO rejects.
+
+With `plain` sampling set (config.plain_rejects), the same batch also verifies a plain reply
+to the query alone: what the model writes when nobody states the constraint. A model that
+keeps an easy constraint in all K samples leaves no failing sample to pair with; the plain
+reply usually breaks it, and then it is the pair's reject. It is never an SFT answer.
 """
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from engine.llm import Completion
+from engine.prompting import render
 from engine.records import (FunctionResult, QueryResult, QueryTask, ResponseRecord, SampledPrompt,
                             Verifier)
 from engine.stage import Context
@@ -39,40 +47,70 @@ def grade(completions: Sequence[Completion], functions: Sequence[Verifier], resu
     return records, dropped
 
 
+def grade_plain(completions: Sequence[Completion], functions: Sequence[Verifier],
+                results: Sequence[Sequence[Outcome]]) -> tuple[list[ResponseRecord], Counter]:
+    """Plain replies as DPO rejects: usable when finished and failing every function (the
+    query-level reject rule, pass rate 0). Drop reasons: empty, truncated (a cut-off reject
+    teaches stopping early), followed (it met the constraint without being told)."""
+    records, _ = grade(completions, functions, results, pass_threshold=1.0)
+    dropped: Counter[str] = Counter()
+    for r in records:
+        reason = ("empty" if not r.text.strip() else "truncated" if r.finish_reason == "length"
+                  else "followed" if r.pass_rate > 0 else None)
+        if reason:
+            dropped[reason] += 1
+    return [replace(r, passed=False) for r in records], dropped
+
+
 class ResponseStage:
     """QueryTask -> QueryResult with all K responses; dropped when none passes.
 
     `sampling`: the response request (its n is K); `pass_threshold`: see the module docstring;
     `on_sampled`: given every graded task's pass rates, the ones where no response passed too
-    (a GRPO prompt set needs the too-hard prompts); None: nothing is recorded."""
+    (a GRPO prompt set needs the too-hard prompts); None: nothing is recorded. `plain`: the
+    plain reply's request (module docstring); None: none is asked for."""
 
     name = "responses"
 
     def __init__(self, *, sampling: Sampling, pass_threshold: float,
-                 on_sampled: Callable[[SampledPrompt], None] | None = None) -> None:
+                 on_sampled: Callable[[SampledPrompt], None] | None = None,
+                 plain: Sampling | None = None) -> None:
         self.sampling = sampling
         self.pass_threshold = pass_threshold
         self.on_sampled = on_sampled
+        self.plain = plain
 
     async def process(self, item: QueryTask, ctx: Context) -> list[QueryResult]:
         functions = item.instruction.verifiers
         if not functions:
             ctx.funnel.drop(self.name, "no_functions")
             return []
-        completions = await ask(ctx, item.prompt, self.sampling)
+        completions, plain = await asyncio.gather(ask(ctx, item.prompt, self.sampling), self._plain(ctx, item))
         if not completions:
             ctx.funnel.drop(self.name, "no_completions")
             return []
-        texts = [c.text for c in completions]
+        k = len(completions)
+        texts = [c.text for c in completions] + [c.text for c in plain]
         results = await ctx.executor.evaluate_many([(f.code, texts) for f in functions])
-        records, dropped = grade(completions, functions, results, self.pass_threshold)
+        records, dropped = grade(completions, functions, [r[:k] for r in results], self.pass_threshold)
         kept = sum(r.passed for r in records)
         tally(ctx, f"{self.name}.sample", kept, dropped)
+        plain_records: list[ResponseRecord] = []
+        if plain:
+            plain_records, plain_dropped = grade_plain(plain, functions, [r[k:] for r in results])
+            tally(ctx, f"{self.name}.plain", len(plain_records) - sum(plain_dropped.values()), plain_dropped)
         model = getattr(ctx.llm, "model", "")
         if self.on_sampled is not None:          # kept or not: the GRPO estimates
             self.on_sampled(SampledPrompt(item, tuple(r.pass_rate for r in records), model))
-        result = QueryResult(task=item, responses=tuple(records), model=model)
+        result = QueryResult(task=item, responses=tuple(records), model=model, plain=tuple(plain_records))
         if not kept:
             ctx.funnel.drop(self.name, "no_response_passed")
             return []
         return [result]
+
+    async def _plain(self, ctx: Context, item: QueryTask) -> list[Completion]:
+        # The verifier stage's plain case replies are this same request: with the same
+        # sampling the LLM cache answers each query once for both stages and every instruction.
+        if self.plain is None:
+            return []
+        return await ask(ctx, render("case_plain", query=item.query), self.plain)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from dataclasses import replace
 
 from engine.parsing import parse_score
 from engine.prompting import render
@@ -64,7 +65,7 @@ class ScoreStage:
             reason = "unparsable_score" if dropped["unparsable_score"] == len(passed) and passed else "low_score"
             ctx.funnel.drop(self.name, reason)
             return []
-        return [QueryResult(task=item.task, responses=tuple(responses), model=item.model)]
+        return [replace(item, responses=tuple(responses))]
 
     async def _score_until_enough(self, ctx: Context, item: QueryResult, order: list[int]) -> list:
         scores: list = []
