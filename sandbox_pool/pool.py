@@ -215,6 +215,7 @@ class SandboxPool:
         # Queued jobs of the same code are sent as one job of up to this many inputs: one fork
         # instead of many (the pipeline sends one small job per function per query).
         self._coalesce_max = max(1, int(coalesce_max_inputs))
+        self._notices: set[str] = set()   # non-layer `why` keys logged already (third_party_modules)
         self._by_code: dict[str, _SameCode] = {}
         self._start_method = start_method
         self._start_timeout_s = start_timeout_s
@@ -594,6 +595,10 @@ class SandboxPool:
             w.layers = msg["layers"]
             w.why = msg["why"]
             self._start_failures = 0
+            for k, reason in w.why.items():   # notices that are not isolation layers, once a pool
+                if k not in w.layers and k not in self._notices:
+                    self._notices.add(k)
+                    log.warning("sandbox_pool: %s", reason)
             if not self._isolation:
                 self._isolation = dict(w.layers)
                 self._why = dict(w.why)
