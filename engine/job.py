@@ -55,18 +55,19 @@ log = logging.getLogger("autoif.job")
 # seeds of the built-in set are constraints it can both write checkers for and follow
 # (measured: a reply's opening words, no digits, a short answer), an odd K (with 4 functions
 # split 2-2, no case has agreement above 0.5), augmentation continues the seed list by two
-# (list style: in chat the model obeys the shown constraints instead), and 7 queries per
+# (list style: in chat the model obeys the shown constraints instead), and 8 queries per
 # instruction, 2 samples each at temperature 1.0, some of which invite numbers (a count, a
 # year, a temperature). A query-level DPO pair needs a reply that breaks the constraint; the
 # model's verdicts hardly vary between samples of one query (over four runs with 3 samples,
 # 1-5 queries a run had both a passing and a failing one), so the reject is the plain reply
 # to the query (plain_rejects), which the verifier stage asks for anyway for 4 of the queries:
-# 20 pairs in each of two runs. Each instruction costs ~1k generated tokens of verifiers and
+# 13-20 pairs a run. 8 queries leave 20+ SFT rows when only 4 instructions survive and 6 of
+# their queries get no passing reply. Each instruction costs ~1k generated tokens of verifiers and
 # cases, ~2k more if it survives: a run with 9 augmented instructions took 537 s. The demo's
 # queries (prompts/demo_queries.jsonl) ask for short answers: on 2 cores a long reply costs
 # seconds per sample, and a quarter of them hit the token limit.
 DEMO = dict(augment_batches=1, augment_seeds_shown=4, augment_per_prompt=2, augment_samples=1, augment_style="list", verifier_k=5,
-            verifier_case_samples=4, verifier_cases_per_side=3, queries_per_instruction=7, response_temperature=1.0,
+            verifier_case_samples=4, verifier_cases_per_side=3, queries_per_instruction=8, response_temperature=1.0,
             responses_k=2, plain_rejects=True, max_inflight_requests=8, stage_concurrency=8, verifier_max_tokens=200,
             verifier_case_max_tokens=200, response_max_tokens=256, judge_max_tokens=128,
             augment_max_tokens=200, score_until=1, queries_path=str(packaged_file("demo_queries.jsonl")),
