@@ -153,9 +153,13 @@ def main() -> None:
         run_dir = Path(args.output_dir or Path(tmp) / "run")
         seeds = Path(tmp) / "seeds.jsonl"
         seeds.write_text("".join(json.dumps({"instruction": c.text}) + "\n" for c in constraints))
+        # The demo's verifier settings: an odd K (with 4, functions split 2-2 leave no case
+        # with agreement above 0.5) and 4 queries' replies as cases (with 2, 11 of 13
+        # constraints were left without a case on one side); short case replies.
         cfg = Config(servers=list(args.server), api="auto" if args.server else "openai",
                      output_dir=str(run_dir), seeds_path=str(seeds), augment_batches=0,
-                     verifier_k=4, queries_per_instruction=2 if args.quick else 4, responses_k=3,
+                     verifier_k=5, verifier_case_samples=4, verifier_case_max_tokens=200,
+                     queries_per_instruction=2 if args.quick else 4, responses_k=3,
                      stage_concurrency=16, max_inflight_requests=16, response_max_tokens=400)
         t0 = time.perf_counter()
         summary = asyncio.run(run_job(cfg, backend="embedded", progress=False))
@@ -187,7 +191,8 @@ def main() -> None:
             rows.append([c.text[:48], c.checker, "0", "-", "-", "-", "-"])
             continue
         r = rates(v["instruction"], official)
-        r["per_function"] = [rates(f, official) for f in v["functions"]]
+        r["per_function"] = [{"code": code, **rates(f, official)}   # the code: what a wrong one got wrong
+                             for code, f in zip(kept[c.text], v["functions"])]
         per_constraint[c.text] = {"checker": c.checker, "kept_functions": len(v["functions"]), **r}
         all_engine += v["instruction"]
         all_official += official
@@ -197,11 +202,14 @@ def main() -> None:
     total = rates(all_engine, all_official)
 
     exported = []
+    failed_rows = []            # exported rows the official checker fails, for the reader to see
     for row in sft_rows:
         user, reply = row["messages"][0]["content"], row["messages"][-1]["content"]
         c = next((by_text[t] for t in by_text if user.rstrip().endswith(t)), None)
         if c is not None:
             exported.append(bool(checkers[c.text].check_following(reply)))
+            if not exported[-1]:
+                failed_rows.append({"constraint": c.text, "checker": c.checker, "response": reply})
     precision = sum(exported) / len(exported) if exported else None
 
     print(table(rows))
@@ -213,7 +221,7 @@ def main() -> None:
         "model": model, "servers": servers, "run_s": round(run_s, 1), "quick": args.quick,
         "probes": {"own_responses": len(own), "ifbench_sample_output": len(probes) - len(own)},
         "constraints_with_kept_verifiers": len(kept), "constraints": len(constraints),
-        "sft_rows": len(sft_rows), "sft_rows_checked": len(exported),
+        "sft_rows": len(sft_rows), "sft_rows_checked": len(exported), "sft_rows_failed": failed_rows,
         "per_constraint": per_constraint, "totals": total, "funnel": summary.get("funnel", {}),
         "machine": machine(),
     }, {"export_precision": precision, "false_accept": total["false_accept_rate"],
