@@ -61,8 +61,8 @@ log = logging.getLogger("autoif.job")
 # model's verdicts hardly vary between samples of one query (over four runs with 3 samples,
 # 1-5 queries a run had both a passing and a failing one), so the reject is the plain reply
 # to the query (plain_rejects), which the verifier stage asks for anyway for 4 of the queries:
-# 13-20 pairs a run. 8 queries leave 20+ SFT rows when only 4 instructions survive and 6 of
-# their queries get no passing reply. Each instruction costs ~1k generated tokens of verifiers and
+# 13-23 pairs a run. Cross-validation keeps 3-5 of the 7 instructions; 8 queries leave 20+
+# SFT rows when only 3 survive and at most 4 of their queries get no passing reply. Each instruction costs ~1k generated tokens of verifiers and
 # cases, ~2k more if it survives: a run with 9 augmented instructions took 537 s. The demo's
 # queries (prompts/demo_queries.jsonl) ask for short answers: on 2 cores a long reply costs
 # seconds per sample, and a quarter of them hit the token limit.
