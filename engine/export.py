@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import orjson
 
-from engine.records import QueryResult, ResponseRecord, VerifiedInstruction
+from engine.records import QueryResult, ResponseRecord, VerifiedInstruction, plain_reject_flaw
 
 SFT_FORMATS = ("alpaca", "sharegpt", "trl")
 DPO_CHOSEN_MIN_PASS = 0.5
@@ -105,8 +105,7 @@ def query_pairs(results: Iterable[QueryResult], opts: ExportOptions) -> list[Exa
                         key=_rank, reverse=True)
         # the model's own failure under the instruction first: the sharper contrast
         rejected = [(r, "sample") for r in result.responses if r.pass_rate == 0 and r.text.strip()]
-        rejected += [(r, "plain") for r in result.plain
-                     if r.pass_rate == 0 and r.text.strip() and r.finish_reason != "length"]
+        rejected += [(r, "plain") for r in result.plain if plain_reject_flaw(r) is None]
         if chosen and rejected:
             c, (r, source) = chosen[0], rejected[0]
             out.append(Example(result.task.prompt, c.text, r.text,

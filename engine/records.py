@@ -326,6 +326,14 @@ class ResponseRecord:
                    score=d.get("score"))
 
 
+def plain_reject_flaw(r: ResponseRecord) -> str | None:
+    """Why a plain reply (config.plain_rejects) cannot be a query-level DPO reject, None when it
+    can: empty; truncated (a cut-off reject teaches stopping early); followed (it met a function
+    without being told the constraint, so its pass rate is above 0)."""
+    return ("empty" if not r.text.strip() else "truncated" if r.finish_reason == "length"
+            else "followed" if r.pass_rate > 0 else None)
+
+
 @dataclass(frozen=True, slots=True)
 class QueryResult:
     """All K responses sampled for one QueryTask (failing ones too: they make DPO rejects).

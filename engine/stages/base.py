@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from engine.llm import Completion, SamplingParams
-from engine.prompting import user_message
+from engine.prompting import render, user_message
 from engine.stage import Context
 from sandbox_pool import Outcome
 from sandbox_pool.outcome import OK
@@ -28,6 +28,13 @@ async def ask(ctx: Context, prompt: str, sampling: Sampling, *, json_schema: str
     params = SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature,
                             json_schema=json_schema)
     return await ctx.llm.chat(user_message(prompt), n=sampling.n, params=params)
+
+
+async def ask_plain(ctx: Context, query: str, sampling: Sampling) -> list[Completion]:
+    """A reply to `query` alone, no instruction given: the verifier stage's expected-False case
+    and the responses stage's plain reject. One prompt for both, so that with the same sampling
+    the LLM cache answers each query once."""
+    return await ask(ctx, render("case_plain", query=query), sampling)
 
 
 async def complete(ctx: Context, prompt: str, sampling: Sampling, *, stop: tuple[str, ...]) -> list[Completion]:

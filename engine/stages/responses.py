@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import replace
 from typing import Callable, Sequence
 
 from engine.llm import Completion
-from engine.prompting import render
 from engine.records import (FunctionResult, QueryResult, QueryTask, ResponseRecord, SampledPrompt,
-                            Verifier)
+                            Verifier, plain_reject_flaw)
 from engine.stage import Context
-from engine.stages.base import Sampling, ask, outcome_bool, tally
+from engine.stages.base import Sampling, ask, ask_plain, outcome_bool, tally
 from sandbox_pool import Outcome
 
 SAMPLED = "sampled"     # the state-store label of every graded task (see ResponseStage.on_sampled)
@@ -49,17 +47,10 @@ def grade(completions: Sequence[Completion], functions: Sequence[Verifier], resu
 
 def grade_plain(completions: Sequence[Completion], functions: Sequence[Verifier],
                 results: Sequence[Sequence[Outcome]]) -> tuple[list[ResponseRecord], Counter]:
-    """Plain replies as DPO rejects: usable when finished and failing every function (the
-    query-level reject rule, pass rate 0). Drop reasons: empty, truncated (a cut-off reject
-    teaches stopping early), followed (it met the constraint without being told)."""
+    """Plain replies as DPO rejects, with the reasons some cannot be one (plain_reject_flaw).
+    At a pass threshold of 1 none is `passed`: none is ever an SFT answer."""
     records, _ = grade(completions, functions, results, pass_threshold=1.0)
-    dropped: Counter[str] = Counter()
-    for r in records:
-        reason = ("empty" if not r.text.strip() else "truncated" if r.finish_reason == "length"
-                  else "followed" if r.pass_rate > 0 else None)
-        if reason:
-            dropped[reason] += 1
-    return [replace(r, passed=False) for r in records], dropped
+    return records, Counter(flaw for r in records if (flaw := plain_reject_flaw(r)))
 
 
 class ResponseStage:
@@ -109,8 +100,6 @@ class ResponseStage:
         return [result]
 
     async def _plain(self, ctx: Context, item: QueryTask) -> list[Completion]:
-        # The verifier stage's plain case replies are this same request: with the same
-        # sampling the LLM cache answers each query once for both stages and every instruction.
         if self.plain is None:
             return []
-        return await ask(ctx, render("case_plain", query=item.query), self.plain)
+        return await ask_plain(ctx, item.query, self.plain)

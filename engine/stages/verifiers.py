@@ -35,7 +35,7 @@ from engine.parsing import (ParseError, ParsedVerifier, parse_case_answer,
 from engine.prompting import render, template
 from engine.records import Case, Instruction, Query, Verifier, VerifierDraft, normalize_instruction
 from engine.stage import Context
-from engine.stages.base import Sampling, ask, code_key, complete, tally
+from engine.stages.base import Sampling, ask, ask_plain, code_key, complete, tally
 
 # where a completed function ends: the next few-shot entry, a second definition, test code
 CODE_STOPS = ("\n# Constraint", "\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "```")
@@ -232,6 +232,6 @@ class VerifierStage:
     async def _plain_reply(self, ctx: Context, query: str, one: Sampling) -> list[Completion]:
         task = self._plain.get(query)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            task = asyncio.ensure_future(ask(ctx, render("case_plain", query=query), one))
+            task = asyncio.ensure_future(ask_plain(ctx, query, one))
             self._plain[query] = task
         return await asyncio.shield(task)   # one instruction cancelled must not cancel the others'
