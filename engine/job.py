@@ -62,10 +62,11 @@ log = logging.getLogger("autoif.job")
 # 1-5 queries a run had both a passing and a failing one), so the reject is the plain reply
 # to the query (plain_rejects), which the verifier stage asks for anyway for 4 of the queries:
 # 13-23 pairs a run. Cross-validation keeps 3-5 of the 7 instructions; 8 queries leave 20+
-# SFT rows when only 3 survive and at most 4 of their queries get no passing reply. Each instruction costs ~1k generated tokens of verifiers and
-# cases, ~2k more if it survives: a run with 9 augmented instructions took 537 s. The demo's
-# queries (prompts/demo_queries.jsonl) ask for short answers: on 2 cores a long reply costs
-# seconds per sample, and a quarter of them hit the token limit.
+# SFT rows when only 3 survive and at most 4 of their queries get no passing reply. Each
+# instruction costs ~1k generated tokens of verifiers and cases, ~2k more if it survives: a
+# run with 9 augmented instructions took 537 s. The demo's queries (prompts/demo_queries.jsonl)
+# ask for short answers: on 2 cores a long reply costs seconds per sample, and a quarter of
+# them hit the token limit.
 DEMO = dict(augment_batches=1, augment_seeds_shown=4, augment_per_prompt=2, augment_samples=1, augment_style="list", verifier_k=5,
             verifier_case_samples=4, verifier_cases_per_side=3, queries_per_instruction=8, response_temperature=1.0,
             responses_k=2, plain_rejects=True, max_inflight_requests=8, stage_concurrency=8, verifier_max_tokens=200,

@@ -2,8 +2,9 @@
 
 Order matters: the job joins its worker's job cgroups first (as root, before it can
 allocate anything that should count), then enters an IPC namespace of its own, fds are
-cleaned next (so nothing of the supervisor leaks), then rlimits, then no_new_privs + Landlock (which needs them), and the uid switch
-last, since dropping root also drops the right to do the steps before it.
+cleaned next (so nothing of the supervisor leaks), then rlimits, then no_new_privs + Landlock
+(which needs them), and the uid switch last, since dropping root also drops the right to do
+the steps before it.
 """
 
 from __future__ import annotations
