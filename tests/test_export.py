@@ -181,3 +181,20 @@ def test_parquet_beside_every_jsonl(tmp_path):
     assert pq.read_table(files["dpo_trl.parquet"]).num_rows == 1
     assert pq.read_table(files["dpo_cases_trl.parquet"]).num_rows == 2
     assert pq.read_table(files["verifiers.parquet"]).num_rows == 1
+
+
+def test_parquet_holds_what_the_rows_hold(tmp_path):
+    """Parquet is read from the JSONL just written (Arrow's JSON reader, no pandas import); it
+    must hold exactly what converting the rows does, and a text that looks like a date stays text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    dated = result(response("2024-05-01", 1.0, 9), response("zero", 0.0))
+    files = export(tmp_path, [VERIFIED], [result(response("good", 1.0, 9), response("zero", 0.0)), dated], OPTS)
+    parquet = [k for k in files if k.endswith(".parquet")]
+    assert len(parquet) >= 6
+    for key in parquet:
+        rows = read(files[key.removesuffix(".parquet")])
+        assert pq.read_table(files[key]).equals(pa.Table.from_pylist(rows)), key
+    only_date = export(tmp_path / "d", [], [dated], OPTS)
+    column = pq.read_table(only_date["sft_alpaca.parquet"]).column("output")
+    assert column.type == pa.string() and column.to_pylist() == ["2024-05-01"]
