@@ -17,10 +17,17 @@ import orjson
 from engine.llm import LLM, Completion, Message, SamplingParams
 
 
+# Field names, read once: dataclasses.asdict deep-copies every value on every call, and was
+# the main process' largest cost in bench.pipeline's profile (1.2 s of 9 s over 8,000 calls).
+_PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
+_COMPLETION_FIELDS = tuple(f.name for f in dataclasses.fields(Completion))
+
+
 def request_key(model: str, kind: str, payload: Any, n: int, params: SamplingParams,
                 namespace: str = "") -> str:
+    # The same bytes as before (orjson writes tuples as lists; keys are sorted): existing caches still hit.
     body = {"model": model, "kind": kind, "payload": payload, "n": n,
-            "params": dataclasses.asdict(params)}
+            "params": {f: getattr(params, f) for f in _PARAM_FIELDS}}
     if namespace:  # e.g. an online-DPO round: the same prompt must be sampled afresh
         body["namespace"] = namespace
     blob = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
@@ -28,7 +35,7 @@ def request_key(model: str, kind: str, payload: Any, n: int, params: SamplingPar
 
 
 def _to_rows(completions: list[Completion]) -> list[dict]:
-    return [dataclasses.asdict(c) for c in completions]
+    return [{f: getattr(c, f) for f in _COMPLETION_FIELDS} for c in completions]
 
 
 def _from_rows(rows: list[dict]) -> list[Completion]:

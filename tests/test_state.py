@@ -128,3 +128,15 @@ async def test_a_cancelled_leader_does_not_cancel_requests_waiting_on_it(tmp_pat
         answer = await asyncio.wait_for(follower, 5)
         assert leader.cancelled()
         assert answer and inner.calls == 2 and store.cache_size() == 1
+
+
+def test_cache_keys_of_earlier_runs_still_match():
+    """A resumed run must find the answers an earlier version stored: these keys were written
+    by the asdict-based key of commit 376874e."""
+    from engine.cache import request_key
+    from engine.llm import SamplingParams
+    p = SamplingParams(max_new_tokens=200, temperature=0.3, stop=("\n# C", "x"), json_schema="{}", extra={"k": [1, 2]})
+    assert request_key("m", "chat", [{"role": "user", "content": "hi"}], 3, p) == \
+        "a70f0946d5b5b41019fd06176f152ebe4f737cfc054b176015a55f14e60a46bb"
+    assert request_key("m", "generate", "prompt", 1, SamplingParams(), namespace="r1") == \
+        "b8ac8cfb19431b618410f377ec24c9d265274f5afad8505fa1418bcb83b899be"
