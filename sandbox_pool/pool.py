@@ -17,7 +17,7 @@ import socket
 import tempfile
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Iterable, Sequence
 
 import orjson
@@ -35,6 +35,8 @@ log = logging.getLogger("sandbox_pool")
 
 LAYERS = ("pid_namespace", "net_namespace", "landlock_fs", "landlock_net", "landlock_scope",
           "setuid", "fork_limit", "env_scrub", "scratch_quota", "job_cgroup", "ipc_namespace")
+# Codes remembered as dispatched lately (coalesce_window_s): a few instructions' functions.
+_RECENT_CODES = 4096
 DISABLEABLE = ("pid_namespace", "net_namespace", "landlock", "setuid", "env_scrub", "scratch_quota",
                "job_cgroup", "ipc_namespace")
 _CONSEQUENCE = {
@@ -68,10 +70,11 @@ class _Malformed(Exception):
 class _Job:
     """One caller's (code, inputs), waiting for a worker."""
 
-    __slots__ = ("code", "code_json", "data", "n", "future", "taken", "solo", "queue")
+    __slots__ = ("code", "code_json", "data", "n", "future", "taken", "solo", "queue", "queued_at")
 
     def __init__(self, code: str, code_json: bytes, data: bytes, n: int, future: asyncio.Future,
                  queue: deque):
+        self.queued_at = time.monotonic()
         self.code = code
         self.code_json = code_json
         self.data = data  # the inputs as one JSON array
@@ -179,7 +182,7 @@ class SandboxPool:
                  pipeline_depth: int = 2, start_method: str = "forkserver",
                  start_timeout_s: float = 60.0, nice: int = 5, grace_s: float = 2.0,
                  cpu_base_s: float = 0.2, cpu_per_input_s: float = 0.01,
-                 coalesce_max_inputs: int = 256):
+                 coalesce_max_inputs: int = 256, coalesce_window_s: float = 0.0):
         if timeout_s <= 0 or memory_mb <= 0:
             raise ValueError("timeout_s and memory_mb must be positive")
         unknown = set(disable_layers) - set(DISABLEABLE)
@@ -215,6 +218,14 @@ class SandboxPool:
         # Queued jobs of the same code are sent as one job of up to this many inputs: one fork
         # instead of many (the pipeline sends one small job per function per query).
         self._coalesce_max = max(1, int(coalesce_max_inputs))
+        # A normal (not urgent) job of a code the pool has run before waits up to this long after
+        # it was queued, while its code has fewer queued inputs than the cap, for jobs of the same
+        # code to share its fork: the queries of one instruction finish generating tens of
+        # milliseconds apart, not at the same instant. A code never seen before does not wait:
+        # nothing says more of it will come (a batch of distinct functions, a fixed workload).
+        self._window = max(0.0, float(coalesce_window_s))
+        self._window_timer: asyncio.TimerHandle | None = None
+        self._recent: OrderedDict[str, None] = OrderedDict()  # codes dispatched lately, newest last
         self._notices: set[str] = set()   # non-layer `why` keys logged already (third_party_modules)
         self._by_code: dict[str, _SameCode] = {}
         self._start_method = start_method
@@ -305,6 +316,8 @@ class SandboxPool:
         self._closing = True
         if self._watchdog:
             self._watchdog.cancel()
+        if self._window_timer:
+            self._window_timer.cancel()
         err = RuntimeError("SandboxPool closed")
         for job in (*self._urgent, *self._queue):
             if not job.future.done():
@@ -439,8 +452,8 @@ class SandboxPool:
     def _take(self, job: _Job, free_slots: int) -> _Wire:
         """`job` plus queued jobs of the same code (oldest first), as one job for one worker.
 
-        It takes its share of the queued inputs of that code (an even split over the free
-        worker slots, at most the coalescing cap): while workers are idle jobs still spread
+        It takes its share of the queued inputs of that code (an even split over the workers
+        with a free slot, at most the coalescing cap): while workers are idle jobs still spread
         over them, and the busier the pool the larger the merged jobs.
         """
         self._next_id += 1
@@ -472,14 +485,40 @@ class SandboxPool:
             del self._by_code[job.code]
         return _Wire(self._next_id, parts, n)
 
+    def _waits_for_company(self) -> bool:
+        """True (and a timer armed) while the oldest normal job is inside its coalescing window."""
+        queue = self._queue
+        while queue and (queue[0].taken or queue[0].future.done()):
+            job = queue.popleft()
+            if not job.taken:
+                job.taken = True
+                if not job.solo:
+                    self._by_code[job.code].inputs -= job.n
+        if not queue:
+            return False
+        head = queue[0]
+        due = head.queued_at + self._window
+        if (head.solo or head.code not in self._recent or time.monotonic() >= due
+                or self._by_code[head.code].inputs >= self._coalesce_max):
+            return False
+        if self._window_timer is None:
+            self._window_timer = self._loop.call_later(due - time.monotonic(), self._window_over)
+        return True
+
+    def _window_over(self) -> None:
+        self._window_timer = None
+        self._dispatch()
+
     def _dispatch(self) -> None:
         while self._urgent or self._queue:
+            if not self._urgent and self._window and (self._waits_for_company() or not self._queue):
+                return  # (the queue may have held only jobs already taken or given up)
             queue = self._urgent or self._queue
             best = None
             free = 0
             for w in self._workers:
                 if w.ready and not w.dead and len(w.inflight) < self._depth:
-                    free += self._depth - len(w.inflight)
+                    free += 1  # workers, not pipeline slots: a split sent to one worker waits anyway
                     if best is None or len(w.inflight) < len(best.inflight):
                         best = w
             if best is None:
@@ -492,6 +531,11 @@ class SandboxPool:
                         self._by_code[job.code].inputs -= job.n
                 continue
             wire = self._take(job, free)
+            if self._window:
+                self._recent[job.code] = None
+                self._recent.move_to_end(job.code)
+                if len(self._recent) > _RECENT_CODES:
+                    self._recent.popitem(last=False)
             if not best.inflight:
                 wire.started = time.monotonic()
             best.inflight.append(wire)

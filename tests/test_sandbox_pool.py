@@ -361,6 +361,34 @@ async def test_coalescing_is_capped_and_can_be_switched_off():
         assert 3 <= p.stats()["dispatched"] < 6  # at most two 2-input jobs per fork
 
 
+async def test_a_known_function_waits_for_company_and_a_new_or_urgent_one_does_not():
+    """coalesce_window_s: jobs of a function the pool has run before, arriving apart (queries of
+    one instruction finishing one after another), share one fork; a new function and an urgent
+    job are sent at once."""
+    code = "import os\ndef evaluate(x):\n    return os.getpid()\n"
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_window_s=0.3) as p:
+        t = time.monotonic()
+        await p.evaluate(code, ["first"])                  # new: no wait
+        assert time.monotonic() - t < 0.3
+        before = p.stats()["dispatched"]
+
+        async def later(delay, texts):
+            await asyncio.sleep(delay)
+            return await p.evaluate(code, texts)
+
+        a, b = await asyncio.gather(later(0, ["a1", "a2"]), later(0.1, ["b1"]))
+        assert p.stats()["dispatched"] == before + 1       # one fork for both callers
+        assert len({o.value for o in a + b}) == 1 and all(o.ok for o in a + b)
+        t = time.monotonic()
+        await p.evaluate_many([(code, ["urgent"])], urgent=True)
+        assert time.monotonic() - t < 0.3
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE) as p:  # default: no window
+        await p.evaluate(code, ["first"])
+        before = p.stats()["dispatched"]
+        a, b = await asyncio.gather(later(0, ["a1", "a2"]), later(0.1, ["b1"]))
+        assert p.stats()["dispatched"] == before + 2
+
+
 async def test_a_coalesced_job_that_fails_does_not_cost_the_other_callers_their_verdicts():
     code = "def evaluate(x):\n    while x == 'loop':\n        pass\n    return x.upper()\n"
     async with SandboxPool(workers=1, timeout_s=TIMEOUT, pipeline_depth=1) as p:
