@@ -266,6 +266,7 @@ class ParquetUnavailable(RuntimeError):
 def pyarrow_available() -> bool:
     try:
         import pyarrow  # noqa: F401
+        import pyarrow.json  # noqa: F401  (write_parquet reads the JSONL with it)
         import pyarrow.parquet  # noqa: F401
     except ImportError:
         return False

@@ -179,6 +179,10 @@ class VerifiedInstruction:
     `functions` pairs each kept function with its accuracy on the kept cases.
     `back_translations` is filled by the back-translation stage (empty before it).
     `audits` is filled by the verifier audit (empty before it); it does not change the id.
+    `probe_verdicts` (verifier id -> what it returned on each audit probe) is filled by
+    cross-validation, which runs the probes in the same job as the cases so that the audit
+    needs no second fork per function. Transport only: not stored, not compared; an audit
+    that finds no verdicts for a function (a resumed run) runs its probes itself.
     """
 
     instruction: Instruction
@@ -186,6 +190,7 @@ class VerifiedInstruction:
     cases: tuple[Case, ...]
     back_translations: tuple[BackTranslation, ...] = ()
     audits: tuple[VerifierAudit, ...] = ()
+    probe_verdicts: tuple[tuple[str, tuple[bool | None, ...]], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def id(self) -> str:

@@ -1,13 +1,16 @@
 """The verifier audit: kept functions run on degenerate probes in the real sandbox pool; what
 flag, downweight and drop do to the record, the funnel and the reward weights."""
+from dataclasses import replace
+
 import pytest
 
 from engine.config import Config
-from engine.records import Instruction, Query, Verifier, VerifiedInstruction
+from engine.records import Case, Instruction, Query, Verifier, VerifiedInstruction, VerifierDraft
 from engine.stage import Context, Funnel
 from engine.stages import build_stage
 from engine.stages.audit import LONG_TEXT_WORDS, PROBES, long_text, probes
 from sandbox_pool import SandboxPool
+from tests.doubles import RecordingPool
 
 INSTRUCTION = "Answer in at least three words and end with the word done."
 QUERY = "How do I boil an egg?"
@@ -77,3 +80,26 @@ async def test_audit_threshold_and_all_dropped():
         # audit off: passes through untouched
         ctx = Context(llm=None, executor=pool, funnel=Funnel())
         assert await audit_stage(Config(audit=False)).process(inst, ctx) == [inst]
+
+
+async def test_audit_reads_the_verdicts_crossval_got_in_the_same_job():
+    """Cross-validation runs the probes after the cases in each function's job; the audit
+    then sends nothing to the pool, and decides as it does when it runs the probes itself."""
+    cfg = Config(two_sided_cases=False)
+    cases = (Case("the answer is done", True), Case("nope", False))
+    drafted = VerifierDraft(Instruction(INSTRUCTION), tuple(Verifier(c) for c in (ANYTHING, SOUND, EMPTY_OK)), cases)
+    async with SandboxPool(workers=2, timeout_s=2.0) as pool:
+        ctx = Context(llm=None, executor=RecordingPool(pool), funnel=Funnel())
+        [verified] = await build_stage("crossval", cfg, queries=[Query(QUERY)]).process(drafted, ctx)
+        assert sorted(c for f, _ in verified.functions for c in [f.code]) == sorted([SOUND, EMPTY_OK])
+        assert [len(inputs) for _, inputs in ctx.executor.batches[0]] == [len(cases) + len(PROBES)] * 3
+        [audited] = await audit_stage(cfg).process(verified, ctx)
+        assert len(ctx.executor.batches) == 1                  # nothing more went to the pool
+        # the same record without the carried verdicts: the audit runs the probes itself
+        alone = Context(llm=None, executor=RecordingPool(pool), funnel=Funnel())
+        [rerun] = await audit_stage(cfg).process(replace(verified, probe_verdicts=()), alone)
+        assert len(alone.executor.batches) == 1
+    assert audited.audits == rerun.audits
+    assert {a.verifier_id: a.accepted for a in audited.audits} == {Verifier(SOUND).id: (),
+                                                                   Verifier(EMPTY_OK).id: ("empty",)}
+    assert ctx.funnel.to_dict()["audit.probe"] == alone.funnel.to_dict()["audit.probe"]

@@ -6,7 +6,8 @@ import pytest
 from engine.config import Config
 from engine.records import Case, Instruction, Verifier, VerifierDraft
 from engine.stage import Context, Funnel
-from engine.stages import build_stage
+from engine.stages import build_stage, load_queries
+from engine.stages.audit import probe_inputs
 from engine.stages.crossval import judge
 from sandbox_pool import Outcome
 from tests.doubles import RecordingPool, real_pool
@@ -54,8 +55,11 @@ async def test_keeps_agreeing_functions_and_cases_in_one_batch():
     pool: RecordingPool = ctx.executor
     assert len(pool.batches) == 1                                  # ALL functions x ALL cases at once
     assert len(pool.batches[0]) == 5                               # the commented copy was de-duplicated
-    assert all(inputs == [c for c, _ in cases] for _, inputs in pool.batches[0])
+    # the cases, then the audit's probes (same fork; they take no part in the judgement)
+    probes = probe_inputs(INSTRUCTION, load_queries())
+    assert all(inputs == [c for c, _ in cases] + probes for _, inputs in pool.batches[0])
     [v] = out
+    assert dict(v.probe_verdicts)[Verifier(NO_COMMA).id] == (True,) * len(probes)  # no probe has a comma
     # 5 compiling functions: True cases get 4/5 agreeing, False cases 3/5 -> all four cases kept;
     # on them ALWAYS_TRUE is right 2/4 = 0.5 (not MORE than 0.5), RETURNS_INT never returns a bool
     assert len(v.cases) == 4

@@ -108,11 +108,11 @@ EXPECTED_GRPO = {  # (query, instruction) -> K-sample pass-rate estimate
 # + NLI 7 (one per non-empty translation) + responses 6 + scores 10 (one per passed response).
 EXPECTED_REQUESTS = 1 + 4 + 5 + 7 + 7 + 6 + 10
 
-# Sandbox checks: crossval functions x distinct cases (S1 3x6, S2 4x8, S3 3x7, A1 2x3 = 77) plus
-# audit 5 kept functions x 5 probes = 25, plus responses kept functions x 4 samples x 2 queries
-# (S1 2, S2 2, S3 1 functions: 40) = 142.
-# rejected: IMPORT_OS on 6 cases + SUBPROCESS on 3; timeout: LOOP on 3; memory: BOMB on 8.
-EXPECTED_POOL = {"checks": 142, "rejected": 9, "timeout": 3, "memory": 8, "ok": 142 - 9 - 3 - 8,
+# Sandbox checks: crossval functions x (distinct cases + the audit's 5 probes, run in the same
+# job) (S1 3x11, S2 4x13, S3 3x12, A1 2x8 = 137; the audit then sends nothing), plus responses
+# kept functions x 4 samples x 2 queries (S1 2, S2 2, S3 1 functions: 40) = 177.
+# rejected: IMPORT_OS on 6+5 + SUBPROCESS on 3+5; timeout: LOOP on 3+5; memory: BOMB on 8+5.
+EXPECTED_POOL = {"checks": 177, "rejected": 19, "timeout": 8, "memory": 13, "ok": 177 - 19 - 8 - 13,
                  "error": 0, "crashed": 0, "bad_return": 0}
 
 KEPT_FUNCTIONS = {fx.S1: [fx.NO_COMMA, fx.COUNT_COMMA], fx.S2: [fx.LOWER, fx.LOWER2], fx.S3: [fx.DONE]}

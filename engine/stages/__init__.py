@@ -5,12 +5,13 @@ the one place that reads them from a Config.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 from engine.config import Config
 from engine.dedup import Deduper
 from engine.records import Instruction, Query, SampledPrompt
-from engine.stages.audit import AuditStage
+from engine.stages.audit import AuditStage, probe_inputs
 from engine.stages.augment import AugmentStage, load_seed_instructions, make_seed_batches
 from engine.stages.backtranslate import BackTranslateStage
 from engine.stages.base import Sampling
@@ -49,7 +50,7 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
     responses stage), kept or not, for the GRPO prompt set.
     """
     judge = Sampling(1, cfg.judge_temperature, cfg.judge_max_tokens)
-    if name in ("queries", "audit", "verifiers") and queries is None:
+    if name in ("queries", "audit", "verifiers", "crossval") and queries is None:
         queries = load_queries(cfg.queries_path or None)
     if name == "augment":
         return AugmentStage(seeds, deduper=Deduper(threshold=cfg.dedup_threshold, ngram=cfg.dedup_ngram),
@@ -69,7 +70,9 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
     if name == "crossval":
         return CrossValStage(case_agreement=cfg.case_agreement, function_accuracy=cfg.function_accuracy,
                              min_functions=cfg.min_functions, min_cases=cfg.min_cases,
-                             two_sided=cfg.two_sided_cases)
+                             two_sided=cfg.two_sided_cases,
+                             # the audit's probes, run in the same fork as the cases
+                             probes=functools.partial(probe_inputs, queries=queries) if cfg.audit else None)
     if name == "backtranslate":
         if not cfg.backtranslate:           # no judge is loaded for a stage that passes through
             return BackTranslateStage(nli=LLMJudge(judge), sampling=judge, enabled=False)
@@ -101,7 +104,7 @@ def default_stages(cfg: Config, seeds: Sequence[Instruction] | None = None,
     """
     if seeds is None and "augment" in names:
         seeds = load_seed_instructions(cfg.seeds_path or None)
-    if queries is None and any(n in names for n in ("queries", "audit", "verifiers")):
+    if queries is None and any(n in names for n in ("queries", "audit", "verifiers", "crossval")):
         queries = load_queries(cfg.queries_path or None)
     return [build_stage(n, cfg, seeds=seeds or (), queries=queries, on_sampled=on_sampled)
             for n in names]

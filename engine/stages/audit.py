@@ -9,6 +9,12 @@ halves its weight in rewards (downweight, `audit_weight`) or removes it (drop).
 
 The verdicts travel on the record (`VerifiedInstruction.audits`), so the exports and the
 reward service see them; the funnel counts them in rows `audit.function` and `audit.probe`.
+
+Cross-validation runs these probes in the same job as the cases (`probe_inputs`), and passes
+what each function returned on the record (`probe_verdicts`): a second fork per function,
+queued behind every other instruction's cross-validation jobs, held each instruction's
+queries back (bench.pipeline: the first responses started 0.9 s later). Only functions
+without such verdicts (a resumed run) are run here.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Sequence
 
-from engine.records import Query, VerifiedInstruction, VerifierAudit
+from engine.records import Instruction, Query, VerifiedInstruction, VerifierAudit
 from engine.stage import Context
 from engine.stages.base import outcome_bool
 
@@ -55,6 +61,12 @@ def echo_query(pool: Sequence[Query], instruction_id: str) -> str:
     return pool[int(instruction_id, 16) % len(pool)].text if pool else "Tell me about your day."
 
 
+def probe_inputs(instruction: Instruction, queries: Sequence[Query]) -> list[str]:
+    """The probe texts for this instruction, in the order of PROBES."""
+    texts = probes(instruction.text, echo_query(queries, instruction.id))
+    return [texts[p] for p in PROBES]
+
+
 class AuditStage:
     """VerifiedInstruction -> the same with `audits` (and, with action "drop", without the
     flagged functions). Not `enabled`: items pass through unchanged.
@@ -76,13 +88,10 @@ class AuditStage:
     async def process(self, item: VerifiedInstruction, ctx: Context) -> list[VerifiedInstruction]:
         if not self.enabled or not item.functions:
             return [item]
-        texts = probes(item.instruction.text, echo_query(self.queries, item.instruction.id))
-        inputs = [texts[p] for p in PROBES]
-        # Urgent: the audit is the last step before this instruction's queries are generated.
-        results = await ctx.executor.evaluate_many([(f.code, inputs) for f, _ in item.functions], urgent=True)
+        verdicts = await self._verdicts(item, ctx)
         audits, kept, accepted_by_probe, flagged_n = [], [], Counter(), 0
-        for (f, accuracy), outcomes in zip(item.functions, results):
-            accepted = tuple(p for p, o in zip(PROBES, outcomes) if outcome_bool(o) is True)
+        for (f, accuracy), returned in zip(item.functions, verdicts):
+            accepted = tuple(p for p, v in zip(PROBES, returned) if v is True)
             accepted_by_probe.update(accepted)
             flagged = len(accepted) > self.max_accepted
             flagged_n += flagged
@@ -96,6 +105,19 @@ class AuditStage:
             ctx.funnel.drop(self.name, "all_functions_flagged")
             return []
         return [replace(item, functions=tuple(kept), audits=tuple(audits))]
+
+    async def _verdicts(self, item: VerifiedInstruction, ctx: Context) -> list[tuple[bool | None, ...]]:
+        """What each function returned on each probe: from cross-validation's job where it ran
+        them, else from the pool now."""
+        known = dict(item.probe_verdicts)
+        missing = [f for f, _ in item.functions if len(known.get(f.id, ())) != len(PROBES)]
+        if missing:
+            inputs = probe_inputs(item.instruction, self.queries)
+            # Urgent: the audit is the last step before this instruction's queries are generated.
+            results = await ctx.executor.evaluate_many([(f.code, inputs) for f in missing], urgent=True)
+            for f, outcomes in zip(missing, results):
+                known[f.id] = tuple(outcome_bool(o) for o in outcomes)
+        return [known[f.id] for f, _ in item.functions]
 
     def _count(self, ctx: Context, n: int, flagged: int, passed_on: int, action: str,
                accepted_by_probe: Counter) -> None:

@@ -10,14 +10,18 @@ All functions x all cases of one instruction run in ONE executor batch. Then:
   same reason a function must then be right on at least one case of each side: with one
   passing and two failing cases kept, `return False` scores 0.67.
 An error, a timeout or a non-bool return counts as a wrong answer.
+
+With `probes` (the audit's degenerate texts, engine.stages.audit.probe_inputs) each function's
+job also runs them, after the cases: one fork per function instead of two, and the audit
+reads the verdicts from the record. They take no part in the judgement.
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
-from engine.records import Case, Verifier, VerifiedInstruction, VerifierDraft
+from engine.records import Case, Instruction, Verifier, VerifiedInstruction, VerifierDraft
 from engine.stage import Context
 from engine.stages.base import code_key, outcome_bool, tally
 from sandbox_pool import Outcome
@@ -99,7 +103,9 @@ class CrossValStage:
     name = "crossval"
 
     def __init__(self, *, case_agreement: float, function_accuracy: float, min_functions: int = 1,
-                 min_cases: int = 1, two_sided: bool = True) -> None:
+                 min_cases: int = 1, two_sided: bool = True,
+                 probes: Callable[[Instruction], list[str]] | None = None) -> None:
+        self.probes = probes
         self.two_sided = two_sided
         self.case_agreement = case_agreement
         self.function_accuracy = function_accuracy
@@ -112,9 +118,11 @@ class CrossValStage:
             ctx.funnel.drop(self.name, "no_functions" if not functions else "no_cases")
             return []
         inputs = [c.input for c in cases]
+        probes = self.probes(item.instruction) if self.probes else []
         # Urgent: a surviving instruction unlocks back-translation and all its queries.
-        results = await ctx.executor.evaluate_many([(f.code, inputs) for f in functions], urgent=True)
-        verdict = judge(functions, cases, results, self.case_agreement, self.function_accuracy,
+        results = await ctx.executor.evaluate_many([(f.code, inputs + probes) for f in functions], urgent=True)
+        n = len(cases)
+        verdict = judge(functions, cases, [r[:n] for r in results], self.case_agreement, self.function_accuracy,
                         self.min_functions, self.min_cases, self.two_sided)
         verdict.function_drops["duplicate"] += dup_functions
         verdict.case_drops["duplicate"] += dup_cases
@@ -123,5 +131,8 @@ class CrossValStage:
         if verdict.reason:
             ctx.funnel.drop(self.name, verdict.reason)
             return []
+        kept = {f.id for f, _ in verdict.functions}
+        probe_verdicts = tuple((f.id, tuple(outcome_bool(o) for o in r[n:]))
+                               for f, r in zip(functions, results) if probes and f.id in kept)
         return [VerifiedInstruction(instruction=item.instruction, functions=tuple(verdict.functions),
-                                    cases=tuple(verdict.cases))]
+                                    cases=tuple(verdict.cases), probe_verdicts=probe_verdicts)]
