@@ -125,7 +125,7 @@ class Config:
     # run ~1 s of wall time (bench.pipeline).
     pool_cpu_base_s: float = _f(0.01, "pool", "CPU-time budget of one sandbox job: this much, plus pool_cpu_per_input_s per input", lo=0.001)
     pool_cpu_per_input_s: float = _f(0.002, "pool", "CPU-time budget per input of a sandbox job (checks it cuts are timeouts)", lo=0)
-    pool_coalesce_window_s: float = _f(0.05, "pool", "how long a response check waits for checks of the same function to share its fork", lo=0)
+    pool_coalesce_window_s: float = _f(0.05, "pool", "how long a response check waits, while other queries of its instruction are generating, for their checks of the same functions to share its fork", lo=0)
     # export
     export_formats: list[str] = _f(["alpaca", "sharegpt", "trl"], "export", "SFT formats to write",
                                    choices=("alpaca", "sharegpt", "trl"))

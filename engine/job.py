@@ -193,7 +193,7 @@ class NoPool:
 
     n_workers = 1
 
-    async def evaluate_many(self, jobs, *, urgent=False):  # pragma: no cover - such phases never execute code
+    async def evaluate_many(self, jobs, *, urgent=False, more_coming=False):  # pragma: no cover - such phases never execute code
         raise RuntimeError("this phase has no sandbox pool")
 
     def stats(self) -> dict:

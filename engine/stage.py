@@ -24,10 +24,12 @@ class Executor(Protocol):
     """What stages need from the sandbox pool (sandbox_pool.SandboxPool satisfies it).
 
     One Outcome per input of each (code, inputs) job, in job order. `urgent` jobs go before
-    queued ones that are not: stages whose results unlock more LLM work ask for it."""
+    queued ones that are not: stages whose results unlock more LLM work ask for it.
+    `more_coming`: more jobs of the same codes will follow soon (the pool may hold these a
+    moment so that they share one fork)."""
 
     async def evaluate_many(self, jobs: Sequence[tuple[str, Sequence[Any]]], *,
-                            urgent: bool = False) -> list[Sequence[Outcome]]: ...
+                            urgent: bool = False, more_coming: bool = False) -> list[Sequence[Outcome]]: ...
 
 
 class Funnel:

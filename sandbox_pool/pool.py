@@ -17,7 +17,7 @@ import socket
 import tempfile
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Iterable, Sequence
 
 import orjson
@@ -35,8 +35,6 @@ log = logging.getLogger("sandbox_pool")
 
 LAYERS = ("pid_namespace", "net_namespace", "landlock_fs", "landlock_net", "landlock_scope",
           "setuid", "fork_limit", "env_scrub", "scratch_quota", "job_cgroup", "ipc_namespace")
-# Codes remembered as dispatched lately (coalesce_window_s): a few instructions' functions.
-_RECENT_CODES = 4096
 DISABLEABLE = ("pid_namespace", "net_namespace", "landlock", "setuid", "env_scrub", "scratch_quota",
                "job_cgroup", "ipc_namespace")
 _CONSEQUENCE = {
@@ -70,11 +68,13 @@ class _Malformed(Exception):
 class _Job:
     """One caller's (code, inputs), waiting for a worker."""
 
-    __slots__ = ("code", "code_json", "data", "n", "future", "taken", "solo", "queue", "queued_at")
+    __slots__ = ("code", "code_json", "data", "n", "future", "taken", "solo", "queue", "queued_at",
+                 "more_coming")
 
     def __init__(self, code: str, code_json: bytes, data: bytes, n: int, future: asyncio.Future,
-                 queue: deque):
+                 queue: deque, more_coming: bool = False):
         self.queued_at = time.monotonic()
+        self.more_coming = more_coming  # the caller expects more jobs of this code soon
         self.code = code
         self.code_json = code_json
         self.data = data  # the inputs as one JSON array
@@ -218,14 +218,12 @@ class SandboxPool:
         # Queued jobs of the same code are sent as one job of up to this many inputs: one fork
         # instead of many (the pipeline sends one small job per function per query).
         self._coalesce_max = max(1, int(coalesce_max_inputs))
-        # A normal (not urgent) job of a code the pool has run before waits up to this long after
-        # it was queued, while its code has fewer queued inputs than the cap, for jobs of the same
-        # code to share its fork: the queries of one instruction finish generating tens of
-        # milliseconds apart, not at the same instant. A code never seen before does not wait:
-        # nothing says more of it will come (a batch of distinct functions, a fixed workload).
+        # A job whose caller said more of its code is coming (`more_coming`: the responses stage,
+        # while other queries of the same instruction are still generating) waits up to this long
+        # after it was queued for them to share its fork, unless its code already has the cap
+        # queued or a queued job of its code was sent without the hint (the last of them).
         self._window = max(0.0, float(coalesce_window_s))
         self._window_timer: asyncio.TimerHandle | None = None
-        self._recent: OrderedDict[str, None] = OrderedDict()  # codes dispatched lately, newest last
         self._notices: set[str] = set()   # non-layer `why` keys logged already (third_party_modules)
         self._by_code: dict[str, _SameCode] = {}
         self._start_method = start_method
@@ -362,19 +360,23 @@ class SandboxPool:
 
     # ---- public API --------------------------------------------------------------------------
 
-    async def evaluate(self, code: str, inputs: Sequence, *, urgent: bool = False) -> JobResult:
+    async def evaluate(self, code: str, inputs: Sequence, *, urgent: bool = False,
+                       more_coming: bool = False) -> JobResult:
         """Run `code`'s evaluate() on each input in one sandboxed job; one Outcome per input."""
-        fut = self._enqueue([self._prepare(code, inputs)], urgent)[0]
+        fut = self._enqueue([self._prepare(code, inputs)], urgent, more_coming)[0]
         self._dispatch()
         return await fut
 
-    async def evaluate_many(self, jobs: Iterable[tuple[str, Sequence]], *, urgent: bool = False) -> list[JobResult]:
+    async def evaluate_many(self, jobs: Iterable[tuple[str, Sequence]], *, urgent: bool = False,
+                            more_coming: bool = False) -> list[JobResult]:
         """Run many (code, inputs) jobs spread over all workers; results in job order.
 
-        `urgent` jobs are dispatched before every queued job that is not."""
+        `urgent` jobs are dispatched before every queued job that is not. `more_coming`: the
+        caller expects more jobs of the same codes soon; with a coalescing window (not urgent
+        jobs only) they wait up to coalesce_window_s for them, to share one fork."""
         encoded: dict = {}  # the engine often sends one inputs list with many verifiers
         prepared = [self._prepare(code, inputs, encoded) for code, inputs in jobs]  # may raise: nothing queued
-        futs = self._enqueue(prepared, urgent)
+        futs = self._enqueue(prepared, urgent, more_coming)
         self._dispatch()
         return list(await asyncio.gather(*futs))
 
@@ -422,7 +424,7 @@ class SandboxPool:
                 encoded[id(inputs)] = (inputs, n, data)  # holding `inputs` keeps its id unique
         return code, _dumps(code), data, n
 
-    def _enqueue(self, prepared: list, urgent: bool) -> list[asyncio.Future]:
+    def _enqueue(self, prepared: list, urgent: bool, more_coming: bool = False) -> list[asyncio.Future]:
         futs = []
         queue = self._urgent if urgent else self._queue
         for item in prepared:
@@ -433,7 +435,7 @@ class SandboxPool:
                 self._counts[REJECTED] += len(item) if item and item[0].status == REJECTED else 0
                 fut.set_result(item)
             else:
-                job = _Job(*item, fut, queue)
+                job = _Job(*item, fut, queue, more_coming and not urgent)
                 queue.append(job)
                 self._index(job, at_end=True)
             futs.append(fut)
@@ -498,8 +500,10 @@ class SandboxPool:
             return False
         head = queue[0]
         due = head.queued_at + self._window
-        if (head.solo or head.code not in self._recent or time.monotonic() >= due
-                or self._by_code[head.code].inputs >= self._coalesce_max):
+        if not head.more_coming or head.solo or time.monotonic() >= due:
+            return False
+        same = self._by_code[head.code]
+        if same.inputs >= self._coalesce_max or any(not j.more_coming for j in same.jobs if not j.taken):
             return False
         if self._window_timer is None:
             self._window_timer = self._loop.call_later(due - time.monotonic(), self._window_over)
@@ -531,11 +535,6 @@ class SandboxPool:
                         self._by_code[job.code].inputs -= job.n
                 continue
             wire = self._take(job, free)
-            if self._window:
-                self._recent[job.code] = None
-                self._recent.move_to_end(job.code)
-                if len(self._recent) > _RECENT_CODES:
-                    self._recent.popitem(last=False)
             if not best.inflight:
                 wire.started = time.monotonic()
             best.inflight.append(wire)

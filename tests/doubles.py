@@ -49,11 +49,13 @@ class RecordingPool:
     def __init__(self, pool: SandboxPool) -> None:
         self.pool = pool
         self.batches: list[list[tuple[str, list]]] = []
+        self.more_coming: list[bool] = []   # the hint each batch came with
 
-    async def evaluate_many(self, jobs, *, urgent=False):
+    async def evaluate_many(self, jobs, *, urgent=False, more_coming=False):
         jobs = [(code, list(inputs)) for code, inputs in jobs]
         self.batches.append(jobs)
-        return await self.pool.evaluate_many(jobs, urgent=urgent)
+        self.more_coming.append(more_coming)
+        return await self.pool.evaluate_many(jobs, urgent=urgent, more_coming=more_coming)
 
 
 def real_pool() -> SandboxPool:

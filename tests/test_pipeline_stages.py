@@ -1,4 +1,5 @@
 """Each stage on its own, with a scripted in-process LLM and the REAL sandbox pool."""
+import asyncio
 import re
 
 import orjson
@@ -285,6 +286,32 @@ async def test_responses_graded_in_one_batch():
     assert [(x.status, x.value) for x in first] == [("ok", True), ("ok", True), ("error", None)]
     assert result.model == "scripted-model"
     assert ctx.funnel.to_dict()["responses.sample"]["dropped"] == {"low_pass_rate": 2, "empty": 1, "truncated": 1}
+
+
+async def test_responses_tell_the_pool_while_other_queries_of_the_instruction_are_generating():
+    """Three queries of one instruction finish generating one after another: the first two
+    checks go out with more_coming (the pool may hold them for the third), the last without."""
+    gates = {q: asyncio.Event() for q in ("q1", "q2", "q3")}
+
+    class GatedLLM(ScriptedLLM):
+        async def generate(self, prompt, *, n=1, params=None):
+            await gates[prompt.split(":", 1)[0]].wait()
+            return await super().generate(prompt, n=n, params=params)
+
+    llm = GatedLLM(lambda name, prompt, n: ["tea is warm"] * n)
+    item = verified(NO_COMMA, LOWER)
+    tasks = [QueryTask(item, q, q, f"{q}: Describe tea.") for q in gates]
+    async with real_pool() as pool:
+        ctx = make_ctx(llm, RecordingPool(pool))
+        stage = make("responses", responses_k=2)
+        running = [asyncio.create_task(stage.process(t, ctx)) for t in tasks]
+        for q in gates:
+            await asyncio.sleep(0.05)
+            gates[q].set()
+        results = await asyncio.gather(*running)
+    assert [len(r) for r in results] == [1, 1, 1]
+    assert ctx.executor.more_coming == [True, True, False]
+    assert stage._generating == {}                     # nothing left behind per instruction
 
 
 async def test_responses_threshold_and_drop():

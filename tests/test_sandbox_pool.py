@@ -361,31 +361,38 @@ async def test_coalescing_is_capped_and_can_be_switched_off():
         assert 3 <= p.stats()["dispatched"] < 6  # at most two 2-input jobs per fork
 
 
-async def test_a_known_function_waits_for_company_and_a_new_or_urgent_one_does_not():
-    """coalesce_window_s: jobs of a function the pool has run before, arriving apart (queries of
-    one instruction finishing one after another), share one fork; a new function and an urgent
-    job are sent at once."""
+async def test_jobs_told_more_is_coming_wait_for_company_until_the_last_one_arrives():
+    """coalesce_window_s with more_coming (the responses stage, while other queries of the same
+    instruction are still generating): jobs of one function arriving apart share one fork; the
+    last one (sent without the hint) releases them at once; jobs without it never wait."""
     code = "import os\ndef evaluate(x):\n    return os.getpid()\n"
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_window_s=0.3) as p:
-        t = time.monotonic()
-        await p.evaluate(code, ["first"])                  # new: no wait
-        assert time.monotonic() - t < 0.3
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_window_s=5.0) as p:
+        await p.evaluate(code, ["warm"])
         before = p.stats()["dispatched"]
 
-        async def later(delay, texts):
+        async def later(delay, texts, more):
             await asyncio.sleep(delay)
-            return await p.evaluate(code, texts)
+            return await p.evaluate(code, texts, more_coming=more)
 
-        a, b = await asyncio.gather(later(0, ["a1", "a2"]), later(0.1, ["b1"]))
-        assert p.stats()["dispatched"] == before + 1       # one fork for both callers
-        assert len({o.value for o in a + b}) == 1 and all(o.ok for o in a + b)
         t = time.monotonic()
-        await p.evaluate_many([(code, ["urgent"])], urgent=True)
-        assert time.monotonic() - t < 0.3
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE) as p:  # default: no window
-        await p.evaluate(code, ["first"])
+        a, b, c = await asyncio.gather(later(0, ["a1", "a2"], True), later(0.1, ["b1"], True), later(0.2, ["c1"], False))
+        assert time.monotonic() - t < 2.0                    # released by the last, not the 5 s window
+        assert p.stats()["dispatched"] == before + 1         # one fork for the three callers
+        assert len({o.value for o in a + b + c}) == 1 and all(o.ok for o in a + b + c)
+        t = time.monotonic()
+        await p.evaluate(code, ["alone"])                   # no hint: no wait
+        await p.evaluate_many([(code, ["urgent"])], urgent=True, more_coming=True)   # urgent: no wait
+        assert time.monotonic() - t < 2.0
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_window_s=0.3) as p:
+        await p.evaluate(code, ["warm"])
         before = p.stats()["dispatched"]
-        a, b = await asyncio.gather(later(0, ["a1", "a2"]), later(0.1, ["b1"]))
+        t = time.monotonic()
+        await p.evaluate(code, ["x"], more_coming=True)     # no company comes: the window ends it
+        assert 0.25 < time.monotonic() - t < 2.0 and p.stats()["dispatched"] == before + 1
+    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE) as p:  # default: no window
+        await p.evaluate(code, ["warm"])
+        before = p.stats()["dispatched"]
+        a, b = await asyncio.gather(later(0, ["a1", "a2"], True), later(0.1, ["b1"], True))
         assert p.stats()["dispatched"] == before + 2
 
 

@@ -70,19 +70,30 @@ class ResponseStage:
         self.pass_threshold = pass_threshold
         self.on_sampled = on_sampled
         self.plain = plain
+        # queries of each instruction still generating: while others are, this one's checks tell
+        # the pool more of the same functions are coming, so they can share a fork
+        self._generating: Counter[str] = Counter()
 
     async def process(self, item: QueryTask, ctx: Context) -> list[QueryResult]:
         functions = item.instruction.verifiers
         if not functions:
             ctx.funnel.drop(self.name, "no_functions")
             return []
-        completions, plain = await asyncio.gather(ask(ctx, item.prompt, self.sampling), self._plain(ctx, item))
+        key = item.instruction.id
+        self._generating[key] += 1
+        try:
+            completions, plain = await asyncio.gather(ask(ctx, item.prompt, self.sampling), self._plain(ctx, item))
+        finally:
+            self._generating[key] -= 1
+            more_coming = self._generating[key] > 0
+            if not more_coming:
+                del self._generating[key]
         if not completions:
             ctx.funnel.drop(self.name, "no_completions")
             return []
         k = len(completions)
         texts = [c.text for c in completions] + [c.text for c in plain]
-        results = await ctx.executor.evaluate_many([(f.code, texts) for f in functions])
+        results = await ctx.executor.evaluate_many([(f.code, texts) for f in functions], more_coming=more_coming)
         records, dropped = grade(completions, functions, [r[:k] for r in results], self.pass_threshold)
         kept = sum(r.passed for r in records)
         tally(ctx, f"{self.name}.sample", kept, dropped)
