@@ -487,26 +487,28 @@ class SandboxPool:
             del self._by_code[job.code]
         return _Wire(self._next_id, parts, n)
 
-    def _waits_for_company(self) -> bool:
-        """True (and a timer armed) while the oldest normal job is inside its coalescing window."""
-        queue = self._queue
+    def _prune(self, queue: deque) -> None:
+        """Drop the jobs at the head of `queue` that need no worker any more: coalesced into an
+        earlier wire already, or given up by their caller."""
         while queue and (queue[0].taken or queue[0].future.done()):
             job = queue.popleft()
             if not job.taken:
                 job.taken = True
                 if not job.solo:
                     self._by_code[job.code].inputs -= job.n
-        if not queue:
-            return False
-        head = queue[0]
+
+    def _waits_for_company(self) -> bool:
+        """True (and a timer armed) while the oldest normal job is inside its coalescing window."""
+        head = self._queue[0]
+        now = time.monotonic()
         due = head.queued_at + self._window
-        if not head.more_coming or head.solo or time.monotonic() >= due:
+        if not head.more_coming or head.solo or now >= due:
             return False
         same = self._by_code[head.code]
         if same.inputs >= self._coalesce_max or any(not j.more_coming for j in same.jobs if not j.taken):
             return False
         if self._window_timer is None:
-            self._window_timer = self._loop.call_later(due - time.monotonic(), self._window_over)
+            self._window_timer = self._loop.call_later(due - now, self._window_over)
         return True
 
     def _window_over(self) -> None:
@@ -514,9 +516,13 @@ class SandboxPool:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        while self._urgent or self._queue:
-            if not self._urgent and self._window and (self._waits_for_company() or not self._queue):
-                return  # (the queue may have held only jobs already taken or given up)
+        while True:
+            self._prune(self._urgent)
+            self._prune(self._queue)
+            if not (self._urgent or self._queue):
+                return
+            if not self._urgent and self._window and self._waits_for_company():
+                return
             queue = self._urgent or self._queue
             best = None
             free = 0
@@ -527,13 +533,7 @@ class SandboxPool:
                         best = w
             if best is None:
                 return
-            job = queue.popleft()
-            if job.taken or job.future.done():  # coalesced already, or the caller gave up
-                if not job.taken:
-                    job.taken = True
-                    if not job.solo:
-                        self._by_code[job.code].inputs -= job.n
-                continue
+            job = queue.popleft()  # live: _prune stopped at it
             wire = self._take(job, free)
             if not best.inflight:
                 wire.started = time.monotonic()
