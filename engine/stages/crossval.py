@@ -133,6 +133,6 @@ class CrossValStage:
             return []
         kept = {f.id for f, _ in verdict.functions}
         probe_verdicts = tuple((f.id, tuple(outcome_bool(o) for o in r[n:]))
-                               for f, r in zip(functions, results) if probes and f.id in kept)
+                               for f, r in zip(functions, results) if f.id in kept) if probes else ()
         return [VerifiedInstruction(instruction=item.instruction, functions=tuple(verdict.functions),
                                     cases=tuple(verdict.cases), probe_verdicts=probe_verdicts)]
