@@ -102,6 +102,8 @@ class Config:
     audit_weight: float = _f(0.5, "audit", "reward weight of a flagged function when audit_action is downweight", lo=0, hi=1)
     # responses
     queries_per_instruction: int = _f(16, "responses", "queries joined to each instruction", lo=1)
+    max_queries: int = _f(0, "responses", "cap on the queries joined in all, shared by the instructions in the order they "
+                          "are verified; the rest get none (0: no cap; per shard under Ray, per round in online DPO)", lo=0)
     responses_k: int = _f(8, "responses", "responses sampled per (instruction, query)", lo=1)
     response_temperature: float = _f(0.7, "responses", "sampling temperature of responses", lo=0)
     response_max_tokens: int = _f(1024, "responses", "max new tokens of a response", lo=1)

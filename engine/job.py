@@ -43,7 +43,7 @@ from engine.sim.config import SimConfig
 from engine.sim.responders import AUTOIF_FIXTURE
 from engine.sim.server import SimServer
 from engine.stage import Context, Funnel, Stage
-from engine.stages import (CHAIN, SAMPLED, AuditStage, BackTranslateStage, default_stages,
+from engine.stages import (CHAIN, SAMPLED, AuditStage, BackTranslateStage, QueryBudget, default_stages,
                            load_queries, load_seed_instructions, make_seed_batches)
 from engine.state import StateStore
 from sandbox_pool import SandboxPool
@@ -55,20 +55,21 @@ log = logging.getLogger("autoif.job")
 # seeds of the built-in set are constraints it can both write checkers for and follow
 # (measured: a reply's opening words, no digits, a short answer), an odd K (with 4 functions
 # split 2-2, no case has agreement above 0.5), augmentation continues the seed list by two
-# (list style: in chat the model obeys the shown constraints instead), and 8 queries per
+# (list style: in chat the model obeys the shown constraints instead), and 10 queries per
 # instruction, 2 samples each at temperature 1.0, some of which invite numbers (a count, a
 # year, a temperature). A query-level DPO pair needs a reply that breaks the constraint; the
 # model's verdicts hardly vary between samples of one query (over four runs with 3 samples,
 # 1-5 queries a run had both a passing and a failing one), so the reject is the plain reply
 # to the query (plain_rejects), which the verifier stage asks for anyway for 4 of the queries:
-# 13-23 pairs a run. Cross-validation keeps 3-5 of the 7 instructions; 8 queries leave 20+
-# SFT rows when only 3 survive and at most 4 of their queries get no passing reply. Each
-# instruction costs ~1k generated tokens of verifiers and cases, ~2k more if it survives: a
-# run with 9 augmented instructions took 537 s. The demo's queries (prompts/demo_queries.jsonl)
-# ask for short answers: on 2 cores a long reply costs seconds per sample, and a quarter of
-# them hit the token limit.
+# 13-23 pairs a run. Cross-validation keeps 3-7 of the 6-7 instructions, and each query costs
+# ~4 s of the run (32 queries: 257 s, 48: 323 s), so the run's queries are capped at 30 in all
+# (max_queries): 10 each for the first 3 verified, which leaves 20+ SFT rows when only 3
+# survive, and a bounded time when all do. Each instruction costs ~1k generated tokens of
+# verifiers and cases: a run with 9 augmented instructions took 537 s. The demo's queries
+# (prompts/demo_queries.jsonl) ask for short answers: on 2 cores a long reply costs seconds
+# per sample, and a quarter of them hit the token limit.
 DEMO = dict(augment_batches=1, augment_seeds_shown=4, augment_per_prompt=2, augment_samples=1, augment_style="list", verifier_k=5,
-            verifier_case_samples=4, verifier_cases_per_side=3, queries_per_instruction=8, response_temperature=1.0,
+            verifier_case_samples=4, verifier_cases_per_side=3, queries_per_instruction=10, max_queries=30, response_temperature=1.0,
             responses_k=2, plain_rejects=True, max_inflight_requests=8, stage_concurrency=8, verifier_max_tokens=200,
             verifier_case_max_tokens=200, response_max_tokens=256, judge_max_tokens=128,
             augment_max_tokens=200, score_until=1, queries_path=str(packaged_file("demo_queries.jsonl")),
@@ -284,6 +285,14 @@ class Recorded:
         return outs
 
 
+def stored_query_budget(cfg: Config, store: StateStore) -> QueryBudget:
+    """config.max_queries with the grants this run directory already made, kept in its store
+    as they are made: a rerun gives each instruction the same queries, and no more in all."""
+    stored = store.get_meta("query_grants")
+    return QueryBudget(cfg.max_queries, orjson.loads(stored) if stored else None,
+                       on_grant=lambda grants: store.set_meta("query_grants", orjson.dumps(grants).decode()))
+
+
 def probe_counters(client: Any, pool: Any) -> dict:
     c = client.stats() if hasattr(client, "stats") else {}
     p = pool.stats() if hasattr(pool, "stats") else {}
@@ -398,10 +407,12 @@ async def _run_mode(cfg: Config, backend: str, mode: str, rounds: int, seeds: li
 
 
 def stages_of(cfg: Config, seeds: list, queries: list | None,
-              names: tuple[str, ...] = CHAIN, on_sampled: Any = None) -> list:
+              names: tuple[str, ...] = CHAIN, on_sampled: Any = None,
+              query_budget: QueryBudget | None = None) -> list:
     """The job's stages; an input file they read that is missing or bad ends the job in one line."""
     try:
-        return default_stages(cfg, seeds, queries, names=names, on_sampled=on_sampled)
+        return default_stages(cfg, seeds, queries, names=names, on_sampled=on_sampled,
+                              query_budget=query_budget)
     except (OSError, ValueError) as exc:
         raise JobError(f"stages: {exc}") from None
 
@@ -413,7 +424,8 @@ async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: An
     # label; every graded prompt (kept or not) is stored for the GRPO prompt set
     stages = [Recorded(s, store, BackTranslateStage.name) if isinstance(s, AuditStage) else s
               for s in stages_of(cfg, seeds, queries,
-                                 on_sampled=lambda s: store.put_records([s], SAMPLED))]
+                                 on_sampled=lambda s: store.put_records([s], SAMPLED),
+                                 query_budget=stored_query_budget(cfg, store))]
     source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
 
     def sink(result: QueryResult) -> None:

@@ -259,6 +259,38 @@ async def test_query_join_is_deterministic_fan_out():
     assert len(await make("queries", queries=pool, queries_per_instruction=50).process(item, make_ctx())) == 10
 
 
+async def test_query_cap_shares_the_run_total_in_the_order_instructions_arrive():
+    pool = [Query(f"Question number {i}?") for i in range(10)]
+    items = [verified(NO_COMMA, text=f"Constraint number {i}.") for i in range(4)]
+    uncapped = make("queries", queries=pool, queries_per_instruction=4, seed=3)
+    capped = make("queries", queries=pool, queries_per_instruction=4, seed=3, max_queries=10)
+    ctx = make_ctx()
+    got = [await capped.process(item, ctx) for item in items]
+    assert [len(tasks) for tasks in got] == [4, 4, 2, 0]
+    # a cut grant is the first of the picks the instruction gets without a cap
+    assert [t.id for t in got[2]] == [t.id for t in (await uncapped.process(items[2], make_ctx()))[:2]]
+    queries = ctx.funnel.to_dict()["queries"]
+    assert queries["dropped"] == {"query_budget": 1}
+
+
+async def test_a_rerun_gives_each_instruction_the_grant_it_had_whatever_the_order(tmp_path):
+    from engine.job import stored_query_budget
+    from engine.state import StateStore
+    pool = [Query(f"Question number {i}?") for i in range(10)]
+    items = [verified(NO_COMMA, text=f"Constraint number {i}.") for i in range(4)]
+    cfg = Config(queries_per_instruction=4, seed=3, max_queries=10)
+    with StateStore(tmp_path / "state.db") as store:
+        first = build_stage("queries", cfg, queries=pool, query_budget=stored_query_budget(cfg, store))
+        before = {item.id: [t.id for t in await first.process(item, make_ctx())] for item in items[:3]}
+    with StateStore(tmp_path / "state.db") as store:   # the run is stopped and started again
+        again = build_stage("queries", cfg, queries=pool, query_budget=stored_query_budget(cfg, store))
+        after = {item.id: [t.id for t in await again.process(item, make_ctx())]
+                 for item in reversed(items)}
+    assert [len(before[item.id]) for item in items[:3]] == [4, 4, 2]
+    assert {k: after[k] for k in before} == before      # the same tasks, in any order
+    assert after[items[3].id] == []                     # the cap was spent before the stop
+
+
 # ---------------------------------------------------------------- responses (real pool)
 
 def task_for(*codes):

@@ -36,7 +36,7 @@ from typing import Any, AsyncIterator
 import orjson
 
 from engine.config import Config
-from engine.job import Recorded, open_engine, open_store, run_stages
+from engine.job import Recorded, open_engine, open_store, run_stages, stored_query_budget
 from engine.stages import (CHAIN, SAMPLED, AuditStage, BackTranslateStage, build_stage,
                            default_stages,
                            make_seed_batches)
@@ -237,7 +237,8 @@ async def shard_events(cfg: Config, instructions: list[Instruction], *, index: i
         # the audited instructions are the verified ones (stored under back-translation's label)
         stages = [Streamed(s, store, BackTranslateStage.name) if isinstance(s, AuditStage) else s
                   for s in default_stages(cfg, [], queries, names=CHAIN[1:],
-                                          on_sampled=lambda s: store.put_records([s], SAMPLED))]
+                                          on_sampled=lambda s: store.put_records([s], SAMPLED),
+                                          query_budget=stored_query_budget(cfg, store))]
         task = asyncio.create_task(_phase(cfg, backend, directory, store, events, series, stages,
                                           instructions, sink))
         async for ev in events.drain(task):

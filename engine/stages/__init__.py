@@ -17,14 +17,14 @@ from engine.stages.backtranslate import BackTranslateStage
 from engine.stages.base import Sampling
 from engine.stages.crossval import CrossValStage
 from engine.stages.nli import LLMJudge, NLIJudge, TransformersNLI
-from engine.stages.queries import QueryJoinStage, load_queries
+from engine.stages.queries import QueryBudget, QueryJoinStage, load_queries
 from engine.stages.responses import SAMPLED, ResponseStage
 from engine.stages.scoring import ScoreStage
 from engine.stages.verifiers import VerifierStage
 
 __all__ = [
     "AugmentStage", "VerifierStage", "CrossValStage", "BackTranslateStage", "AuditStage",
-    "QueryJoinStage", "ResponseStage", "ScoreStage", "Sampling", "load_seed_instructions",
+    "QueryJoinStage", "QueryBudget", "ResponseStage", "ScoreStage", "Sampling", "load_seed_instructions",
     "make_seed_batches", "load_queries", "CHAIN", "SAMPLED", "build_stage", "default_stages",
 ]
 
@@ -42,12 +42,14 @@ def nli_judge(cfg: Config) -> NLIJudge:
 
 def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
                 queries: Sequence[Query] | None = None,
-                on_sampled: Callable[[SampledPrompt], None] | None = None) -> object:
+                on_sampled: Callable[[SampledPrompt], None] | None = None,
+                query_budget: QueryBudget | None = None) -> object:
     """The stage called `name` with its settings from `cfg`.
 
     `seeds`: indexed by augment's deduper up front; `queries`: the query pool (None: read from
     config.queries_path, or the built-in set); `on_sampled`: given every graded prompt (the
-    responses stage), kept or not, for the GRPO prompt set.
+    responses stage), kept or not, for the GRPO prompt set; `query_budget`: the grants of
+    config.max_queries so far (a resumed run's, from its store; None: a fresh one).
     """
     judge = Sampling(1, cfg.judge_temperature, cfg.judge_max_tokens)
     if name in ("queries", "audit", "verifiers", "crossval") and queries is None:
@@ -81,7 +83,8 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
         return AuditStage(queries, enabled=cfg.audit, action=cfg.audit_action,
                           max_accepted=cfg.audit_max_accepted, weight=cfg.audit_weight)
     if name == "queries":
-        return QueryJoinStage(queries, per_instruction=cfg.queries_per_instruction, seed=cfg.seed)
+        return QueryJoinStage(queries, per_instruction=cfg.queries_per_instruction, seed=cfg.seed,
+                              budget=query_budget or QueryBudget(cfg.max_queries))
     if name == "responses":
         return ResponseStage(sampling=Sampling(cfg.responses_k, cfg.response_temperature,
                                                cfg.response_max_tokens),
@@ -96,7 +99,8 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
 
 def default_stages(cfg: Config, seeds: Sequence[Instruction] | None = None,
                    queries: Sequence[Query] | None = None, names: Sequence[str] = CHAIN,
-                   on_sampled: Callable[[SampledPrompt], None] | None = None) -> list:
+                   on_sampled: Callable[[SampledPrompt], None] | None = None,
+                   query_budget: QueryBudget | None = None) -> list:
     """The stages `names` (default: the whole chain) with their settings from `cfg`.
 
     `seeds`: the run's seed instructions (None: read from config.seeds_path); `queries`: the
@@ -106,5 +110,5 @@ def default_stages(cfg: Config, seeds: Sequence[Instruction] | None = None,
         seeds = load_seed_instructions(cfg.seeds_path or None)
     if queries is None and any(n in names for n in ("queries", "audit", "verifiers", "crossval")):
         queries = load_queries(cfg.queries_path or None)
-    return [build_stage(n, cfg, seeds=seeds or (), queries=queries, on_sampled=on_sampled)
-            for n in names]
+    return [build_stage(n, cfg, seeds=seeds or (), queries=queries, on_sampled=on_sampled,
+                        query_budget=query_budget) for n in names]

@@ -3,13 +3,13 @@
 Queries come from a JSONL file: {"query": ...} lines or ShareGPT lines
 ({"conversations": [{"from": "human", "value": ...}, ...]}, the first human turn), or the
 built-in set. Which N queries an instruction gets is a function of the instruction id and
-the run seed, so a resumed run picks the same ones.
+the run seed, so a resumed run picks the same ones. A QueryBudget can cap the run's total.
 """
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from engine.jsonl import read_texts
 from engine.prompting import packaged_file, render
@@ -48,24 +48,59 @@ def load_queries(path: str | Path | None = None, on_error: Callable[[str], None]
     return queries
 
 
+class QueryBudget:
+    """How many queries each instruction gets under a cap on the run's total (0: no cap).
+
+    A run's cost grows with the instructions that survive cross-validation, which nobody knows
+    beforehand; the cap bounds it. Instructions take their share in the order they are
+    verified. One that already holds a grant (a resumed run passes the stored `grants`) gets
+    the same number again, so a rerun joins the same tasks and never exceeds the cap.
+    `on_grant` is given all grants after each new one (to store them).
+    """
+
+    def __init__(self, total: int = 0, grants: Mapping[str, int] | None = None,
+                 on_grant: Callable[[dict[str, int]], None] | None = None) -> None:
+        self.total = total
+        self.grants: dict[str, int] = dict(grants or {})
+        self.on_grant = on_grant
+
+    def take(self, instruction_id: str, want: int) -> int:
+        if instruction_id in self.grants:
+            return self.grants[instruction_id]
+        n = want if not self.total else max(0, min(want, self.total - sum(self.grants.values())))
+        if self.total:                  # an uncapped run has nothing to remember
+            self.grants[instruction_id] = n
+            if self.on_grant is not None:
+                self.on_grant(dict(self.grants))
+        return n
+
+
 class QueryJoinStage:
     """VerifiedInstruction -> N QueryTasks: `per_instruction` of `queries`, picked by the
-    instruction id and the run's `seed`."""
+    instruction id and the run's `seed`; fewer once `budget` runs low, none (the instruction
+    counted as dropped for `query_budget`) once it has run out."""
 
     name = "queries"
 
-    def __init__(self, queries: Sequence[Query], *, per_instruction: int, seed: int) -> None:
+    def __init__(self, queries: Sequence[Query], *, per_instruction: int, seed: int,
+                 budget: QueryBudget | None = None) -> None:
         self.queries = list(queries)
         self.per_instruction = per_instruction
         self.seed = seed
+        self.budget = budget or QueryBudget()
 
     async def process(self, item: VerifiedInstruction, ctx: Context) -> list[QueryTask]:
         pool = self.queries
         if not pool:
             ctx.funnel.drop(self.name, "no_queries")
             return []
+        want = min(self.per_instruction, len(pool))
+        n = self.budget.take(item.instruction.id, want)
+        if not n:
+            ctx.funnel.drop(self.name, "query_budget")
+            return []
         rng = random.Random(f"{self.seed}:{item.instruction.id}")
-        chosen = rng.sample(pool, min(self.per_instruction, len(pool)))
+        chosen = rng.sample(pool, want)[:n]     # a cut grant keeps the first of the same picks
         return [QueryTask(instruction=item, query_id=q.id, query=q.text,
                           prompt=render("response", query=q.text, instruction=item.instruction.text))
                 for q in chosen]
