@@ -61,6 +61,8 @@ class Config:
     augment_seeds_shown: int = _f(8, "augment", "seed instructions shown in each prompt", lo=1)
     augment_per_prompt: int = _f(10, "augment", "new instructions asked for in each prompt", lo=1)
     augment_samples: int = _f(1, "augment", "answers sampled per augment prompt", lo=1)
+    augment_max_new: int = _f(0, "augment", "new instructions kept per augment prompt at most, over all its answers, "
+                              "the first in answer order (0: no cap)", lo=0)
     augment_style: str = _f("chat", "augment", "chat: ask for new constraints in a chat message; list: the seeds as "
                             "a numbered list the model continues as raw text (small models, which obey the "
                             "shown constraints when asked in chat, continue a list)", choices=("chat", "list"))

@@ -55,20 +55,22 @@ log = logging.getLogger("autoif.job")
 # seeds of the built-in set are constraints it can both write checkers for and follow
 # (measured: a reply's opening words, no digits, a short answer), an odd K (with 4 functions
 # split 2-2, no case has agreement above 0.5), augmentation continues the seed list by two
-# (list style: in chat the model obeys the shown constraints instead), and 10 queries per
+# in two samples and keeps the first two that pass (list style: in chat the model obeys the
+# shown constraints instead; one sample kept none in 1 of 4 runs), and 10 queries per
 # instruction, 2 samples each at temperature 1.0, some of which invite numbers (a count, a
 # year, a temperature). A query-level DPO pair needs a reply that breaks the constraint; the
 # model's verdicts hardly vary between samples of one query (over four runs with 3 samples,
 # 1-5 queries a run had both a passing and a failing one), so the reject is the plain reply
 # to the query (plain_rejects), which the verifier stage asks for anyway for 4 of the queries:
-# 13-23 pairs a run. Cross-validation keeps 3-7 of the 6-7 instructions, and each query costs
+# 13-28 pairs a run. Cross-validation keeps 3-7 of the 5-7 instructions, and each query costs
 # ~4 s of the run (32 queries: 257 s, 48: 323 s), so the run's queries are capped at 30 in all
 # (max_queries): 10 each for the first 3 verified, which leaves 20+ SFT rows when only 3
 # survive, and a bounded time when all do. Each instruction costs ~1k generated tokens of
 # verifiers and cases: a run with 9 augmented instructions took 537 s. The demo's queries
 # (prompts/demo_queries.jsonl) ask for short answers: on 2 cores a long reply costs seconds
 # per sample, and a quarter of them hit the token limit.
-DEMO = dict(augment_batches=1, augment_seeds_shown=4, augment_per_prompt=2, augment_samples=1, augment_style="list", verifier_k=5,
+DEMO = dict(augment_batches=1, augment_seeds_shown=4, augment_per_prompt=2, augment_samples=2, augment_max_new=2,
+            augment_style="list", verifier_k=5,
             verifier_case_samples=4, verifier_cases_per_side=3, queries_per_instruction=10, max_queries=30, response_temperature=1.0,
             responses_k=2, plain_rejects=True, max_inflight_requests=8, stage_concurrency=8, verifier_max_tokens=200,
             verifier_case_max_tokens=200, response_max_tokens=256, judge_max_tokens=128,

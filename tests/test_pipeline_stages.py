@@ -135,6 +135,29 @@ async def test_augment_list_style_continues_the_seed_list_as_raw_text():
     assert ctx.funnel.to_dict()["augment.candidate"] == {"in": 2, "kept": 2, "out": 2, "dropped": {}}
 
 
+async def test_augment_samples_more_answers_but_keeps_at_most_max_new_per_prompt():
+    # Two samples of the list: the judge rejects one proposal and the second sample repeats
+    # one; of the three left, the first two in answer order are kept.
+    answers = [" Use the word harbor exactly twice.\n5. Write entirely in capital letters.",
+               " Use the word harbor exactly twice.\n5. Do not use the letter z anywhere.\n"
+               "6. Number every paragraph."]
+
+    def script(name, prompt, n):
+        if name == "augment_list":
+            assert n == 2
+            return answers
+        return ["NO" if "capital letters" in prompt else "YES"]
+
+    ctx = make_ctx(ScriptedLLM(script))
+    stage = make("augment", SEEDS, augment_style="list", augment_per_prompt=3, augment_samples=2,
+                 augment_max_new=2)
+    out = await stage.process(make_seed_batches(SEEDS, 1, 3)[0], ctx)
+    assert [i.text for i in out if i.source == "augment"] == [
+        "Use the word harbor exactly twice.", "Do not use the letter z anywhere."]
+    assert ctx.funnel.to_dict()["augment.candidate"]["dropped"] == {
+        "duplicate": 1, "not_checkable": 1, "over_max_new": 1}
+
+
 async def test_augment_without_filter_and_unreadable_answer():
     llm = ScriptedLLM(lambda name, prompt, n: ["I'd rather not."] if name == "augment" else ["YES"])
     ctx = make_ctx(llm)

@@ -59,7 +59,8 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
                             per_prompt=cfg.augment_per_prompt, style=cfg.augment_style,
                             sampling=Sampling(cfg.augment_samples, cfg.augment_temperature,
                                               cfg.augment_max_tokens),
-                            checkable=judge if cfg.checkable_filter else None)
+                            checkable=judge if cfg.checkable_filter else None,
+                            max_new=cfg.augment_max_new)
     if name == "verifiers":
         return VerifierStage(sampling=Sampling(cfg.verifier_k, cfg.verifier_temperature,
                                                cfg.verifier_max_tokens),

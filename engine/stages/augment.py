@@ -97,16 +97,20 @@ class AugmentStage:
     `style`: "chat" asks for a numbered list in a chat message; "list" sends the shown seeds as
     the start of a numbered list for the model to continue as raw text, stopping after
     `per_prompt` more items (a 0.5B chat model obeyed the shown constraints instead: 0 of 2
-    answers were lists in a demo run; continued lists parsed 8 of 8).
+    answers were lists in a demo run; continued lists parsed 8 of 8). `max_new`: at most this
+    many new instructions kept per prompt over all its samples, the first in answer order
+    (0: all): more samples make it likelier that a prompt yields some, without yielding more.
     """
 
     name = "augment"
 
     def __init__(self, seeds: Sequence[Instruction], *, deduper: Deduper, per_prompt: int,
-                 sampling: Sampling, checkable: Sampling | None, style: str = "chat") -> None:
+                 sampling: Sampling, checkable: Sampling | None, style: str = "chat",
+                 max_new: int = 0) -> None:
         self.seeds = tuple(seeds)
         self.deduper = deduper
         self.per_prompt = per_prompt
+        self.max_new = max_new
         self.sampling = sampling
         self.checkable = checkable
         self.style = style
@@ -158,6 +162,9 @@ class AugmentStage:
                     kept.append(text)
                 else:
                     dropped["not_checkable" if verdict is False else "unparsable_checkable"] += 1
+        if self.max_new and len(kept) > self.max_new:
+            dropped["over_max_new"] += len(kept) - self.max_new
+            kept = kept[:self.max_new]
         tally(ctx, f"{self.name}.candidate", len(kept), dropped)
         return [Instruction(text=t, source="augment") for t in kept]
 
