@@ -108,12 +108,14 @@ class _Wire:
         self.started = 0.0  # when it became the head of its worker's queue (its deadline counts from then)
 
     def payload(self) -> list[bytes]:
-        # [id, n, code] newline inputs: the supervisor passes the inputs on without decoding them.
+        # [id, n, code(, part sizes)] newline inputs: the supervisor passes the inputs on without
+        # decoding them. The part sizes give each caller's inputs the CPU budget they would have
+        # alone, so a loop in one part cannot burn the budget of all the merged inputs.
         if len(self.parts) == 1:
-            data = self.parts[0].data
-        else:
-            data = b"[" + b",".join([p.data[1:-1] for p in self.parts]) + b"]"
-        return [b"[%d,%d," % (self.id, self.n), self.parts[0].code_json, b"]\n", data]
+            return [b"[%d,%d," % (self.id, self.n), self.parts[0].code_json, b"]\n", self.parts[0].data]
+        data = b"[" + b",".join([p.data[1:-1] for p in self.parts]) + b"]"
+        sizes = b",".join(b"%d" % p.n for p in self.parts)
+        return [b"[%d,%d," % (self.id, self.n), self.parts[0].code_json, b",[%s]]\n" % sizes, data]
 
     def resolve(self, outcomes: list, output: str, elapsed: float) -> None:
         at = 0

@@ -15,9 +15,10 @@ import sys
 # Bound here, not looked up at call time: verifier code may rebind builtins.len, math.isfinite,
 # orjson.dumps... in its own process, and that must not break the reporting of its verdicts.
 from builtins import (BaseException, MemoryError, NameError, ValueError, callable,  # noqa: A004
-                      compile, exec, isinstance, len, repr, str, type)
+                      compile, enumerate, exec, isinstance, len, list, repr, str, type)
 from math import isfinite
 from os import _exit, getpid
+from signal import ITIMER_PROF, setitimer
 
 from .outcome import C_BAD_RETURN, C_ERROR, C_MEMORY, C_OK
 from .verdicts import TAG_FALSE, TAG_NONE, TAG_TRUE, Writer
@@ -94,11 +95,13 @@ def _describe_safely(exc: BaseException):
 _UNREPORTABLE = (C_ERROR, None, "exception could not be described")
 
 
-def run(code, inputs: list, out: Writer, max_value_chars: int, prebound: dict) -> None:
+def run(code, inputs: list, out: Writer, max_value_chars: int, prebound: dict,
+        rearm: list[tuple[int, float]] = ()) -> None:
     """Execute `code` (source or code object), call its evaluate() on each input, record verdicts.
 
     `prebound` (allowed modules already imported) seeds the verifier's globals, so code that
-    uses `re` without `import re` still works.
+    uses `re` without `import re` still works. `rearm`: (input index, CPU seconds) at which the
+    job's CPU timer starts afresh (the next caller's part of a merged job).
     """
     me = getpid()
     namespace = {**prebound, "__name__": "__verifier__", "__builtins__": builtins}
@@ -120,7 +123,12 @@ def run(code, inputs: list, out: Writer, max_value_chars: int, prebound: dict) -
         _flush_std()
         return
 
-    for item in inputs:
+    rearm = list(rearm)
+    next_at = rearm[0][0] if rearm else -1
+    for i, item in enumerate(inputs):
+        if i == next_at:
+            setitimer(ITIMER_PROF, rearm.pop(0)[1])
+            next_at = rearm[0][0] if rearm else -1
         try:
             v = fn(item)
         except BaseException as e:

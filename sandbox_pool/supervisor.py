@@ -59,6 +59,16 @@ _SYSTEM_READ_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc
                       "/etc/ld.so.cache", "/dev/urandom", "/dev/zero")
 
 
+def _part_size(parts, n: int, index: int) -> int:
+    """Inputs in the part of a (merged) job that input `index` belongs to: its CPU budget's size."""
+    at = 0
+    for size in parts:
+        if index < at + size:
+            return size
+        at += size
+    return n
+
+
 def boot(args: dict) -> None:
     """Run a supervisor on the pool connection fd given in `args`; never returns."""
     channel = Channel(args["fd"])
@@ -466,11 +476,14 @@ class Supervisor:
             except (EOFError, OSError):
                 return  # the pool went away
             t0 = time.monotonic()
-            # [job_id, n, code] then a newline then the inputs' JSON, which only the job decodes.
+            # [job_id, n, code(, part sizes)] then a newline then the inputs' JSON, which only
+            # the job decodes.
             cut = frame.index(b"\n")
-            job_id, n, code = orjson.loads(memoryview(frame)[:cut])
+            job_id, n, code, *rest = orjson.loads(memoryview(frame)[:cut])
+            parts = rest[0] if rest else ()
             try:
-                tags, recs, output, elapsed, _ = self.run_job(code, n, memoryview(frame)[cut + 1:])
+                tags, recs, output, elapsed, _ = self.run_job(code, n, memoryview(frame)[cut + 1:],
+                                                              parts=parts)
             except (EOFError, ConnectionError):  # the zygote is gone: let the pool replace this worker
                 self.conn.send_bytes(orjson.dumps({"fatal": "zygote process died"}))
                 return
@@ -505,7 +518,9 @@ class Supervisor:
             evict = link.code_ids.popitem(last=False)[1]
         return link, cid, evict, source, code_flags
 
-    def run_job(self, code: str, n: int, inputs_json, flags: int = 0):
+    def run_job(self, code: str, n: int, inputs_json, flags: int = 0, parts=()):
+        if parts and (sum(parts) != n or min(parts) < 1):
+            raise ValueError(f"part sizes {parts} do not add up to {n} inputs")
         # Fresh, zero-filled verdict file (truncating frees the previous job's pages).
         need = verdicts.region_size(n, self.limits.max_value_chars)
         if need > self.vsize:
@@ -521,8 +536,9 @@ class Supervisor:
         os.pwrite(self.job_fd, inputs_json, 0)
 
         link, cid, evict, source, code_flags = self._code_id(code)
-        zygote.write_all(link.ctl, zygote.REQUEST.pack(link.seq, cid, evict, len(source), n, flags | code_flags)
-                         + source)
+        zygote.write_all(link.ctl, zygote.REQUEST.pack(link.seq, cid, evict, len(source), n, flags | code_flags,
+                                                       len(parts))
+                         + source + b"".join(zygote.PART.pack(p) for p in parts))
         link.seq += 1
         status, timed_out, cpu, elapsed, out_total, out_len = zygote.REPLY.unpack(
             zygote.read_exact(link.ctl, zygote.REPLY.size))
@@ -532,7 +548,8 @@ class Supervisor:
         missing = n - len(tags)
         if missing:
             tags += b"R" * missing
-            why = self._why_incomplete(n, status, cpu, timed_out, problem, self._oom_killed(status), link.heavy)
+            why = self._why_incomplete(_part_size(parts, n, n - missing), status, cpu, timed_out, problem,
+                                       self._oom_killed(status), link.heavy)
             recs.extend([why] * missing)
         output = out.decode("utf-8", "replace")
         if out_total > len(out):
@@ -550,7 +567,7 @@ class Supervisor:
         seen, self.oom_seen = self.oom_seen, n
         return n > seen
 
-    def _why_incomplete(self, n: int, status: int, cpu: float, timed_out: int, problem: str | None,
+    def _why_incomplete(self, part_inputs: int, status: int, cpu: float, timed_out: int, problem: str | None,
                         oom: bool, third_party: bool = False):
         lim = self.limits
         if timed_out:
@@ -568,7 +585,7 @@ class Supervisor:
                     how += f", x{THIRD_PARTY_BUDGET_FACTOR:g} for code using third-party modules"
                 how += ")"
                 return [C_TIMEOUT, None, f"job exceeded its CPU-time budget of "
-                                         f"{lim.cpu_budget_s(n, third_party):g} s {how}"]
+                                         f"{lim.cpu_budget_s(part_inputs, third_party):g} s {how}"]
             if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= lim.cpu_s):
                 return [C_TIMEOUT, None, f"job exceeded the {lim.cpu_s} s CPU-time limit"]
             return [C_CRASHED, None, f"killed by {_signal_name(sig)}"]

@@ -35,7 +35,10 @@ from . import isolation, runner, verdicts
 from .limits import Limits
 from .scratch import remove_tree
 
-REQUEST = struct.Struct("<qqqIII")  # seq, code_id, evict_id (-1: none), code_len, n_inputs, flags
+# seq, code_id, evict_id (-1: none), code_len, n_inputs, flags, n_parts; then the code, then
+# n_parts u32 part sizes (a merged job: each caller's inputs get the CPU budget they would alone)
+REQUEST = struct.Struct("<qqqIIII")
+PART = struct.Struct("<I")
 REPLY = struct.Struct("<iiddQI")  # wait status, timed_out, job cpu s, elapsed s, output total, output kept
 FLAG_DROP_LANDLOCK = 1
 FLAG_DROP_SETUID = 2
@@ -110,7 +113,7 @@ class Zygote:
                 head = read_exact(self.ctl, REQUEST.size)
             except (EOFError, OSError):
                 os._exit(0)  # the supervisor is gone
-            seq, code_id, evict_id, code_len, n, flags = REQUEST.unpack(head)
+            seq, code_id, evict_id, code_len, n, flags, n_parts = REQUEST.unpack(head)
             if flags & FLAG_DROP_LANDLOCK and self.ruleset_fd is not None:
                 os.close(self.ruleset_fd)
                 self.ruleset_fd = None
@@ -132,7 +135,11 @@ class Zygote:
                 # hundreds of this process' copy-on-write pages per new verifier.
                 self.codes[code_id] = (marshal.loads(raw) if flags & FLAG_CODE_MARSHALLED
                                        else raw.decode("utf-8", "surrogatepass"))
-            status, timed_out, cpu, elapsed, out_total, out = self.run_job(self.codes[code_id], n)
+            parts = ()
+            if n_parts:
+                raw = read_exact(self.ctl, n_parts * PART.size)
+                parts = [v for (v,) in PART.iter_unpack(raw)]
+            status, timed_out, cpu, elapsed, out_total, out = self.run_job(self.codes[code_id], n, parts)
             write_all(self.ctl, REPLY.pack(status, timed_out, cpu, elapsed, out_total, len(out)) + out)
 
     # ---- one job ----------------------------------------------------------------------------
@@ -146,7 +153,7 @@ class Zygote:
             ruleset_fd=self.ruleset_fd, uid=self.uid, devnull_fd=self.devnull, parent_pid=self.pid,
             cgroup_fds=self.cgroup_fds, new_ipc_ns=self.ipc_per_job)
 
-    def run_job(self, program, n: int):
+    def run_job(self, program, n: int, parts=()):
         lim = self.limits
         self.seq += 1
         scratch = os.path.join(self.scratch, f"j{self.tag}-{self.seq}")
@@ -160,8 +167,14 @@ class Zygote:
         t0 = time.monotonic()
         pid = self.fork()
         if pid == 0:
-            budget = lim.cpu_budget_s(n, self.third_party)
-            self._job_child(plan, scratch, program, out_w, budget)  # never returns
+            # [(first input index, CPU budget)] per part; one part: the whole job
+            budgets = [(0, lim.cpu_budget_s(n, self.third_party))]
+            if parts:
+                budgets, at = [], 0
+                for size in parts:
+                    budgets.append((at, lim.cpu_budget_s(size, self.third_party)))
+                    at += size
+            self._job_child(plan, scratch, program, out_w, budgets)  # never returns
         os.close(out_w)
         os.set_blocking(out_r, False)
         out = bytearray()
@@ -218,7 +231,7 @@ class Zygote:
         self.remove_scratch(scratch)
         return status, int(timed_out), rusage.ru_utime + rusage.ru_stime, elapsed, out_total, bytes(out)
 
-    def _job_child(self, plan, scratch: str, program, out_w, cpu_budget_s: float) -> None:
+    def _job_child(self, plan, scratch: str, program, out_w, budgets: list) -> None:
         writer = None
         try:
             writer = verdicts.Writer(mmap.mmap(self.verdict_fd, 0))
@@ -238,9 +251,9 @@ class Zygote:
                 sys.modules["random"].seed()  # forked jobs must not replay the same sequence
             # SIGPROF's default action ends the job once it has used its CPU budget; verdicts
             # already logged are kept. Code that catches or cancels it still meets RLIMIT_CPU
-            # and the wall clock.
-            signal.setitimer(signal.ITIMER_PROF, cpu_budget_s)
-            runner.run(program, inputs, writer, self.limits.max_value_chars, self.prebound)
+            # and the wall clock. A merged job re-arms the timer as each caller's part starts.
+            signal.setitimer(signal.ITIMER_PROF, budgets[0][1])
+            runner.run(program, inputs, writer, self.limits.max_value_chars, self.prebound, budgets[1:])
         except BaseException as e:
             if writer is not None and writer.pos == 0:  # say why instead of a bare exit code
                 writer.add({"setup_error": f"internal error: {type(e).__name__}: {e}", "layer": "internal"},

@@ -409,3 +409,34 @@ async def test_a_coalesced_job_that_fails_does_not_cost_the_other_callers_their_
         res = await p.evaluate_many([(code, ["d"]), (code, ["e", "loop"]), (code, ["f"])])
         assert [[o.status for o in r] for r in res] == [["ok"], ["ok", "timeout"], ["ok"]], res
         assert res[0][0].value == "D" and res[1][0].value == "E" and res[2][0].value == "F"
+
+
+async def test_a_loop_in_a_merged_job_costs_its_own_part_budget_not_that_of_every_input():
+    """Each caller's part of a merged job gets the CPU budget it would have alone: a loop in the
+    first part is cut after 0.05 s + 0.01 s, not after the budget of all 401 merged inputs
+    (4.06 s), and the other callers' inputs are run again alone."""
+    code = "def evaluate(x):\n    while x == 'loop':\n        pass\n    return x.upper()\n"
+    async with SandboxPool(workers=1, timeout_s=20.0, pipeline_depth=1, cpu_base_s=0.05,
+                           cpu_per_input_s=0.01) as p:
+        t = time.monotonic()
+        res = await p.evaluate_many([(code, ["loop"]), (code, [f"a{i}" for i in range(200)]),
+                                     (code, [f"b{i}" for i in range(200)])])
+        wall = time.monotonic() - t
+        assert p.stats()["dispatched"] == 3          # merged once, then the two others alone
+    assert [o.status for o in res[0]] == ["timeout"]
+    assert "CPU-time budget of 0.06 s" in res[0][0].detail, res[0][0].detail
+    assert [o.value for o in res[1]] == [f"A{i}" for i in range(200)]
+    assert [o.value for o in res[2]] == [f"B{i}" for i in range(200)]
+    assert wall < 3.0, wall                          # 4 s of CPU would have been burnt before
+
+
+async def test_a_loop_in_a_later_part_of_a_merged_job_is_cut_at_that_part_budget():
+    code = "def evaluate(x):\n    while x == 'loop':\n        pass\n    return x.upper()\n"
+    async with SandboxPool(workers=1, timeout_s=20.0, pipeline_depth=1, cpu_base_s=0.05,
+                           cpu_per_input_s=0.01) as p:
+        res = await p.evaluate_many([(code, [f"a{i}" for i in range(300)]), (code, ["x", "loop"]),
+                                     (code, ["c"])])
+    assert [o.value for o in res[0]] == [f"A{i}" for i in range(300)]
+    assert [o.status for o in res[1]] == ["ok", "timeout"] and res[1][0].value == "X"
+    assert "CPU-time budget of 0.07 s" in res[1][1].detail, res[1][1].detail   # 0.05 + 2 x 0.01
+    assert res[2][0].value == "C"
