@@ -189,23 +189,29 @@ class VerifierStage:
                           case_counts: Counter) -> list[ParsedVerifier]:
         code_prompt = render("verifier_code", instruction=item.text)
         case_drops: Counter[str] = Counter()
+
+        async def functions_parsed() -> list[ParsedVerifier]:
+            # Parsed as soon as they arrive, while the cases are still generating: parsing every
+            # instruction's functions only once the shared plain replies come back would put
+            # all of that work (ast.parse x K x instructions) in front of cross-validation.
+            return parse_functions(item, await complete(ctx, code_prompt, self.sampling, stop=CODE_STOPS),
+                                   answer_drops)
+
         if self.case_style == "replies":
-            functions, cases = await asyncio.gather(
-                complete(ctx, code_prompt, self.sampling, stop=CODE_STOPS),
-                self._reply_cases(item, ctx, case_drops))
+            functions, cases = await asyncio.gather(functions_parsed(), self._reply_cases(item, ctx, case_drops))
             case_counts["kept"] += len(cases.cases)
             n_answers = 2 * len(self.case_queries) - sum(case_drops.values())
             cases = [cases]
         else:
             cases_prompt = render("verifier_cases", instruction=item.text, n=self.cases_per_side)
             functions, case_answers = await asyncio.gather(
-                complete(ctx, code_prompt, self.sampling, stop=CODE_STOPS),
+                functions_parsed(),
                 ask(ctx, cases_prompt, self.cases, json_schema=cases_schema(self.cases_per_side)))
             cases = parse_case_answers(case_answers, case_drops, case_counts)
             n_answers = len(cases)
             drop_echoed_cases(cases, example_cases("verifier_cases"), case_counts)
         tally(ctx, f"{self.name}.case_answer", n_answers, case_drops)
-        return parse_functions(item, functions, answer_drops) + cases
+        return functions + cases
 
     async def _reply_cases(self, item: Instruction, ctx: Context, drops: Counter) -> ParsedVerifier:
         """Cases of the "replies" style: per query, a reply told to obey the constraint
