@@ -15,7 +15,7 @@ import logging
 import sys
 from dataclasses import replace
 
-from engine.aio import install_uvloop
+from engine.aio import install_uvloop, tune_gc
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.distributed import add_arguments as add_ray_arguments, run_ray
 from engine.job import DEMO, JobError, run_job
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:  # sharded over a Ray cluster
         return run_ray(cfg, args)
     install_uvloop()
+    tune_gc()
     try:
         result = asyncio.run(run_job(cfg, backend=args.backend, mode=args.mode, rounds=args.rounds,
                                      demo=args.demo, metrics_port=args.metrics_port,
