@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -307,14 +308,23 @@ def write_parquet(path: Path, rows: Sequence[dict], jsonl: Path | None = None) -
     _atomic(path, lambda fh: pq.write_table(table, fh))
 
 
+def _write_table(table: Table, paths: dict[str, Path], parquet: bool) -> None:
+    write_jsonl(paths[table.stem], table.rows)
+    if parquet:
+        write_parquet(paths[f"{table.stem}.parquet"], table.rows, paths[table.stem])
+
+
 def export(out_dir: str | Path, instructions: Iterable[VerifiedInstruction], results: Iterable[QueryResult],
            opts: ExportOptions) -> dict[str, Path]:
     """Write every table with rows as JSONL (and Parquet), then dataset_info.json; returns
     {file stem: path}. An empty table writes no file (a 0-byte JSONL loads nowhere) and removes
-    the file a rerun of the same run left before."""
+    the file a rerun of the same run left before. Tables are written side by side in threads:
+    Arrow's JSON reader and Parquet writer and each file's fsync let go of the GIL, and the
+    export is the last thing a run waits for."""
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
     info: dict[str, dict] = {}
+    todo: list[tuple[Table, dict[str, Path]]] = []
     for table in tables(instructions, results, opts):
         paths = {table.stem: out_dir / f"{table.stem}.jsonl"}
         if opts.parquet:
@@ -323,9 +333,12 @@ def export(out_dir: str | Path, instructions: Iterable[VerifiedInstruction], res
             for path in paths.values():
                 path.unlink(missing_ok=True)
             continue
-        write_jsonl(paths[table.stem], table.rows)
-        if opts.parquet:
-            write_parquet(paths[f"{table.stem}.parquet"], table.rows, paths[table.stem])
+        todo.append((table, paths))
+    with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1, 4))) as threads:
+        futures = [threads.submit(_write_table, table, paths, opts.parquet) for table, paths in todo]
+        for fut in futures:
+            fut.result()          # the first error (e.g. ParquetUnavailable, disk full) is raised
+    for table, paths in todo:
         written.update(paths)
         if table.dataset_info is not None:
             info[f"autoif_{table.stem}"] = {"file_name": f"{table.stem}.jsonl", **table.dataset_info}

@@ -6,6 +6,7 @@ recomputes a record gets the same id and `INSERT OR IGNORE` never stores it twic
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -297,7 +298,14 @@ class FunctionResult:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> FunctionResult:
-        return cls(verifier_id=d["verifier_id"], status=d["status"], value=d.get("value"))
+        return _function_result(d["verifier_id"], d["status"], d.get("value"))
+
+
+@functools.lru_cache(maxsize=1 << 16, typed=True)   # typed: True and 1 stay apart
+def _function_result(verifier_id: str, status: str, value: bool | None) -> FunctionResult:
+    # Immutable and few distinct (functions x outcomes), so one instance serves every response
+    # that has it: reading a run back (the export) builds K x functions of them per query.
+    return FunctionResult(verifier_id=verifier_id, status=status, value=value)
 
 
 @dataclass(frozen=True, slots=True)
