@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -30,7 +31,7 @@ from engine.cache import CachedLLM
 from engine.client import LLMClient, RetryPolicy
 from engine.config import Config
 from engine.errors import JobError, RefusedError
-from engine.export import ExportOptions, export, pyarrow_available
+from engine.export import ExportOptions, export, pyarrow_available, warm_up_parquet
 from engine.grpo import GrpoOptions, GrpoSummary, export_grpo
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
 from engine.outcome import is_storage_failure
@@ -429,6 +430,8 @@ async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: An
                                  on_sampled=lambda s: store.put_records([s], SAMPLED),
                                  query_budget=stored_query_budget(cfg, store))]
     source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
+    if cfg.parquet:   # while the server generates, not after its last answer
+        threading.Thread(target=warm_up_parquet, name="autoif-warm-parquet", daemon=True).start()
 
     def sink(result: QueryResult) -> None:
         store.put_records([result], "final")
