@@ -131,6 +131,10 @@ class StreamRunner:
         t0 = time.perf_counter()
         self.source_total = total if total is not None else _len_or_none(source)
         self.queues = [asyncio.Queue(self.queue_size) for _ in range(len(self.specs) + 1)]
+        for spec in self.specs:   # optional hook: work every item will need, sent first
+            start = getattr(spec.stage, "start", None)
+            if callable(start):
+                start(self.ctx)
         stage_groups: list[list[asyncio.Task]] = []
         for i, spec in enumerate(self.specs):
             stage_groups.append([asyncio.create_task(self._worker(i), name=f"{spec.stage.name}-{w}")

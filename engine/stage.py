@@ -113,3 +113,6 @@ class Stage(Protocol, Generic[In, Out]):
     async def process(self, item: In, ctx: Context) -> list[Out]:  # type: ignore[misc]
         """Return the outputs for one input ([] when it is dropped; say why via ctx.funnel.drop)."""
         ...
+
+    # Optional: `def start(self, ctx: Context) -> None`, called once by the runner before any
+    # item, e.g. to send requests that every item will wait for ahead of the items' own.

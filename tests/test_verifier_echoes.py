@@ -156,3 +156,24 @@ async def test_one_sided_cases_are_no_evidence():
     assert [f.code for f, _ in out[0].functions] == [NO_COMMA, NO_COMMA_COUNT]
     assert {(c.input, c.expected) for c in out[0].cases} == {*cases, ("a, b", False), ("c, d", False)}
     assert all(isinstance(c, Case) for c in out[0].cases)
+
+
+async def test_the_shared_plain_replies_are_asked_before_any_instruction_request():
+    """Every instruction's cross-validation waits for the plain replies, so the runner's start
+    hook sends them first: a first-come-first-served server then answers them first."""
+    from engine.runner import StreamRunner
+
+    def script(name, prompt, n):
+        if name == "verifier_code":
+            return FUNCTIONS[:2]
+        return [Completion(text="no commas in this reply" if name == "case_follow" else "Sure, with commas.")]
+    llm = ScriptedLLM(script)
+    ctx = Context(llm=llm, executor=None, funnel=Funnel())
+    stage = build_stage("verifiers", Config(verifier_k=2, verifier_case_samples=2),
+                        queries=[Query("Name a bakery."), Query("Name a river.")])
+    drafts = []
+    await StreamRunner([stage], ctx, sink=drafts.append).run(
+        [Instruction(f"Use no commas, variant {i}.") for i in range(6)])
+    assert len(drafts) == 6
+    assert [c[0] for c in llm.calls[:2]] == ["case_plain", "case_plain"], [c[0] for c in llm.calls[:4]]
+    assert llm.count("case_plain") == 2 and llm.count("verifier_code") == 6

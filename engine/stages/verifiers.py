@@ -235,6 +235,19 @@ class VerifierStage:
                     parsed.cases.append(Case(input=text, expected=expected))
         return parsed
 
+    def start(self, ctx: Context) -> None:
+        """Before the first instruction: ask the shared plain replies. Every instruction's
+        cross-validation waits for them; asked by the first instruction, they queued (in the
+        client's in-flight places, then at a first-come-first-served server) behind the
+        function requests of every instruction started with it: at 200 instructions they
+        came back 1.7 s into bench.pipeline's run instead of 0.9 s."""
+        if self.style != "code" or self.case_style != "replies":
+            return
+        one = Sampling(1, self.cases.temperature, self.cases.max_tokens)
+        for q in self.case_queries:
+            if q not in self._plain:
+                self._plain[q] = asyncio.ensure_future(ask_plain(ctx, q, one))
+
     async def _plain_reply(self, ctx: Context, query: str, one: Sampling) -> list[Completion]:
         task = self._plain.get(query)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
