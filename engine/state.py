@@ -46,6 +46,7 @@ class StateStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
+        self._last_created = 0.0
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")    # WAL + NORMAL: durable at checkpoints, fast
@@ -94,7 +95,9 @@ class StateStore:
 
     def put_records(self, records: list[Any], stage: str) -> int:
         """Several records in one transaction; returns how many were new."""
-        now = time.time()
+        # Strictly increasing within a process, so records come back (ORDER BY created) in the
+        # order they were put, as a run that exports what it holds in memory has them.
+        now = self._last_created = max(time.time(), self._last_created + 1e-6)
         rows = [(r.id, type(r).__name__, stage, orjson.dumps(r.to_dict()), now) for r in records]
         with self._lock:
             self._db.execute("BEGIN")
@@ -121,10 +124,12 @@ class StateStore:
         for (data,) in self._all(sql, (name, stage) if stage else (name,)):
             yield record_from_dict(name, orjson.loads(data), instructions)
 
-    def count_records(self, kind: str | type | None = None) -> int:
+    def count_records(self, kind: str | type | None = None, stage: str | None = None) -> int:
         if kind is None:
             return self._all("SELECT COUNT(*) FROM records")[0][0]
         name = kind if isinstance(kind, str) else kind.__name__
+        if stage is not None:
+            return self._all("SELECT COUNT(*) FROM records WHERE kind = ? AND stage = ?", (name, stage))[0][0]
         return self._all("SELECT COUNT(*) FROM records WHERE kind = ?", (name,))[0][0]
 
     # ------------------------------------------------------------ funnel and meta

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.job import JobError, run_job
+from engine.job import JobError, export_run, open_store, run_job
 from engine.config import Config
 from engine.records import Instruction, Query, Verifier
 from engine.sim.config import LatencyModel, SimConfig
@@ -273,6 +273,17 @@ async def test_run_job_funnel_exports_and_rerun(tmp_path):
         assert sim.counters.received == sim.counters.completed == EXPECTED_REQUESTS
         check_exports(run_dir, cfg)
         exports = {p.name: p.read_bytes() for p in (run_dir / "exports").glob("*.jsonl")}
+        # The run exported the results it held in memory; read back from the store they make
+        # the same files, row for row and in the same order.
+        store = open_store(cfg, run_dir)
+        try:
+            again_files = export_run(cfg, store, tmp_path / "reexport")
+        finally:
+            store.close()
+        reexported = [p for p in again_files.values() if p.suffix == ".jsonl"]
+        assert len(reexported) >= 5
+        for p in reexported:
+            assert p.read_bytes() == exports[p.name], p.name
 
         # The same command again over the same run directory: every answer comes from the
         # state store (the simulator receives nothing), the funnel and the exports are the same.
