@@ -162,6 +162,7 @@ class VerifierStage:
         # A plain reply to a query does not depend on the instruction: asked once per run and
         # shared by every instruction's cases.
         self._plain: dict[str, asyncio.Future] = {}
+        self._one_reply = Sampling(1, self.cases.temperature, self.cases.max_tokens)  # per case query
 
     async def process(self, item: Instruction, ctx: Context) -> list[VerifierDraft]:
         answer_drops: Counter[str] = Counter()
@@ -217,10 +218,9 @@ class VerifierStage:
         """Cases of the "replies" style: per query, a reply told to obey the constraint
         (expected True; dropped when cut off by the token limit, since an unfinished reply
         says nothing about e.g. how it ends) and the shared plain reply (expected False)."""
-        one = Sampling(1, self.cases.temperature, self.cases.max_tokens)
-        follow = [ask(ctx, render("case_follow", instruction=item.text, query=q), one)
+        follow = [ask(ctx, render("case_follow", instruction=item.text, query=q), self._one_reply)
                   for q in self.case_queries]
-        plain = [self._plain_reply(ctx, q, one) for q in self.case_queries]
+        plain = [asyncio.shield(self._plain_task(ctx, q)) for q in self.case_queries]
         answers = await asyncio.gather(*follow, *plain)
         parsed = ParsedVerifier(code="")
         for i, completions in enumerate(answers):
@@ -243,14 +243,13 @@ class VerifierStage:
         came back 1.7 s into bench.pipeline's run instead of 0.9 s."""
         if self.style != "code" or self.case_style != "replies":
             return
-        one = Sampling(1, self.cases.temperature, self.cases.max_tokens)
         for q in self.case_queries:
-            if q not in self._plain:
-                self._plain[q] = asyncio.ensure_future(ask_plain(ctx, q, one))
+            self._plain_task(ctx, q)
 
-    async def _plain_reply(self, ctx: Context, query: str, one: Sampling) -> list[Completion]:
+    def _plain_task(self, ctx: Context, query: str) -> asyncio.Future:
+        """The run's one request for the plain reply to `query` (asked again only if it failed).
+        Callers await it shielded: one instruction cancelled must not cancel the others'."""
         task = self._plain.get(query)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            task = asyncio.ensure_future(ask_plain(ctx, query, one))
-            self._plain[query] = task
-        return await asyncio.shield(task)   # one instruction cancelled must not cancel the others'
+            task = self._plain[query] = asyncio.ensure_future(ask_plain(ctx, query, self._one_reply))
+        return task
