@@ -436,18 +436,18 @@ async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: An
     # A fresh run exports the results it sank, as stored and in the same order (put_records
     # stamps them in order), instead of reading 800 of them back at 0.1 s per --quick bench run;
     # a run resumed over stored results reads the store, which holds them all.
-    fresh: dict[str, QueryResult] | None = {} if store.count_records(QueryResult, "final") == 0 else None
+    fresh: list[QueryResult] | None = [] if store.count_records(QueryResult, "final") == 0 else None
 
     def sink(result: QueryResult) -> None:
-        if store.put_records([result], "final") and fresh is not None:
-            fresh[result.id] = result
+        if store.put_records([result], "final") and fresh is not None:   # 0: stored already
+            fresh.append(result)
 
     summary = await run_stages(cfg, stages, source, ctx, client=client, pool=pool, run_dir=run_dir,
                                metrics=metrics, progress=progress, sink=sink)
     stopped_by_storage(summary, run_dir)
     summary.update(model=model_name(cfg, store), config_hash=cfg.config_hash(), config=cfg.public_dict())
     with storage_errors(run_dir):
-        files = export_run(cfg, store, run_dir / "exports", None if fresh is None else list(fresh.values()))
+        files = export_run(cfg, store, run_dir / "exports", fresh)
         grpo = export_grpo_run(cfg, store, run_dir / "exports", ctx.funnel)
         summary["funnel"] = ctx.funnel.to_dict()     # with the GRPO rows
         summary["grpo"] = grpo.to_dict()
