@@ -59,14 +59,13 @@ _SYSTEM_READ_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc
                       "/etc/ld.so.cache", "/dev/urandom", "/dev/zero")
 
 
-def _part_size(parts, n: int, index: int) -> int:
-    """Inputs in the part of a (merged) job that input `index` belongs to: its CPU budget's size."""
-    at = 0
-    for size in parts:
-        if index < at + size:
+def _part_size(sizes, index: int) -> int:
+    """Inputs in the part of a job that input `index` belongs to: its CPU budget's size."""
+    for size in sizes:
+        if index < size:
             return size
-        at += size
-    return n
+        index -= size
+    return sizes[-1]
 
 
 def boot(args: dict) -> None:
@@ -548,7 +547,7 @@ class Supervisor:
         missing = n - len(tags)
         if missing:
             tags += b"R" * missing
-            why = self._why_incomplete(_part_size(parts, n, n - missing), status, cpu, timed_out, problem,
+            why = self._why_incomplete(_part_size(parts or (n,), n - missing), status, cpu, timed_out, problem,
                                        self._oom_killed(status), link.heavy)
             recs.extend([why] * missing)
         output = out.decode("utf-8", "replace")

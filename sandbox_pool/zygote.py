@@ -167,13 +167,11 @@ class Zygote:
         t0 = time.monotonic()
         pid = self.fork()
         if pid == 0:
-            # [(first input index, CPU budget)] per part; one part: the whole job
-            budgets = [(0, lim.cpu_budget_s(n, self.third_party))]
-            if parts:
-                budgets, at = [], 0
-                for size in parts:
-                    budgets.append((at, lim.cpu_budget_s(size, self.third_party)))
-                    at += size
+            # [(first input index, CPU budget)] per part; a job that is not merged is one part
+            budgets, at = [], 0
+            for size in parts or (n,):
+                budgets.append((at, lim.cpu_budget_s(size, self.third_party)))
+                at += size
             self._job_child(plan, scratch, program, out_w, budgets)  # never returns
         os.close(out_w)
         os.set_blocking(out_r, False)
