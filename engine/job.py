@@ -63,7 +63,7 @@ log = logging.getLogger("autoif.job")
 # model's verdicts hardly vary between samples of one query (over four runs with 3 samples,
 # 1-5 queries a run had both a passing and a failing one), so the reject is the plain reply
 # to the query (plain_rejects), which the verifier stage asks for anyway for 4 of the queries:
-# 13-28 pairs a run. Cross-validation kept 3-6 of the 5-7 instructions, and each query costs
+# 10-28 pairs a run. Cross-validation kept 3-6 of the 5-7 instructions, and each query costs
 # ~4 s of the run (32 queries: 257 s, 48: 323 s), so the run's queries are capped at 30 in all
 # (max_queries): 10 each for the first 3 verified, which leaves 20+ SFT rows when only 3
 # survive, and a bounded time when all do. Each instruction costs ~1k generated tokens of
