@@ -9,18 +9,35 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import orjson
 from aiohttp import web
 
 from engine.sim import protocol as P
 from engine.sim.responders import prompt_text
-from engine.sim.scheduler import SimRequest
+from engine.sim.config import SimConfig
+from engine.sim.scheduler import BatchScheduler, SimRequest
 from engine.sim.tokens import count_tokens, messages_text, split_tokens
 
-if TYPE_CHECKING:
-    from engine.sim.server import SimServer
+
+
+class SimBackend(Protocol):
+    """What the HTTP layer needs of the simulated server (engine.sim.server.SimServer): its
+    settings, scheduler and counters, and the answers to the admin endpoints."""
+
+    config: SimConfig
+    scheduler: BatchScheduler
+    counters: Any
+    body_log: Any
+
+    def finish_ok(self, samples: list[SimRequest]) -> None: ...
+
+    def flush_cache(self) -> bool: ...
+
+    def server_info(self) -> dict: ...
+
+    def metrics_text(self) -> str: ...
 
 log = logging.getLogger("engine.sim")
 
@@ -37,7 +54,7 @@ def _json_response(obj: Any, status: int = 200) -> web.Response:
 
 
 class SimApp:
-    def __init__(self, server: "SimServer") -> None:
+    def __init__(self, server: SimBackend) -> None:
         self.sim = server
 
     def build(self) -> web.Application:
