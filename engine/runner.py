@@ -28,7 +28,7 @@ from typing import Any, AsyncIterable, Callable, Iterable, Sequence
 
 from engine.metrics import RunMetrics
 from engine.outcome import error_reason, is_storage_failure
-from engine.stage import Context, Stage
+from engine.stage import Context, Funnel, Stage
 
 log = logging.getLogger("autoif.runner")
 
@@ -61,6 +61,44 @@ class RunSummary:
 Sink = Callable[[Any], Any]  # sync or async; receives each output of the last stage
 
 
+class StageObserver:
+    """Everything counted about items moving through the stages, from two runner events per
+    item (started, ended): the funnel, the Prometheus counters and latencies, and the per-stage
+    arrays the progress line reads (in flight, finished, busy seconds)."""
+
+    def __init__(self, names: Sequence[str], funnel: Funnel, metrics: RunMetrics) -> None:
+        self.names, self.funnel, self.metrics = list(names), funnel, metrics
+        self.in_flight = [0] * len(names)
+        self.finished = [0] * len(names)     # items each stage has finished (for the ETA)
+        self.busy_s = [0.0] * len(names)     # summed time items spent in each stage
+
+    def started(self, i: int) -> None:
+        self.funnel.count_in(self.names[i])
+        self.metrics.items.labels(self.names[i], "in").inc()
+        self.in_flight[i] += 1
+
+    def ended(self, i: int, elapsed: float, outputs: int | None, error: str | None = None) -> None:
+        """`outputs`: how many the stage made (None: cancelled, so neither kept nor dropped);
+        `error`: the funnel reason of an item whose stage raised."""
+        name, items = self.names[i], self.metrics.items
+        self.in_flight[i] -= 1
+        self.finished[i] += 1
+        self.busy_s[i] += elapsed
+        self.metrics.latency.labels(name).observe(elapsed)
+        if outputs is None:
+            return
+        if error is not None:
+            self.funnel.drop(name, error)
+            items.labels(name, "error").inc()
+        if outputs:
+            self.funnel.count_kept(name)
+            self.funnel.count_out(name, outputs)
+            items.labels(name, "kept").inc()
+            items.labels(name, "out").inc(outputs)
+        else:
+            items.labels(name, "dropped").inc()
+
+
 class StreamRunner:
     def __init__(self, stages: Sequence[Stage | StageSpec], ctx: Context, *,
                  queue_size: int = 64, sink: Sink | None = None,
@@ -76,9 +114,10 @@ class StreamRunner:
         self.source_items = 0
         self.sink_items = 0
         self.source_total: int | None = None
-        self.in_flight = [0] * len(self.specs)
-        self.finished = [0] * len(self.specs)     # items each stage has finished (for the ETA)
-        self.busy_s = [0.0] * len(self.specs)     # summed time items spent in each stage
+        self.observer = StageObserver([s.stage.name for s in self.specs], ctx.funnel, self.metrics)
+        # the progress line reads these per-stage counts
+        self.in_flight, self.finished, self.busy_s = (self.observer.in_flight, self.observer.finished,
+                                                      self.observer.busy_s)
         self._stopping = False
         self._aborted = False
         self._tasks: list[asyncio.Task] = []
@@ -192,43 +231,29 @@ class StreamRunner:
 
     async def _worker(self, i: int) -> None:
         spec = self.specs[i]
-        name = spec.stage.name
         q_in, q_out = self.queues[i], self.queues[i + 1]
-        funnel, items, latency = self.ctx.funnel, self.metrics.items, self.metrics.latency
+        observer = self.observer
         while True:
             item = await q_in.get()
             if item is _DONE:
                 return
-            funnel.count_in(name)
-            items.labels(name, "in").inc()
-            self.in_flight[i] += 1
+            observer.started(i)
             t = time.perf_counter()
+            error = None
             try:
                 outs = await spec.stage.process(item, self.ctx)
             except asyncio.CancelledError:
+                observer.ended(i, time.perf_counter() - t, None)
                 raise
             except Exception as exc:  # one bad item never stops the run; it is a counted drop
                 if is_storage_failure(exc):
                     self._fail(exc)       # every later item would fail the same way
-                funnel.drop(name, error_reason(exc))
-                items.labels(name, "error").inc()
-                self._log_error(name, exc)
+                error = error_reason(exc)
+                self._log_error(spec.stage.name, exc)
                 outs = []
-            finally:
-                self.in_flight[i] -= 1
-                self.finished[i] += 1
-                elapsed = time.perf_counter() - t
-                self.busy_s[i] += elapsed
-                latency.labels(name).observe(elapsed)
-            if outs:
-                funnel.count_kept(name)
-                funnel.count_out(name, len(outs))
-                items.labels(name, "kept").inc()
-                items.labels(name, "out").inc(len(outs))
-                for out in outs:
-                    await q_out.put(out)
-            else:
-                items.labels(name, "dropped").inc()
+            observer.ended(i, time.perf_counter() - t, len(outs), error)
+            for out in outs:
+                await q_out.put(out)
 
     async def _drain_sink(self) -> None:
         q = self.queues[-1]
