@@ -27,7 +27,7 @@ import orjson
 from bench import common
 from engine.aio import run as aio_run
 from engine.config import Config
-from engine.job import make_client
+from engine.run import make_client
 from engine.llm import SamplingParams
 from engine.prompting import user_message
 
@@ -126,7 +126,7 @@ class Bare:
 
 
 class Engine:
-    """The engine's client as a run builds it (engine.job.make_client), at the same concurrency."""
+    """The engine's client as a run builds it (engine.run.make_client), at the same concurrency."""
 
     def __init__(self, url: str, concurrency: int, sc: Scenario) -> None:
         cfg = replace(Config(), max_inflight_requests=concurrency)

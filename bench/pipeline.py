@@ -2,7 +2,7 @@
 
 One run of every stage (paper defaults: K=8 verifier answers, N=16 queries, K=8 responses)
 against `autoif sim` (SGLang latency model, AutoIF-shaped answers) in its own process, at the
-default settings of the pool (engine.job.make_pool(Config())): timeout, CPU limits, workers.
+default settings of the pool (engine.run.make_pool(Config())): timeout, CPU limits, workers.
 Every request the run sends is recorded; then the same requests are replayed against a
 fresh simulator with no stage in between, at the same concurrency: that is the time the
 server alone needs. Ratio `wall_over_gen_only` = run wall / replay wall, the median of 3
@@ -34,7 +34,8 @@ import orjson
 from bench import common
 from engine.aio import run as aio_run
 from engine.cache import CachedLLM
-from engine.job import run_full, make_client, make_pool, open_store
+from engine.job import run_full
+from engine.run import Engine, RunSpec, RunStore, make_client, make_pool
 from engine.config import Config
 from engine.stage import Context
 from engine.stages import load_seed_instructions
@@ -74,14 +75,14 @@ class Recording:
 
 
 async def run_once(cfg: Config, run_dir: Path, url: str) -> tuple[float, dict, list]:
-    store = open_store(cfg, run_dir)
+    store = RunStore.open(cfg, run_dir)
     try:
         seeds = load_seed_instructions(cfg.seeds_path)
         async with make_client(cfg, [url], "sglang") as client, make_pool(cfg) as pool:
             rec = Recording(client)
-            ctx = Context(llm=CachedLLM(rec, store), executor=pool)
+            engine = Engine(Context(llm=CachedLLM(rec, store.state), executor=pool), client, pool)
             t = time.perf_counter()
-            summary = await run_full(cfg, seeds, ctx, client, pool, store, run_dir, None, False)
+            summary = await run_full(RunSpec(cfg, run_dir, seeds=seeds), engine, store)
             return time.perf_counter() - t, summary, rec.requests
     finally:
         store.close()

@@ -9,7 +9,7 @@ Workloads (bench/workload.py), every input distinct:
           query's 8 fresh responses sent as one job per function in one evaluate_many call,
           queries in flight at once up to the engine's default stage concurrency.
 Methods:
-  pool       SandboxPool exactly as a default run builds it (engine.job.make_pool(Config())),
+  pool       SandboxPool exactly as a default run builds it (engine.run.make_pool(Config())),
              every isolation layer on;
   inprocess  unsafe exec, one process per core (bench/baselines.py);
   fresh      a fresh interpreter per job, one at a time per core (a sample of the jobs);
@@ -48,7 +48,7 @@ from typing import Callable
 from bench import baselines, common, workload
 from engine.aio import run as aio_run
 from engine.config import Config
-from engine.job import make_pool
+from engine.run import make_pool
 from sandbox_pool import SandboxPool
 
 TARGETS = {"vs_inprocess_stream": 0.25, "vs_humaneval_stream": 20.0, "vs_inprocess": 0.30}

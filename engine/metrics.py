@@ -147,7 +147,7 @@ class LiveCollector:
     """
 
     def __init__(self, *, stats=None, point=None, queues=None, funnel=None, distributions=None) -> None:
-        self.stats = stats                  # () -> client stats + {"checks"} (see job.probe_counters)
+        self.stats = stats                  # () -> client stats + {"checks"} (see engine.run.Engine.counters)
         self.point = point                  # () -> latest time-series point (or {})
         self.queues = queues                # () -> {stage: depth}
         self.funnel = funnel                # () -> Funnel.to_dict()

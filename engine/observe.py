@@ -114,7 +114,7 @@ class ObservedScores:
 
 def observe_stages(stages: list, dists: Distributions) -> list:
     """The chain with its response and score stages observed (matched by stage name, so
-    wrappers such as run.Recorded around them are left as they are)."""
+    wrappers such as engine.run.Recorded around them are left as they are)."""
     out = []
     for s in stages:
         target = getattr(s, "inner", s)

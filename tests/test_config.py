@@ -99,7 +99,7 @@ def test_dump_round_trips(tmp_path):
 
 def test_cli_aliases_secrets_and_help(monkeypatch, capsys):
     from engine.cli import build_parser, main
-    from engine.job import make_client
+    from engine.run import make_client
 
     args = _parser().parse_args(["--model-path", "Qwen/Qwen2.5-7B-Instruct", "--api-key", "sk-1"])
     cfg = config_from_args(args)

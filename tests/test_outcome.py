@@ -6,6 +6,7 @@ import pytest
 
 from engine.client.errors import RequestFailed
 from engine.config import Config
+from engine.errors import RefusedError
 from engine.outcome import (EXIT_INTERRUPTED, EXIT_LOST, EXIT_OK, closing_lines, error_reason, exit_code,
                             is_storage_failure, lost_items)
 
@@ -48,7 +49,8 @@ def test_storage_failures():
 
 async def test_parquet_without_pyarrow_is_refused_before_any_work(tmp_path, monkeypatch):
     import engine.job as job
-    monkeypatch.setattr(job, "pyarrow_available", lambda: False)
-    with pytest.raises(job.RefusedError, match="--no-parquet"):
+    import engine.run.inputs as inputs
+    monkeypatch.setattr(inputs, "pyarrow_available", lambda: False)
+    with pytest.raises(RefusedError, match="--no-parquet"):
         await job.run_job(Config(output_dir=str(tmp_path / "run"), servers=["http://127.0.0.1:9"]))
     assert not (tmp_path / "run").exists()

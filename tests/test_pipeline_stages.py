@@ -297,16 +297,16 @@ async def test_query_cap_shares_the_run_total_in_the_order_instructions_arrive()
 
 
 async def test_a_rerun_gives_each_instruction_the_grant_it_had_whatever_the_order(tmp_path):
-    from engine.job import stored_query_budget
+    from engine.run import RunStore, Stored
     from engine.state import StateStore
     pool = [Query(f"Question number {i}?") for i in range(10)]
     items = [verified(NO_COMMA, text=f"Constraint number {i}.") for i in range(4)]
     cfg = Config(queries_per_instruction=4, seed=3, max_queries=10)
     with StateStore(tmp_path / "state.db") as store:
-        first = build_stage("queries", cfg, queries=pool, query_budget=stored_query_budget(cfg, store))
+        first = build_stage("queries", cfg, queries=pool, query_budget=Stored(RunStore(store)).query_budget(cfg))
         before = {item.id: [t.id for t in await first.process(item, make_ctx())] for item in items[:3]}
     with StateStore(tmp_path / "state.db") as store:   # the run is stopped and started again
-        again = build_stage("queries", cfg, queries=pool, query_budget=stored_query_budget(cfg, store))
+        again = build_stage("queries", cfg, queries=pool, query_budget=Stored(RunStore(store)).query_budget(cfg))
         after = {item.id: [t.id for t in await again.process(item, make_ctx())]
                  for item in reversed(items)}
     assert [len(before[item.id]) for item in items[:3]] == [4, 4, 2]

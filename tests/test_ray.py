@@ -30,7 +30,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.
 
 from engine.job import run_job  # noqa: E402
 from engine.config import Config  # noqa: E402
-from engine.distributed.driver import Driver  # noqa: E402
+from engine.distributed.driver import Driver, RayOptions  # noqa: E402
 from engine.distributed.sharding import partition, shard_dir, shard_of  # noqa: E402
 from engine.records import QueryResult, VerifiedInstruction  # noqa: E402
 from engine.sim.config import LatencyModel, SimConfig  # noqa: E402
@@ -168,7 +168,7 @@ def assert_same_as_reference(run_dir: Path, summary: dict, ref: dict) -> None:
 async def test_two_shards_same_records_as_single_process(cluster, reference, tmp_path):
     async with SimServer(SimConfig(responder=RESPONDER, latency=LatencyModel(zero_latency=True))) as sim:
         cfg = job_config(reference["inputs"], tmp_path / "sharded", [sim.url])
-        driver = Driver(cfg, shards=2, progress=False)
+        driver = Driver(cfg, RayOptions(shards=2), progress=False)
         summary = await driver.run()
         run_dir = tmp_path / "sharded"
         assert_same_as_reference(run_dir, summary, reference)
@@ -209,13 +209,13 @@ async def test_two_shards_same_records_as_single_process(cluster, reference, tmp
         assert all(p.stat().st_size > 1000 for p in made["pngs"].values())
 
         # the same command again: every shard replays its stored records, the server gets nothing
-        again = await Driver(cfg, shards=2, progress=False).run()
+        again = await Driver(cfg, RayOptions(shards=2), progress=False).run()
         assert_same_as_reference(run_dir, again, reference)
         assert sim.counters.received == reference["requests"]
         # another shard count would orphan the shards' caches: refused
         from engine.job import JobError
         with pytest.raises(JobError, match="--shards 2"):
-            await Driver(cfg, shards=3, progress=False).run()
+            await Driver(cfg, RayOptions(shards=3), progress=False).run()
 
 
 async def test_killed_actor_is_replaced_and_resumes(cluster, reference, tmp_path):
@@ -224,7 +224,7 @@ async def test_killed_actor_is_replaced_and_resumes(cluster, reference, tmp_path
         cfg = job_config(reference["inputs"], tmp_path / "killed", [sim.url])
         run_dir = tmp_path / "killed"
         port = free_port()
-        driver = Driver(cfg, shards=2, progress=False, metrics_port=port)
+        driver = Driver(cfg, RayOptions(shards=2), progress=False, metrics_port=port)
         task = asyncio.create_task(driver.run())
         scraper = asyncio.create_task(scrape(f"http://127.0.0.1:{port}/metrics", task))
         end = time.monotonic() + 60

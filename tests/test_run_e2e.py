@@ -12,7 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.job import JobError, export_run, open_store, run_job
+from engine.job import JobError, run_job
+from engine.run import RunStore, export_run
 from engine.config import Config
 from engine.records import Instruction, Query, Verifier
 from engine.sim.config import LatencyModel, SimConfig
@@ -275,7 +276,7 @@ async def test_run_job_funnel_exports_and_rerun(tmp_path):
         exports = {p.name: p.read_bytes() for p in (run_dir / "exports").glob("*.jsonl")}
         # The run exported the results it held in memory; read back from the store they make
         # the same files, row for row and in the same order.
-        store = open_store(cfg, run_dir)
+        store = RunStore.open(cfg, run_dir)
         try:
             again_files = export_run(cfg, store, tmp_path / "reexport")
         finally:

@@ -172,7 +172,7 @@ def test_all_bad_queries_are_refused_and_a_few_are_skipped(tmp_path, config):
     assert not (tmp_path / "run").exists()
     # one bad line in twenty: skipped with a warning (the run then goes on to the server)
     from engine.config import Config
-    from engine.job import load_inputs
+    from engine.run import load_inputs
     some = tmp_path / "some.jsonl"
     some.write_text("".join(f'{{"query": "q{i}"}}\n' for i in range(19)) + "{oops\n")
     _, queries = load_inputs(Config(queries_path=str(some)))

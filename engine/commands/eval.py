@@ -21,7 +21,9 @@ from engine.aio import run as run_async
 from engine.config import Config
 from engine.evaluation import Checkers, EvalUnavailable, evaluate, load_ifbench, summarize
 from engine.export import write_jsonl
-from engine.job import JobError, make_client, open_servers
+from engine.errors import JobError
+from engine.run import make_client
+from engine.servers import open_backend
 from engine.llm import SamplingParams
 
 
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> list:
         verdicts = []
-        async with open_servers(cfg, "embedded", args.run_dir) as (urls, api):
+        async with open_backend(cfg, "embedded", args.run_dir) as (urls, api):
             async with make_client(cfg, urls, api) as client:
                 async for v in evaluate(client, prompts, checkers, params):
                     verdicts.append(v)

@@ -12,13 +12,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shlex
 import sys
 from dataclasses import replace
+from typing import Any, Coroutine
 
 from engine.aio import install_uvloop, tune_gc
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
-from engine.distributed import add_arguments as add_ray_arguments, run_ray
-from engine.job import DEMO, JobError, run_job
+from engine.demo import DEMO
+from engine.errors import JobError
+from engine.job import run_job
 from engine.outcome import EXIT_CODES_HELP, EXIT_USAGE, finish
 
 
@@ -41,8 +44,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after the run, keep serving its final metrics this long; -1: until "
                              "Ctrl-C (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
-    add_ray_arguments(parser)                 # --ray [ADDRESS], --shards, ...: engine/distributed
+    add_ray_arguments(parser)
     add_config_arguments(parser)
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a sharded run (engine.distributed.RayOptions)."""
+    g = parser.add_argument_group("scale-out on Ray (pip extra `ray`)")
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run sharded on a Ray cluster: ADDRESS (e.g. HEAD:6379), or none for "
+                        "RAY_ADDRESS / the cluster `ray start` made here / a new local one")
+    g.add_argument("--shards", type=int, default=None,
+                   help="shards (one engine actor each); default: one per Ray node. Resume with the same number")
+    g.add_argument("--shard-cpus", type=float, default=1.0, help="Ray CPUs reserved per shard actor")
+    g.add_argument("--shard-gpus", type=float, default=0.0, help="Ray GPUs reserved per shard actor")
+    g.add_argument("--node-serve", choices=("llamacpp", "sglang", "sim"), default=None,
+                   help="start `autoif serve --backend B` once on each node that runs shards "
+                        "(with the node's GPUs), and use it there")
+    g.add_argument("--node-serve-args", default="", metavar="'ARGS'",
+                   help="more `autoif serve` arguments, one string (e.g. \"--model M --tp 2\")")
+    g.add_argument("--max-shard-restarts", type=int, default=3,
+                   help="times a shard is started again on a new actor after its actor died")
+
+
+def ray_job(cfg: Config, args: argparse.Namespace) -> Coroutine[Any, Any, dict]:
+    """`autoif run --ray ...`: the sharded job."""
+    from engine.distributed import RayOptions, run_sharded
+    ray = RayOptions(address=args.ray or None, shards=args.shards, shard_cpus=args.shard_cpus,
+                     shard_gpus=args.shard_gpus, node_serve=args.node_serve,
+                     node_serve_args=tuple(shlex.split(args.node_serve_args or "")),
+                     max_restarts=args.max_shard_restarts)
+    return run_sharded(cfg, ray, backend=args.backend, demo=args.demo, metrics_port=args.metrics_port,
+                       metrics_host=args.metrics_host, progress=not args.no_progress)
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -63,15 +96,19 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(cfg.dump())
         return 0
-    if getattr(args, "ray", None) is not None:  # sharded over a Ray cluster
-        return run_ray(cfg, args)
-    install_uvloop()
-    tune_gc()
+    if args.ray is not None:                  # sharded over a Ray cluster
+        if args.mode != "full":
+            print("autoif run: --ray runs --mode full only", file=sys.stderr)
+            return EXIT_USAGE
+        job = ray_job(cfg, args)
+    else:
+        install_uvloop()
+        tune_gc()
+        job = run_job(cfg, backend=args.backend, mode=args.mode, rounds=args.rounds, demo=args.demo,
+                      metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                      metrics_keep_s=args.metrics_keep, progress=not args.no_progress)
     try:
-        result = asyncio.run(run_job(cfg, backend=args.backend, mode=args.mode, rounds=args.rounds,
-                                     demo=args.demo, metrics_port=args.metrics_port,
-                                     metrics_host=args.metrics_host, metrics_keep_s=args.metrics_keep,
-                                     progress=not args.no_progress))
+        result = asyncio.run(job)
     except JobError as exc:
         print(f"autoif run: {exc}", file=sys.stderr)
         return exc.exit_code

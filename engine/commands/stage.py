@@ -31,14 +31,13 @@ import orjson
 
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.export import ExportOptions, export
-from engine.job import make_client, make_pool
+from engine.run import Engine, RunSpec, make_client, make_pool, run_shard
 from engine.records import QueryResult, VerifiedInstruction
 from engine.reference import (BadRecord, FileAnswers, count_lines, dpo_side_rows, grouped, instruction_row,
                               read_crossval, read_rows, read_verify, response_row, score_prompt, score_rows,
                               verified, verified_row, verify_rows)
-from engine.runner import StageSpec, StreamRunner
 from engine.stage import Context, Funnel
-from engine.stages import build_stage, load_seed_instructions, make_seed_batches
+from engine.stages import load_seed_instructions, make_seed_batches
 from engine.stages.scoring import UNSCORED
 
 NAMES = ("augment", "crossval", "verify", "backtranslate", "score", "export")
@@ -185,8 +184,8 @@ async def open_llm(cfg: Config) -> AsyncIterator[Any]:
         yield client
 
 
-async def run_stage(name: str, plan: Plan, cfg: Config) -> tuple[list, Funnel]:
-    """The command's stages, as `autoif run` builds them, over the plan's items."""
+async def run_stage(name: str, plan: Plan, cfg: Config, out_dir: Path) -> tuple[list, Funnel]:
+    """The command's stages over the plan's items, through the run path `autoif run` takes."""
     chain = CHAINS[name]
     funnel = Funnel()
     if plan.dropped:
@@ -199,10 +198,9 @@ async def run_stage(name: str, plan: Plan, cfg: Config) -> tuple[list, Funnel]:
         if plan.needs_llm:
             plan.answers.llm = await stack.enter_async_context(open_llm(cfg))
             plan.answers.model = plan.answers.model or getattr(plan.answers.llm, "model", "")
-        ctx = Context(llm=plan.answers, executor=pool, funnel=funnel)  # type: ignore[arg-type]
-        stages = [StageSpec(build_stage(n, cfg, seeds=plan.seeds), cfg.stage_concurrency) for n in chain]
-        runner = StreamRunner(stages, ctx, queue_size=max(8, cfg.stage_concurrency), sink=outputs.append)
-        await runner.run(plan.items)
+        engine = Engine(Context(llm=plan.answers, executor=pool, funnel=funnel), pool=pool)  # type: ignore[arg-type]
+        await run_shard(RunSpec(cfg, out_dir, stages=chain, seeds=plan.seeds), engine, plan.items,
+                        sink=outputs.append)
     return outputs, funnel
 
 
@@ -247,7 +245,7 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
     if name == "crossval":                  # the reference release's verifier answers are JSON
         cfg = dataclasses.replace(cfg, verifier_style="json")
     plan = plan_for(name, inp, cfg)
-    outputs, funnel = await run_stage(name, plan, cfg)
+    outputs, funnel = await run_stage(name, plan, cfg, out_path.parent)
     to_rows, origin = writer_for(name, cfg)
     if origin is not None:                  # in input order, whatever order they finished in
         order = {}

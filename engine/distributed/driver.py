@@ -25,16 +25,18 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from engine.config import Config
-from engine.job import (DEMO_SEEDS, JobError, export_grpo_run, export_run, model_name,
-                        open_store, preflight, write_summary)
-from engine.stages import SAMPLED, BackTranslateStage
+from engine.errors import JobError
+from engine.demo import DEMO_SEEDS
+from engine.run import (Done, Results, RunStore, Sampled, ShardEvent, Tick, Verified, export_grpo_run,
+                        export_run, preflight, write_summary)
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
 from engine.records import Instruction, QueryResult, SampledPrompt, VerifiedInstruction
-from engine.report.observe import Distributions
+from engine.observe import Distributions
 from engine.stage import Funnel
 
 from engine.distributed.sharding import (balance, existing_shard_counts, partition, shard_name)
@@ -110,29 +112,41 @@ class NodeServer:
             self.stop()
 
 
+@dataclass(frozen=True)
+class RayOptions:
+    """How a sharded run uses its Ray cluster. `address`: None for RAY_ADDRESS, the cluster
+    `ray start` made here, or a new local one; `shards`: None for one per alive node;
+    `node_serve`: a backend started once on each node that runs shards, with `node_serve_args`."""
+
+    address: str | None = None
+    shards: int | None = None
+    shard_cpus: float = 1.0
+    shard_gpus: float = 0.0
+    node_serve: str | None = None
+    node_serve_args: tuple[str, ...] = ()
+    max_restarts: int = 3
+
+
 class Driver:
     """One sharded run. `actors` (shard index -> actor handle) and `received` (records per
     shard) are public so tests and tools can watch or disturb the run."""
 
-    def __init__(self, cfg: Config, *, shards: int | None = None, backend: str = "embedded",
-                 demo: bool = False, address: str | None = None, metrics_port: int | None = None,
-                 metrics_host: str = "127.0.0.1",
-                 progress: bool = True, shard_cpus: float = 1.0, shard_gpus: float = 0.0,
-                 node_serve: str | None = None, node_serve_args: Sequence[str] = (),
-                 max_restarts: int = 3) -> None:
+    def __init__(self, cfg: Config, ray: RayOptions = RayOptions(), *, backend: str = "embedded",
+                 demo: bool = False, metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+                 progress: bool = True) -> None:
         self.cfg = cfg
-        self.n = shards
+        self.n = ray.shards
         self.backend = backend
         self.demo = demo
-        self.address = address
+        self.address = ray.address
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.progress = progress
-        self.shard_cpus = shard_cpus
-        self.shard_gpus = shard_gpus
-        self.node_serve = node_serve
-        self.node_serve_args = list(node_serve_args)
-        self.max_restarts = max_restarts
+        self.shard_cpus = ray.shard_cpus
+        self.shard_gpus = ray.shard_gpus
+        self.node_serve = ray.node_serve
+        self.node_serve_args = list(ray.node_serve_args)
+        self.max_restarts = ray.max_restarts
         self.run_dir = Path(cfg.output_dir).resolve()
         self.tag = hashlib.sha256(str(self.run_dir).encode()).hexdigest()[:8]
         self.actors: dict[int, Any] = {}
@@ -146,7 +160,7 @@ class Driver:
         self.phase = "augment"
         self.sizes: list[int] = []               # instructions per shard, once split
         self.ray: Any = None
-        self._store: Any = None
+        self._store: RunStore | None = None
         self._augment_sink: dict = {}
         self._verified: dict[str, VerifiedInstruction] = {}   # by id: the results name them so
 
@@ -201,7 +215,12 @@ class Driver:
         self._connect()
         n = self.n
         seeds, queries = preflight(self.cfg, self.run_dir)   # refused in one line before any work
-        store = open_store(self.cfg, self.run_dir)
+        store = RunStore.open(self.cfg, self.run_dir)
+        try:
+            store.claim("sharded", f"--output-dir {self.run_dir}")
+        except JobError:
+            store.close()
+            raise
         old = store.get_meta("shards")
         if old is not None and int(old) != n or (existing_shard_counts(self.run_dir) - {n}):
             before = old or ",".join(map(str, sorted(existing_shard_counts(self.run_dir))))
@@ -270,8 +289,7 @@ class Driver:
                 await self._with_servers(handle)
                 gen = call(handle)
                 async for ref in gen:
-                    kind, payload = await ref
-                    self._on_event(index, kind, payload)
+                    self._on_event(index, await ref)
                 return
             except Exception as exc:
                 if isinstance(exc, ray.exceptions.RayTaskError):
@@ -311,19 +329,20 @@ class Driver:
 
         await self._stream(index, call)
 
-    def _on_event(self, index: int, kind: str, payload: Any) -> None:
-        if kind == "tick":
-            self.live[index] = payload
-        elif kind == "verified":
-            verified = [VerifiedInstruction.from_dict(d) for d in payload]
+    def _on_event(self, index: int, ev: ShardEvent) -> None:
+        if isinstance(ev, Tick):
+            self.live[index] = {"funnel": ev.funnel, "point": ev.point}
+        elif isinstance(ev, Verified):
+            verified = [VerifiedInstruction.from_dict(d) for d in ev.records]
             self._verified.update((v.id, v) for v in verified)
-            self._store.put_records(verified, BackTranslateStage.name)
-        elif kind == "sampled":
-            self._store.put_records([SampledPrompt.from_dict(d, self._verified) for d in payload], SAMPLED)
-        elif kind == "results":            # a shard sends an instruction before its results
-            self._store.put_records([QueryResult.from_dict(d, self._verified) for d in payload], "final")
-            self.received[index] = self.received.get(index, 0) + len(payload)
-        elif kind == "done":
+            self._store.put_verified(verified)
+        elif isinstance(ev, Sampled):
+            self._store.put_sampled([SampledPrompt.from_dict(d, self._verified) for d in ev.records])
+        elif isinstance(ev, Results):      # a shard sends an instruction before its results
+            self._store.put_results([QueryResult.from_dict(d, self._verified) for d in ev.records])
+            self.received[index] = self.received.get(index, 0) + len(ev.records)
+        elif isinstance(ev, Done):
+            payload = ev.summary
             if self.phase == "augment":
                 self._augment_sink.update(payload)
                 self.augment_funnel = payload.get("funnel", {})
@@ -388,8 +407,8 @@ class Driver:
         funnel = self._merged_funnel()
         shards = [self.done[i] for i in range(self.n)]
         served = next((p.get("model") for p in [augment, *shards] if p.get("model")), None)
-        if served and not store.get_meta("served_model"):
-            store.set_meta("served_model", served)     # the name the shards' servers reported
+        if served and not store.served_model:
+            store.served_model = served                # the name the shards' servers reported
         grpo = export_grpo_run(self.cfg, store, self.run_dir / "exports", funnel)
         stopped = "completed" if all(s.get("stopped") == "completed" for s in shards) \
             and augment.get("stopped") == "completed" else "drained"
@@ -411,7 +430,7 @@ class Driver:
                                                "stopped", "replayed", "t0", "client", "pool",
                                                "timeseries")} for s in shards],
         }
-        summary.update(model=model_name(self.cfg, store), config_hash=self.cfg.config_hash())
+        summary.update(model=store.model_name(self.cfg), config_hash=self.cfg.config_hash())
         store.save_funnel(summary["funnel"])
         files = export_run(self.cfg, store, self.run_dir / "exports")
         summary["grpo"] = grpo.to_dict()
@@ -456,5 +475,5 @@ def _merge_stages(parts: list[dict]) -> dict:
     return out
 
 
-async def run_sharded(cfg: Config, **kw: Any) -> dict:
-    return await Driver(cfg, **kw).run()
+async def run_sharded(cfg: Config, ray: RayOptions, **kw: Any) -> dict:
+    return await Driver(cfg, ray, **kw).run()

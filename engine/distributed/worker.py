@@ -8,12 +8,9 @@ Two phases, each an async generator of events the driver consumes as they come:
 - shard_events(): stages 2..7 over one shard's instructions; state in the shard's own
   RUN_DIR/shards/NNNN-of-MMMM/state.sqlite.
 
-Events are (kind, payload) tuples of plain JSON types:
-    ("tick", {"funnel", "point"})       about once a second: live funnel and the latest sample
-    ("verified", [VerifiedInstruction dicts])   back-translation outputs (for instruction DPO)
-    ("results", [QueryResult dicts])    final records, streamed as each is scored
-    ("sampled", [SampledPrompt dicts])  every graded prompt's K pass rates, once the shard ends
-    ("done", summary)                   the phase finished; its funnel, stats and time series
+Events are the typed ones of engine.run.events (Tick, Verified, Results, Sampled, Done),
+their records as dicts of plain JSON types. Each phase runs through `engine.run.run_shard`,
+as `autoif run` does.
 
 Resume: every LLM answer is in the phase's SQLite cache before it is used, so a rerun after a
 kill re-sends no answered request; records carry content ids, so re-emitted ones are the same
@@ -23,119 +20,36 @@ and on a rerun just replays its stored records and summary, without starting any
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import os
 import socket
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import orjson
 
 from engine.config import Config
-from engine.job import Recorded, open_engine, open_store, run_stages, stored_query_budget
-from engine.stages import (CHAIN, SAMPLED, AuditStage, BackTranslateStage, build_stage,
-                           default_stages,
-                           make_seed_batches)
 from engine.metrics import TimeSeries
-from engine.records import Instruction, Query, QueryResult, SampledPrompt, VerifiedInstruction
-from engine.stage import Context, Funnel
+from engine.records import Instruction, Query
+from engine.run import (Done, EventQueue, RunSpec, RunStore, Sampled, ShardEvent, Streamed, Tick, Verified,
+                        input_hash, open_engine, run_shard)
+from engine.run.events import Results, in_parts
+from engine.stage import Funnel
+from engine.stages import CHAIN, make_seed_batches
 
 from engine.distributed.sharding import augment_dir, shard_dir
 
 log = logging.getLogger("autoif.shard")
 
 TICK_S = 1.0
-DONE_KEY = "phase_done"          # meta: "1" once the phase finished (completed, not drained)
-INPUT_KEY = "phase_input"        # meta: hash of the phase's input ids
-SUMMARY_KEY = "phase_summary"    # meta: the phase's summary (JSON)
 
 
-def input_hash(ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
-
-
-async def _phase(cfg: Config, backend: str, directory: Path, store: Any, events: "_Events",
-                 series: TimeSeries, stages: list, source: Any, sink: Any,
-                 pool_needed: bool = True) -> dict:
-    """One shard phase: its engine, a funnel ticker streaming to the driver, the stages."""
-
-    async with open_engine(cfg, backend, directory, store, pool_needed=pool_needed) as (client, pool, ctx):
-        tick = asyncio.create_task(_ticker(events, ctx.funnel, series))
-        try:
-            summary = await run_stages(cfg, stages, source, ctx, client=client, pool=pool,
-                                       run_dir=directory, progress=False, sink=sink, series=series)
-            summary["model"] = store.get_meta("served_model") or ""   # for the driver's provenance
-            return summary
-        finally:
-            tick.cancel()
-
-
-class _Events:
-    """A queue of events with batching of records: what a phase emits, what the generator yields."""
-
-    def __init__(self) -> None:
-        self.q: asyncio.Queue = asyncio.Queue()
-
-    def put(self, kind: str, payload: Any) -> None:
-        self.q.put_nowait((kind, payload))
-
-    async def drain(self, task: asyncio.Task) -> AsyncIterator[tuple[str, Any]]:
-        """Yield events until `task` ends, merging consecutive record events into one batch.
-        When the consumer goes away early (the driver died), the phase is cancelled."""
-        try:
-            while True:
-                getter = asyncio.ensure_future(self.q.get())
-                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await getter
-                    break
-                for ev in self._batch(getter.result()):
-                    yield ev
-            if not self.q.empty():
-                pending = [self.q.get_nowait() for _ in range(self.q.qsize())]
-                for ev in self._batch_list(pending):
-                    yield ev
-            task.result()                   # re-raise what the phase raised
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-
-    def _batch_list(self, items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        for item in items[1:]:
-            self.q.put_nowait(item)
-        return self._batch(items[0])
-
-    def _batch(self, first: tuple[str, Any]) -> list[tuple[str, Any]]:
-        out = [first]
-        while not self.q.empty():
-            kind, payload = self.q.get_nowait()
-            last_kind, last_payload = out[-1]
-            if kind == last_kind and kind in ("verified", "results"):
-                out[-1] = (kind, last_payload + payload)
-            elif kind == "tick" and last_kind == "tick":
-                out[-1] = (kind, payload)   # only the newest tick matters
-            else:
-                out.append((kind, payload))
-        return out
-
-
-async def _ticker(events: _Events, funnel: Funnel, series: TimeSeries) -> None:
+async def _ticker(events: EventQueue, funnel: Funnel, series: TimeSeries) -> None:
     while True:
         await asyncio.sleep(TICK_S)
-        events.put("tick", {"funnel": funnel.to_dict(),
-                            "point": series.points[-1] if series.points else {}})
-
-
-def _open_store(cfg: Config, directory: Path):
-    return open_store(cfg, directory)
+        events.put(Tick(funnel.to_dict(), series.points[-1] if series.points else {}))
 
 
 def _node() -> dict:
@@ -149,40 +63,62 @@ def _node() -> dict:
     return node
 
 
+async def _phase(spec: RunSpec, backend: str, store: RunStore, source, *, sink=None,
+                 pool_needed: bool = True) -> AsyncIterator[ShardEvent]:
+    """One phase through the shared run path, its events streamed as they come; the last
+    event is Done with the phase's summary (stored when it completed)."""
+    events = EventQueue()
+    series = TimeSeries(interval_s=TICK_S)
+    t0 = time.time()
+    store.set_meta("worker", orjson.dumps(_node()).decode())   # who runs this phase now
+
+    async def phase() -> dict:
+        async with open_engine(spec.config, backend, spec.run_dir, store, pool_needed=pool_needed) as engine:
+            tick = asyncio.create_task(_ticker(events, engine.ctx.funnel, series))
+            try:
+                summary = await run_shard(spec, engine, source, recorder=Streamed(store, events),
+                                          sink=sink, series=series)
+            finally:
+                tick.cancel()
+        summary["model"] = store.served_model or ""      # for the driver's provenance
+        summary.update(t0=t0, node=_node())
+        return summary
+
+    task = asyncio.create_task(phase())
+    async for ev in events.drain(task):
+        yield ev
+    yield Done(task.result())
+
+
+def _replay(store: RunStore, summary: dict) -> list[ShardEvent]:
+    """A finished shard's stored records and summary, as the events that made them."""
+    verified = [v.to_dict() for v in store.verified()]
+    return ([Verified(verified)] if verified else []) + in_parts([r.to_dict() for r in store.results()], Results) \
+        + in_parts([s.to_dict() for s in store.sampled()], Sampled) + [Done({**summary, "replayed": True})]
+
+
 # -- phase 1: augment --------------------------------------------------------------------
 
 async def augment_events(cfg: Config, seeds: list[Instruction], *, backend: str,
-                         run_dir: str | Path) -> AsyncIterator[tuple[str, Any]]:
-
+                         run_dir: str | Path) -> AsyncIterator[ShardEvent]:
     directory = augment_dir(run_dir)
-    store = _open_store(cfg, directory)
+    store = RunStore.open(cfg, directory)
     try:
-        ids = input_hash([s.id for s in seeds])
-        if store.get_meta(DONE_KEY) == "1" and store.get_meta(INPUT_KEY) == ids:
-            summary = orjson.loads(store.get_meta(SUMMARY_KEY) or "{}")
-            instructions = [i.to_dict() for i in store.iter_records(Instruction, "augment")]
-            yield "done", {**summary, "instructions": instructions, "replayed": True}
+        ids = input_hash(s.id for s in seeds)
+        stored = store.finished_summary(ids)
+        if stored is not None:
+            yield Done({**stored, "instructions": [i.to_dict() for i in store.augmented()], "replayed": True})
             return
-        store.set_meta("worker", orjson.dumps(_node()).decode())
-        events = _Events()
-        t0 = time.time()
-        series = TimeSeries(interval_s=TICK_S)
+        spec = RunSpec(cfg, directory, stages=CHAIN[:1], seeds=seeds)
         out: list[Instruction] = []
-
-        stage = Recorded(build_stage("augment", cfg, seeds=seeds), store, "augment")
         source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
-        task = asyncio.create_task(_phase(cfg, backend, directory, store, events, series, [stage],
-                                          source, out.append, pool_needed=False))
-        async for ev in events.drain(task):
+        async for ev in _phase(spec, backend, store, source, sink=out.append, pool_needed=False):
+            if isinstance(ev, Done):
+                if ev.summary.get("stopped") == "completed":
+                    store.finish_phase(ids, ev.summary)
+                # the stage's outputs in the order it produced them (the same set as in the store)
+                ev = Done({**ev.summary, "instructions": [i.to_dict() for i in out], "replayed": False})
             yield ev
-        summary = task.result()
-        summary.update(t0=t0, node=_node())
-        if summary.get("stopped") == "completed":
-            store.set_meta(SUMMARY_KEY, orjson.dumps(summary, default=str).decode())
-            store.set_meta(INPUT_KEY, ids)
-            store.set_meta(DONE_KEY, "1")
-        # the stage's outputs in the order it produced them (the same set as in the store)
-        yield "done", {**summary, "instructions": [i.to_dict() for i in out], "replayed": False}
     finally:
         store.close()
 
@@ -191,76 +127,29 @@ async def augment_events(cfg: Config, seeds: list[Instruction], *, backend: str,
 
 async def shard_events(cfg: Config, instructions: list[Instruction], *, index: int, n_shards: int,
                        backend: str, run_dir: str | Path,
-                       queries: list[Query] | None = None) -> AsyncIterator[tuple[str, Any]]:
-
+                       queries: list[Query] | None = None) -> AsyncIterator[ShardEvent]:
     directory = shard_dir(run_dir, index, n_shards)
-    store = _open_store(cfg, directory)
+    store = RunStore.open(cfg, directory)
     try:
-        ids = input_hash([i.id for i in instructions])
-        if store.get_meta(DONE_KEY) == "1" and store.get_meta(INPUT_KEY) == ids:
-            # finished before (the driver died, or only merging is left): replay, start nothing
-            verified = [v.to_dict() for v in store.iter_records(VerifiedInstruction, BackTranslateStage.name)]
-            if verified:
-                yield "verified", verified
-            batch: list[dict] = []
-            for r in store.iter_records(QueryResult, "final"):
-                batch.append(r.to_dict())
-                if len(batch) >= 256:
-                    yield "results", batch
-                    batch = []
-            if batch:
-                yield "results", batch
-            for part in _sampled(store):
-                yield "sampled", part
-            summary = orjson.loads(store.get_meta(SUMMARY_KEY) or "{}")
-            yield "done", {**summary, "replayed": True}
+        ids = input_hash(i.id for i in instructions)
+        stored = store.finished_summary(ids)
+        if stored is not None:     # finished before (the driver died, or only merging is left)
+            for ev in _replay(store, stored):
+                yield ev
             return
-        store.set_meta(INPUT_KEY, ids)
-        store.set_meta("worker", orjson.dumps(_node()).decode())   # who runs this shard now
-        events = _Events()
-        t0 = time.time()
-        series = TimeSeries(interval_s=TICK_S)
-
-        class Streamed(Recorded):
-            """Back-translation outputs: stored in the shard and streamed to the driver."""
-
-            async def process(self, item: Any, ctx: Context) -> list:
-                outs = await super().process(item, ctx)
-                if outs:
-                    events.put("verified", [o.to_dict() for o in outs])
-                return outs
-
-        def sink(result: QueryResult) -> None:
-            store.put_records([result], "final")
-            events.put("results", [result.to_dict()])
-
-        # the audited instructions are the verified ones (stored under back-translation's label)
-        stages = [Streamed(s, store, BackTranslateStage.name) if isinstance(s, AuditStage) else s
-                  for s in default_stages(cfg, [], queries, names=CHAIN[1:],
-                                          on_sampled=lambda s: store.put_records([s], SAMPLED),
-                                          query_budget=stored_query_budget(cfg, store))]
-        task = asyncio.create_task(_phase(cfg, backend, directory, store, events, series, stages,
-                                          instructions, sink))
-        async for ev in events.drain(task):
+        spec = RunSpec(cfg, directory, stages=CHAIN[1:], queries=queries)
+        async for ev in _phase(spec, backend, store, instructions):
+            if isinstance(ev, Done):
+                for part in in_parts([s.to_dict() for s in store.sampled()], Sampled):
+                    yield part                      # every graded prompt, for the GRPO export
+                summary = {**ev.summary, "shard": index, "instructions": len(instructions)}
+                if summary.get("stopped") == "completed":
+                    store.save_funnel(summary["funnel"])
+                    store.finish_phase(ids, summary)
+                ev = Done({**summary, "replayed": False})
             yield ev
-        summary = task.result()
-        for part in _sampled(store):               # every graded prompt, for the GRPO export
-            yield "sampled", part
-        summary.update(t0=t0, node=_node(), shard=index, instructions=len(instructions))
-        if summary.get("stopped") == "completed":
-            store.save_funnel(summary["funnel"])
-            store.set_meta(SUMMARY_KEY, orjson.dumps(summary, default=str).decode())
-            store.set_meta(DONE_KEY, "1")
-        yield "done", {**summary, "replayed": False}
     finally:
         store.close()
-
-
-def _sampled(store: Any, size: int = 256):
-    """The shard's SampledPrompt dicts, in parts of `size`."""
-    rows = [s.to_dict() for s in store.iter_records(SampledPrompt, SAMPLED)]
-    for i in range(0, len(rows), size):
-        yield rows[i:i + size]
 
 
 # -- the Ray actor ---------------------------------------------------------------------------
@@ -285,13 +174,13 @@ class ShardWorker:
         """Servers this node's host launched (`--node-serve`): volatile, the config hash stays."""
         self.cfg = replace(self.cfg, servers=list(urls))
 
-    async def augment(self, seeds: list[dict]):
+    async def augment(self, seeds: list[dict]) -> AsyncIterator[ShardEvent]:
         async for ev in augment_events(self.cfg, [Instruction.from_dict(s) for s in seeds],
                                        backend=self.backend, run_dir=self.run_dir):
             yield ev
 
     async def run_shard(self, index: int, n_shards: int, instructions: list[dict],
-                        queries: list[dict] | None):
+                        queries: list[dict] | None) -> AsyncIterator[ShardEvent]:
         qs = [Query.from_dict(q) for q in queries] if queries is not None else None
         async for ev in shard_events(self.cfg, [Instruction.from_dict(i) for i in instructions],
                                      index=index, n_shards=n_shards, backend=self.backend,

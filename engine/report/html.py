@@ -20,7 +20,7 @@ from engine.errors import ReportError
 from engine.export import usable
 from engine.outcome import closing_lines
 from engine.records import QueryResult, VerifiedInstruction
-from engine.report.observe import Distributions
+from engine.observe import Distributions
 from engine.stages import BackTranslateStage
 from engine.state import StateStore
 

@@ -2,8 +2,9 @@
 whole lifecycle -- health wait, crash, restart, stop, orphan protection -- is testable cheaply."""
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 
 from engine.servers.manager import ManagedServer
 
@@ -19,3 +20,13 @@ def sim_server(run_dir, *, port: int | None = None, replica: int | None = None,
     return ManagedServer(lambda p: sim_command(p, extra=extra), run_dir=run_dir, name=name,
                          port=port, health_path="/health", startup_timeout=startup_timeout,
                          api="sglang", model=kw.pop("model", "sim"), **kw)
+
+
+@contextlib.asynccontextmanager
+async def in_process_sim() -> AsyncIterator[str]:
+    """The simulator in this process, answering with the AutoIF fixture; yields its URL."""
+    from engine.sim.config import SimConfig
+    from engine.sim.responders import AUTOIF_FIXTURE
+    from engine.sim.server import SimServer
+    async with SimServer(SimConfig(responder=str(AUTOIF_FIXTURE))) as sim:
+        yield sim.url

@@ -1,0 +1,108 @@
+"""Where a run's records go as the stages make them.
+
+A Recorder is told of each augmented instruction, each verified one (as the audit leaves it),
+each graded prompt and each final result. A single-node run and a Ray shard store them in
+their run directory (`Stored`); a shard also streams them to the driver (`Streamed`); an
+online-DPO round stores only its results, under its round (`RoundStored`); `autoif stage`
+stores nothing (None).
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from engine.config import Config
+from engine.records import Instruction, QueryResult, SampledPrompt, VerifiedInstruction
+from engine.run.events import EventQueue, Results, Verified
+from engine.run.store import RunStore
+from engine.stage import Context, Stage
+from engine.stages import QueryBudget
+
+
+class Recorder(Protocol):
+    def augmented(self, records: list[Instruction]) -> None: ...
+
+    def verified(self, records: list[VerifiedInstruction]) -> None: ...
+
+    def sampled(self, record: SampledPrompt) -> None: ...
+
+    def result(self, record: QueryResult) -> None: ...
+
+    def query_budget(self, cfg: Config) -> QueryBudget: ...
+
+
+class Stored:
+    """Every record in the run directory's store, under its content id: a rerun adds nothing twice."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    def augmented(self, records: list[Instruction]) -> None:
+        self.store.put_augmented(records)
+
+    def verified(self, records: list[VerifiedInstruction]) -> None:
+        self.store.put_verified(records)
+
+    def sampled(self, record: SampledPrompt) -> None:
+        self.store.put_sampled([record])
+
+    def result(self, record: QueryResult) -> None:
+        self.store.put_results([record])
+
+    def query_budget(self, cfg: Config) -> QueryBudget:
+        """config.max_queries with the grants this run directory already made, kept in its store
+        as they are made: a rerun gives each instruction the same queries, and no more in all."""
+        def keep(grants: dict) -> None:
+            self.store.query_grants = grants
+        return QueryBudget(cfg.max_queries, self.store.query_grants, on_grant=keep)
+
+
+class Streamed(Stored):
+    """Stored, and streamed to the Ray driver as typed events."""
+
+    def __init__(self, store: RunStore, events: EventQueue) -> None:
+        super().__init__(store)
+        self.events = events
+
+    def verified(self, records: list[VerifiedInstruction]) -> None:
+        super().verified(records)
+        self.events.put(Verified([r.to_dict() for r in records]))
+
+    def result(self, record: QueryResult) -> None:
+        super().result(record)
+        self.events.put(Results([record.to_dict()]))
+
+
+class RoundStored:
+    """An online-DPO round: its results under the round, nothing else (the full run's verified
+    instructions and GRPO prompts stay as they are)."""
+
+    def __init__(self, store: RunStore, round_: int) -> None:
+        self.store, self.round = store, round_
+
+    def augmented(self, records: list[Instruction]) -> None:
+        pass
+
+    def verified(self, records: list[VerifiedInstruction]) -> None:
+        pass
+
+    def sampled(self, record: SampledPrompt) -> None:
+        pass
+
+    def result(self, record: QueryResult) -> None:
+        self.store.put_round_results(self.round, [record])
+
+    def query_budget(self, cfg: Config) -> QueryBudget:
+        return QueryBudget(cfg.max_queries)
+
+
+class Recorded:
+    """Wraps a stage; its outputs go to `put` as they are made."""
+
+    def __init__(self, stage: Stage, put: Any) -> None:
+        self.inner, self.put, self.name = stage, put, stage.name
+
+    async def process(self, item: Any, ctx: Context) -> list:
+        outs = await self.inner.process(item, ctx)
+        if outs:
+            self.put(list(outs))
+        return outs
