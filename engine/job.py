@@ -186,10 +186,12 @@ def make_client(cfg: Config, urls: list[str], api: str) -> Any:
 
 
 def make_pool(cfg: Config) -> Any:
-    return SandboxPool(workers=cfg.pool_workers or None, timeout_s=cfg.pool_timeout_s,
-                       memory_mb=cfg.pool_memory_mb, cpu_base_s=cfg.pool_cpu_base_s,
-                       cpu_per_input_s=cfg.pool_cpu_per_input_s,
-                       coalesce_window_s=cfg.pool_coalesce_window_s)
+    from sandbox_pool import Limits, PoolConfig
+
+    limits = Limits(timeout_s=cfg.pool_timeout_s, memory_mb=cfg.pool_memory_mb,
+                    cpu_base_s=cfg.pool_cpu_base_s, cpu_per_input_s=cfg.pool_cpu_per_input_s)
+    return SandboxPool(PoolConfig(workers=cfg.pool_workers or None, limits=limits,
+                                  coalesce_window_s=cfg.pool_coalesce_window_s))
 
 
 class NoPool:

@@ -1,6 +1,7 @@
 """Safe, fast execution of untrusted AutoIF verifier code (`evaluate(response) -> bool`).
 
-    async with SandboxPool(workers=4, timeout_s=2.0, memory_mb=512) as pool:
+    config = PoolConfig(workers=4, limits=Limits(timeout_s=2.0, memory_mb=512))
+    async with SandboxPool(config) as pool:
         outcomes = await pool.evaluate(code, inputs)          # JobResult: one Outcome per input
         results = await pool.evaluate_many([(code, inputs), ...])
 
@@ -29,8 +30,11 @@ cannot provide are reported once at start and in stats()["degraded"].
 The import allowlist (precheck.py) is a filter for honest mistakes, not a security layer.
 """
 
+from .config import PoolConfig
+from .limits import DEFAULT_ALLOWED_MODULES, Limits
 from .outcome import JobResult, Outcome
 from .pool import SandboxPool
-from .precheck import DEFAULT_ALLOWED_MODULES, precheck
+from .precheck import precheck
 
-__all__ = ["SandboxPool", "Outcome", "JobResult", "precheck", "DEFAULT_ALLOWED_MODULES"]
+__all__ = ["SandboxPool", "PoolConfig", "Limits", "Outcome", "JobResult", "precheck",
+           "DEFAULT_ALLOWED_MODULES"]

@@ -23,11 +23,12 @@ from typing import Iterable, Sequence
 import orjson
 
 from .cgroups import JobCgroups
-from .limits import Limits, WorkerSpec
+from .config import PoolConfig
+from .limits import WorkerSpec
 from .channel import header, next_frame_size, split_frames
 from .outcome import (CODE_TO_STATUS, C_OK, CRASHED, MEMORY, OK_FALSE, OK_NONE, OK_TRUE, REJECTED,
                       STATUSES, TIMEOUT, JobResult, Outcome)
-from .precheck import DEFAULT_ALLOWED_MODULES, precheck
+from .precheck import precheck
 from .runner import one_line
 from .scratch import remove_tree
 
@@ -35,8 +36,6 @@ log = logging.getLogger("sandbox_pool")
 
 LAYERS = ("pid_namespace", "net_namespace", "landlock_fs", "landlock_net", "landlock_scope",
           "setuid", "fork_limit", "env_scrub", "scratch_quota", "job_cgroup", "ipc_namespace")
-DISABLEABLE = ("pid_namespace", "net_namespace", "landlock", "setuid", "env_scrub", "scratch_quota",
-               "job_cgroup", "ipc_namespace")
 _CONSEQUENCE = {
     "job_cgroup": "memory is limited per process (RLIMIT_AS), not per job: a job's children, memfds "
                   "and shared memory are not counted together",
@@ -175,61 +174,23 @@ class _Worker:
 class SandboxPool:
     """A pool of pre-started sandbox workers that run untrusted `evaluate(response)` code."""
 
-    def __init__(self, workers: int | None = None, timeout_s: float = 2.0, memory_mb: int = 512, *,
-                 cpu_s: int | None = None, max_procs: int = 16, max_output_bytes: int = 4096,
-                 max_file_mb: int = 16, max_scratch_mb: int = 64, max_scratch_files: int = 4096,
-                 max_open_files: int = 64, max_value_chars: int = 1024,
-                 allowed_modules: Iterable[str] | None = None, sandbox_uid_base: int = 61000,
-                 scratch_root: str | None = None, disable_layers: Iterable[str] = (),
-                 pipeline_depth: int = 2, start_method: str = "forkserver",
-                 start_timeout_s: float = 60.0, nice: int = 5, grace_s: float = 2.0,
-                 cpu_base_s: float = 0.2, cpu_per_input_s: float = 0.01,
-                 coalesce_max_inputs: int = 256, coalesce_window_s: float = 0.0):
-        if timeout_s <= 0 or memory_mb <= 0:
-            raise ValueError("timeout_s and memory_mb must be positive")
-        unknown = set(disable_layers) - set(DISABLEABLE)
-        if unknown:
-            raise ValueError(f"unknown layers {sorted(unknown)}; choose from {DISABLEABLE}")
-        self.n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-        self.timeout_s = float(timeout_s)
-        # Every job resolves within timeout_s + grace_s of reaching its worker, whatever happens.
-        self.grace_s = float(grace_s)
-        self.allowed_modules = frozenset(DEFAULT_ALLOWED_MODULES if allowed_modules is None else allowed_modules)
-        self.limits = Limits(
-            timeout_s=self.timeout_s,
-            memory_mb=int(memory_mb),
-            cpu_s=int(cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1),
-            cpu_base_s=float(cpu_base_s),
-            cpu_per_input_s=float(cpu_per_input_s),
-            max_procs=int(max_procs),
-            max_output_bytes=int(max_output_bytes),
-            max_file_mb=int(max_file_mb),
-            max_scratch_mb=int(max_scratch_mb),
-            max_scratch_files=int(max_scratch_files),
-            max_open_files=int(max_open_files),
-            max_value_chars=int(max_value_chars),
-            allowed_modules=tuple(sorted(self.allowed_modules)),
-            sandbox_uid_base=int(sandbox_uid_base),
-            disable_layers=tuple(sorted(set(disable_layers))),
-            # Verification soaks up spare CPU; the event loop feeding the server (and a server
-            # on the same node) must not wait behind it, so workers run at a lower priority.
-            nice=int(nice),
-        )
-        self._scratch_parent = scratch_root
-        self._depth = max(1, int(pipeline_depth))
-        # Queued jobs of the same code are sent as one job of up to this many inputs: one fork
-        # instead of many (the pipeline sends one small job per function per query).
-        self._coalesce_max = max(1, int(coalesce_max_inputs))
-        # A job whose caller said more of its code is coming (`more_coming`: the responses stage,
-        # while other queries of the same instruction are still generating) waits up to this long
-        # after it was queued for them to share its fork, unless its code already has the cap
-        # queued or a queued job of its code was sent without the hint (the last of them).
-        self._window = max(0.0, float(coalesce_window_s))
+    def __init__(self, config: PoolConfig | None = None):
+        config = config if config is not None else PoolConfig()
+        self.config = config
+        self.n_workers = config.n_workers
+        self.limits = config.limits
+        self.timeout_s = float(self.limits.timeout_s)
+        self.grace_s = float(config.grace_s)
+        self.allowed_modules = frozenset(self.limits.allowed_modules)
+        self._scratch_parent = config.scratch_root
+        self._depth = max(1, int(config.pipeline_depth))
+        self._coalesce_max = max(1, int(config.coalesce_max_inputs))
+        self._window = max(0.0, float(config.coalesce_window_s))
         self._window_timer: asyncio.TimerHandle | None = None
         self._notices: set[str] = set()   # non-layer `why` keys logged already (third_party_modules)
         self._by_code: dict[str, _SameCode] = {}
-        self._start_method = start_method
-        self._start_timeout_s = start_timeout_s
+        self._start_method = config.start_method
+        self._start_timeout_s = config.start_timeout_s
         self._workers: list[_Worker] = []
         self._queue: deque[_Job] = deque()
         # Jobs whose results gate more LLM work (cross-validation, audit) go first: a response

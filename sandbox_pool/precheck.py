@@ -13,14 +13,7 @@ import ast
 import functools
 from typing import Iterable
 
-# Modules LLM-written AutoIF verifiers commonly need. Third-party ones are only
-# pre-imported by workers when installed; importing a missing one is an "error".
-DEFAULT_ALLOWED_MODULES: frozenset[str] = frozenset({
-    "re", "string", "json", "math", "collections", "itertools", "functools", "operator",
-    "unicodedata", "statistics", "textwrap", "difflib", "datetime", "random", "heapq",
-    "bisect", "typing", "enum", "dataclasses", "decimal", "fractions", "html",
-    "emoji", "nltk", "langdetect",
-})
+from .limits import DEFAULT_ALLOWED_MODULES
 
 MAX_CODE_CHARS = 200_000
 _FORBIDDEN_NAMES = frozenset({"__import__", "importlib"})
