@@ -26,10 +26,11 @@ from .cgroups import JobCgroups
 from .config import PoolConfig
 from .limits import WorkerSpec
 from .channel import header, next_frame_size, split_frames
-from .outcome import (CODE_TO_STATUS, C_OK, CRASHED, MEMORY, OK_FALSE, OK_NONE, OK_TRUE, REJECTED,
-                      STATUSES, TIMEOUT, JobResult, Outcome)
+from .outcome import (CODE_TO_STATUS, C_OK, OK_FALSE, OK_NONE, OK_TRUE, REJECTED, STATUSES, JobResult,
+                      Outcome)
 from .precheck import precheck
 from .runner import one_line
+from .scheduler import Scheduler, Wire
 from .scratch import remove_tree
 
 log = logging.getLogger("sandbox_pool")
@@ -64,92 +65,6 @@ class _Malformed(Exception):
     """A worker sent something that is not a well-formed answer."""
 
 
-class _Job:
-    """One caller's (code, inputs), waiting for a worker."""
-
-    __slots__ = ("code", "code_json", "data", "n", "future", "taken", "solo", "queue", "queued_at",
-                 "more_coming")
-
-    def __init__(self, code: str, code_json: bytes, data: bytes, n: int, future: asyncio.Future,
-                 queue: deque, more_coming: bool = False):
-        self.queued_at = time.monotonic()
-        self.more_coming = more_coming  # the caller expects more jobs of this code soon
-        self.code = code
-        self.code_json = code_json
-        self.data = data  # the inputs as one JSON array
-        self.n = n
-        self.future = future
-        self.taken = False  # sent (possibly coalesced into an earlier job of the same code)
-        self.solo = False  # runs alone: it lost its verdicts to another job's failure once
-        self.queue = queue  # the pool's urgent or normal queue: where it goes back if requeued
-
-
-class _SameCode:
-    """Queued jobs of one code, oldest first (entries already taken are skipped lazily)."""
-
-    __slots__ = ("jobs", "inputs")
-
-    def __init__(self):
-        self.jobs: deque[_Job] = deque()
-        self.inputs = 0  # inputs of the jobs not yet taken
-
-
-class _Wire:
-    """What one worker runs in one fork: one or more caller jobs of the same code, inputs
-    concatenated. Only identical code is ever coalesced, so no two functions share a process."""
-
-    __slots__ = ("id", "parts", "n", "started")
-
-    def __init__(self, wire_id: int, parts: list[_Job], n: int):
-        self.id = wire_id
-        self.parts = parts
-        self.n = n
-        self.started = 0.0  # when it became the head of its worker's queue (its deadline counts from then)
-
-    def payload(self) -> list[bytes]:
-        # [id, n, code(, part sizes)] newline inputs: the supervisor passes the inputs on without
-        # decoding them. The part sizes give each caller's inputs the CPU budget they would have
-        # alone, so a loop in one part cannot burn the budget of all the merged inputs.
-        if len(self.parts) == 1:
-            return [b"[%d,%d," % (self.id, self.n), self.parts[0].code_json, b"]\n", self.parts[0].data]
-        data = b"[" + b",".join([p.data[1:-1] for p in self.parts]) + b"]"
-        sizes = b",".join(b"%d" % p.n for p in self.parts)
-        return [b"[%d,%d," % (self.id, self.n), self.parts[0].code_json, b",[%s]]\n" % sizes, data]
-
-    def resolve(self, outcomes: list, output: str, elapsed: float) -> None:
-        at = 0
-        for p in self.parts:
-            if not p.future.done():
-                p.future.set_result(JobResult(outcomes[at:at + p.n], output, elapsed))
-            at += p.n
-
-    def bystanders(self, outcomes: list, tags: str) -> int:
-        """How many trailing parts to run again alone after a job-level failure (timeout,
-        crash, OOM kill): every part from the one it hit on, except the first part, whose
-        inputs ran first in a fresh process exactly as they would have alone. Whatever cut
-        a later part may have been another caller's input or the merged job's size."""
-        if len(self.parts) == 1:
-            return 0
-        i = tags.find("R")
-        while i >= 0:
-            o = outcomes[i]
-            if o.status in (TIMEOUT, CRASHED) or (o.status == MEMORY and o.detail.startswith("job ")):
-                break
-            i = tags.find("R", i + 1)
-        if i < 0:
-            return 0
-        at, k = 0, 0
-        for k, p in enumerate(self.parts):
-            if at + p.n > i:
-                break
-            at += p.n
-        return len(self.parts) - max(k, 1)
-
-    def fail(self, reason: str) -> None:
-        crashed = Outcome("crashed", None, reason)
-        self.resolve([crashed] * self.n, "", 0.0)
-
-
 class _Worker:
     __slots__ = ("index", "proc", "conn", "fd", "rbuf", "wbuf", "inflight", "ready", "host_pid",
                  "uid", "layers", "why", "dead", "writing")
@@ -161,7 +76,7 @@ class _Worker:
         self.fd = conn.fileno()
         self.rbuf = bytearray()
         self.wbuf = bytearray()
-        self.inflight: deque[_Wire] = deque()
+        self.inflight: deque[Wire] = deque()
         self.ready = False
         self.host_pid: int | None = None
         self.uid: int | None = None
@@ -184,25 +99,17 @@ class SandboxPool:
         self.allowed_modules = frozenset(self.limits.allowed_modules)
         self._scratch_parent = config.scratch_root
         self._depth = max(1, int(config.pipeline_depth))
-        self._coalesce_max = max(1, int(config.coalesce_max_inputs))
-        self._window = max(0.0, float(config.coalesce_window_s))
+        self._sched = Scheduler(config.coalesce_max_inputs, config.coalesce_window_s)
         self._window_timer: asyncio.TimerHandle | None = None
         self._notices: set[str] = set()   # non-layer `why` keys logged already (third_party_modules)
-        self._by_code: dict[str, _SameCode] = {}
         self._start_method = config.start_method
         self._start_timeout_s = config.start_timeout_s
         self._workers: list[_Worker] = []
-        self._queue: deque[_Job] = deque()
-        # Jobs whose results gate more LLM work (cross-validation, audit) go first: a response
-        # check only gates its own judging, while a new instruction's checks gate all of its
-        # queries' generation.
-        self._urgent: deque[_Job] = deque()
         self._reaping: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx = None
         self._started = False
         self._closing = False
-        self._next_id = 0
         self._ready_waiter: asyncio.Future | None = None
         self._fatal: str | None = None
         self._start_failures = 0
@@ -280,12 +187,9 @@ class SandboxPool:
         if self._window_timer:
             self._window_timer.cancel()
         err = RuntimeError("SandboxPool closed")
-        for job in (*self._urgent, *self._queue):
+        for job in self._sched.drain():
             if not job.future.done():
                 job.future.set_exception(err)
-        self._urgent.clear()
-        self._queue.clear()
-        self._by_code.clear()
         for w in self._workers:
             for wire in w.inflight:
                 for job in wire.parts:
@@ -389,7 +293,6 @@ class SandboxPool:
 
     def _enqueue(self, prepared: list, urgent: bool, more_coming: bool = False) -> list[asyncio.Future]:
         futs = []
-        queue = self._urgent if urgent else self._queue
         for item in prepared:
             fut = self._loop.create_future()
             self._jobs += 1
@@ -398,95 +301,27 @@ class SandboxPool:
                 self._counts[REJECTED] += len(item) if item and item[0].status == REJECTED else 0
                 fut.set_result(item)
             else:
-                job = _Job(*item, fut, queue, more_coming and not urgent)
-                queue.append(job)
-                self._index(job, at_end=True)
+                self._sched.submit(*item, fut, urgent=urgent, more_coming=more_coming)
             futs.append(fut)
         return futs
 
-    def _index(self, job: _Job, at_end: bool) -> None:
-        same = self._by_code.get(job.code)
-        if same is None:
-            same = self._by_code[job.code] = _SameCode()
-        if at_end:
-            same.jobs.append(job)
-        else:
-            same.jobs.appendleft(job)
-        same.inputs += job.n
-
-    def _take(self, job: _Job, free_slots: int) -> _Wire:
-        """`job` plus queued jobs of the same code (oldest first), as one job for one worker.
-
-        It takes its share of the queued inputs of that code (an even split over the workers
-        with a free slot, at most the coalescing cap): while workers are idle jobs still spread
-        over them, and the busier the pool the larger the merged jobs.
-        """
-        self._next_id += 1
-        if job.solo:
-            job.taken = True
-            return _Wire(self._next_id, [job], job.n)
-        same = self._by_code[job.code]
-        share = min(self._coalesce_max, -(-same.inputs // free_slots))
-        job.taken = True
-        same.inputs -= job.n
-        parts, n = [job], job.n
-        jobs = same.jobs
-        while jobs:
-            other = jobs[0]
-            if other.taken or other.future.done():
-                jobs.popleft()
-                if not other.taken:
-                    same.inputs -= other.n
-                    other.taken = True
-                continue
-            if n + other.n > share:
-                break
-            jobs.popleft()
-            other.taken = True
-            same.inputs -= other.n
-            parts.append(other)
-            n += other.n
-        if not jobs:
-            del self._by_code[job.code]
-        return _Wire(self._next_id, parts, n)
-
-    def _prune(self, queue: deque) -> None:
-        """Drop the jobs at the head of `queue` that need no worker any more: coalesced into an
-        earlier wire already, or given up by their caller."""
-        while queue and (queue[0].taken or queue[0].future.done()):
-            job = queue.popleft()
-            if not job.taken:
-                job.taken = True
-                if not job.solo:
-                    self._by_code[job.code].inputs -= job.n
-
-    def _waits_for_company(self) -> bool:
-        """True (and a timer armed) while the oldest normal job is inside its coalescing window."""
-        head = self._queue[0]
-        now = time.monotonic()
-        due = head.queued_at + self._window
-        if not head.more_coming or head.solo or now >= due:
-            return False
-        same = self._by_code[head.code]
-        if same.inputs >= self._coalesce_max or any(not j.more_coming for j in same.jobs if not j.taken):
-            return False
-        if self._window_timer is None:
-            self._window_timer = self._loop.call_later(due - now, self._window_over)
-        return True
+    @property
+    def _next_id(self) -> int:
+        """The id of the latest wire sent."""
+        return self._sched.last_id
 
     def _window_over(self) -> None:
         self._window_timer = None
         self._dispatch()
 
     def _dispatch(self) -> None:
-        while True:
-            self._prune(self._urgent)
-            self._prune(self._queue)
-            if not (self._urgent or self._queue):
+        sched = self._sched
+        while sched.pending():
+            due = sched.hold_until()
+            if due is not None:
+                if self._window_timer is None:
+                    self._window_timer = self._loop.call_later(due - time.monotonic(), self._window_over)
                 return
-            if not self._urgent and self._window and self._waits_for_company():
-                return
-            queue = self._urgent or self._queue
             best = None
             free = 0
             for w in self._workers:
@@ -496,8 +331,7 @@ class SandboxPool:
                         best = w
             if best is None:
                 return
-            job = queue.popleft()  # live: _prune stopped at it
-            wire = self._take(job, free)
+            wire = sched.take(free)
             if not best.inflight:
                 wire.started = time.monotonic()
             best.inflight.append(wire)
@@ -519,7 +353,7 @@ class SandboxPool:
         except OSError as e:
             # Nothing of this wire reached the worker (it died before we noticed): its jobs
             # never ran, so they go back to the queue instead of failing with the worker.
-            self._requeue(w.inflight.pop())
+            self._sched.requeue(w.inflight.pop())
             self._worker_died(w, f"connection lost ({e.strerror})")
             return
         if sent < len(head) + n:
@@ -633,15 +467,11 @@ class SandboxPool:
             w.inflight[0].started = time.monotonic()
         self._busy_s += busy
         counts = self._counts
-        rerun = wire.bystanders(outcomes, msg[1]) if recs else 0
-        if rerun:  # coalescing must not cost an innocent caller its verdicts
-            keep = wire.parts[:-rerun]
-            for job in reversed(wire.parts[-rerun:]):
-                job.solo, job.taken = True, False
-                job.queue.appendleft(job)
-            wire.parts = keep
-            outcomes = outcomes[:sum(p.n for p in keep)]
-            recs = [o for o in outcomes if o not in (OK_TRUE, OK_FALSE, OK_NONE)]
+        if recs:  # coalescing must not cost an innocent caller its verdicts
+            kept = self._sched.rerun_bystanders(wire, outcomes, msg[1])
+            if len(kept) != len(outcomes):
+                outcomes = kept
+                recs = [o for o in outcomes if o not in (OK_TRUE, OK_FALSE, OK_NONE)]
         self._checks += len(outcomes)
         counts["ok"] += len(outcomes) - len(recs)
         for o in recs:
@@ -677,16 +507,8 @@ class SandboxPool:
         # 'crashed' (a job sent to a worker killed a moment before). With more wires in flight
         # the head may have been running, so it fails as the worker's job.
         if unread and len(w.inflight) == 1:
-            self._requeue(w.inflight.pop())
+            self._sched.requeue(w.inflight.pop())
         self._worker_died(w, f"connection lost ({e.strerror})")
-
-    def _requeue(self, wire: _Wire) -> None:
-        """A wire's jobs back at the head of the queue, in order: they never ran."""
-        for job in reversed(wire.parts):
-            job.taken = False
-            job.queue.appendleft(job)
-            if not job.solo:
-                self._index(job, at_end=False)
 
     def _worker_died(self, w: _Worker, reason: str) -> None:
         if w.dead:
@@ -708,7 +530,7 @@ class SandboxPool:
             self._counts["crashed"] += head.n
             head.fail(reason)
             for wire in reversed(inflight[1:]):
-                self._requeue(wire)
+                self._sched.requeue(wire)
         if self._closing:
             return
         if not was_ready:
@@ -731,12 +553,9 @@ class SandboxPool:
         err = RuntimeError(f"SandboxPool is broken: {reason}")
         if self._ready_waiter and not self._ready_waiter.done():
             self._ready_waiter.set_exception(err)
-        for job in (*self._urgent, *self._queue):
+        for job in self._sched.drain():
             if not job.future.done():
                 job.future.set_exception(err)
-        self._urgent.clear()
-        self._queue.clear()
-        self._by_code.clear()
 
     def _arm_watchdog(self) -> None:
         # Supervisors enforce deadlines themselves, so this fires only when a worker is wedged
@@ -825,7 +644,7 @@ def _value(value):
     raise _Malformed("invalid value")
 
 
-def _decode_result(msg: list, job: _Wire) -> tuple[list, list, str, float, float]:
+def _decode_result(msg: list, job: Wire) -> tuple[list, list, str, float, float]:
     """Check a result frame against the job it answers; raise _Malformed on any mismatch.
 
     Returns (outcomes, the outcomes that came as records, output, elapsed, busy)."""
