@@ -14,6 +14,7 @@ import functools
 from typing import Iterable
 
 from .limits import DEFAULT_ALLOWED_MODULES
+from .outcome import one_line
 
 MAX_CODE_CHARS = 200_000
 _FORBIDDEN_NAMES = frozenset({"__import__", "importlib"})
@@ -34,9 +35,9 @@ def _precheck_cached(code: str, allowed: frozenset[str]) -> str | None:
     try:
         tree = ast.parse(code, "<verifier>", "exec")
     except SyntaxError as e:
-        return _one_line(f"SyntaxError: {e.msg} (line {e.lineno})")
+        return one_line(f"SyntaxError: {e.msg} (line {e.lineno})")
     except (ValueError, RecursionError, MemoryError) as e:  # NUL bytes, absurd nesting
-        return _one_line(f"unparsable code: {type(e).__name__}: {e}")
+        return one_line(f"unparsable code: {type(e).__name__}: {e}")
 
     if not any(isinstance(n, ast.FunctionDef) and n.name == "evaluate" for n in tree.body):
         return "no top-level function evaluate(response) defined"
@@ -59,7 +60,3 @@ def _precheck_cached(code: str, allowed: frozenset[str]) -> str | None:
             return "use of '__import__' is not allowed"
     return None
 
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

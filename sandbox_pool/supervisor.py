@@ -41,8 +41,7 @@ from . import isolation, verdicts, zygote
 from .cgroups import oom_kills
 from .channel import Channel
 from .limits import THIRD_PARTY_BUDGET_FACTOR, WorkerSpec
-from .outcome import C_CRASHED, C_MEMORY, C_OK, C_TIMEOUT
-from .runner import one_line
+from .outcome import C_CRASHED, C_MEMORY, C_OK, C_TIMEOUT, one_line
 
 _COMPILE_CACHE = 256
 _UID_LOCK_DIR = "/run/lock/sandbox_pool"
