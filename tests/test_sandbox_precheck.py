@@ -4,7 +4,7 @@ import pytest
 import pytest_asyncio
 
 from sandbox_pool import DEFAULT_ALLOWED_MODULES, Limits, PoolConfig, SandboxPool, precheck
-from sandbox_pool.precheck import _precheck_cached
+from sandbox_pool.host.precheck import _precheck_cached
 
 GOOD = "import re\nfrom collections import Counter\ndef evaluate(response):\n    return bool(re.search('a', response))\n"
 

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from sandbox_pool.outcome import CRASHED, ERROR, MEMORY, OK_TRUE, TIMEOUT, Outcome
-from sandbox_pool.scheduler import Scheduler
+from sandbox_pool.host.scheduler import Scheduler
 
 A = "def evaluate(x):\n    return 'a'\n"
 B = "def evaluate(x):\n    return 'b'\n"

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from .outcome import CRASHED, MEMORY, TIMEOUT, JobResult, Outcome
+from ..outcome import CRASHED, MEMORY, TIMEOUT, JobResult, Outcome
 
 
 class Job:

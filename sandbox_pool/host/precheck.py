@@ -13,8 +13,8 @@ import ast
 import functools
 from typing import Iterable
 
-from .limits import DEFAULT_ALLOWED_MODULES
-from .outcome import one_line
+from ..limits import DEFAULT_ALLOWED_MODULES
+from ..outcome import one_line
 
 MAX_CODE_CHARS = 200_000
 _FORBIDDEN_NAMES = frozenset({"__import__", "importlib"})

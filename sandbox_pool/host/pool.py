@@ -15,8 +15,8 @@ from typing import Iterable, Sequence
 
 import orjson
 
-from .config import PoolConfig
-from .outcome import OK_FALSE, OK_NONE, OK_TRUE, REJECTED, STATUSES, JobResult, Outcome, one_line
+from ..config import PoolConfig
+from ..outcome import OK_FALSE, OK_NONE, OK_TRUE, REJECTED, STATUSES, JobResult, Outcome, one_line
 from .precheck import precheck
 from .protocol import Malformed, decode_result, dumps, max_frame
 from .scheduler import Scheduler

@@ -11,8 +11,8 @@ import math
 
 import orjson
 
-from .limits import Limits
-from .outcome import CODE_TO_STATUS, C_OK, OK_FALSE, OK_NONE, OK_TRUE, Outcome, one_line
+from ..limits import Limits
+from ..outcome import CODE_TO_STATUS, C_OK, OK_FALSE, OK_NONE, OK_TRUE, Outcome, one_line
 from .scheduler import Wire
 
 _TAG_OUTCOME = {"T": OK_TRUE, "F": OK_FALSE, "N": OK_NONE}

@@ -12,7 +12,7 @@ import os
 import socket
 from typing import Callable
 
-from .channel import header, next_frame_size, split_frames
+from ..channel import header, next_frame_size, split_frames
 
 
 class Connection:

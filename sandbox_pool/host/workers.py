@@ -17,12 +17,12 @@ import weakref
 from collections import deque
 from typing import Callable
 
-from .cgroups import JobCgroups
-from .config import PoolConfig
+from ..config import PoolConfig
+from ..kernel.cgroups import JobCgroups
+from ..kernel.scratch import remove_tree
+from ..limits import WorkerSpec
 from .connection import Connection
-from .limits import WorkerSpec
 from .scheduler import Wire
-from .scratch import remove_tree
 
 log = logging.getLogger("sandbox_pool")
 
@@ -116,7 +116,7 @@ class Workers:
             self.all.append(self._spawn(i))
 
     def _spawn(self, index: int) -> Worker:
-        from .worker import worker_main
+        from ..worker.entry import worker_main
 
         cgroup, why = None, self._cgroup_why
         if self._cgroups is not None:
