@@ -22,7 +22,7 @@ from engine.client import LLMClient
 from engine.llm import SamplingParams
 from engine.runner import StageSpec, StreamRunner
 from engine.stage import Context
-from sandbox_pool import SandboxPool
+from sandbox_pool import Limits, PoolConfig, SandboxPool
 
 TARGET = 1.10
 K = 8                    # samples per request
@@ -91,7 +91,7 @@ async def main_async(quick: bool) -> dict:
     queries = 300 if quick else 1200   # long enough that pipeline fill and drain are small
     repeats = 3
     verifiers = list(VERIFIERS.values())[:8]
-    async with SandboxPool(timeout_s=2.0) as pool:
+    async with SandboxPool(PoolConfig(limits=Limits(timeout_s=2.0))) as pool:
         # calibrate: how long do generation and execution take at simulator speed 1?
         proc, url = common.start_simulator("--responder", "random", "--speed", "1")
         try:

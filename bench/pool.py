@@ -38,7 +38,6 @@ Writes bench/results/pool.json; exits 1 when a target is missed or verdicts diff
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import statistics
 import sys
@@ -49,7 +48,7 @@ from bench import baselines, common, workload
 from engine.aio import run as aio_run
 from engine.config import Config
 from engine.run import make_pool
-from sandbox_pool import SandboxPool
+from sandbox_pool import Limits
 
 TARGETS = {"vs_inprocess_stream": 0.25, "vs_humaneval_stream": 20.0, "vs_inprocess": 0.30}
 MAX_FIXED_CPU_US = 1000.0
@@ -58,7 +57,7 @@ STREAM_INSTRUCTIONS = 16        # per round in --quick; three times as many othe
 REPEATS = 3
 METHODS = ("inprocess", "pool", "fresh", "humaneval")
 # The pool's workers run at this priority; the baselines' per-core processes do too.
-POOL_NICE = inspect.signature(SandboxPool).parameters["nice"].default
+POOL_NICE = Limits().nice
 
 
 class Workload:

@@ -49,7 +49,7 @@ from engine.job import run_job  # noqa: E402
 from engine.records import QueryResult, VerifiedInstruction  # noqa: E402
 from engine.stages import BackTranslateStage  # noqa: E402
 from engine.state import StateStore  # noqa: E402
-from sandbox_pool import SandboxPool  # noqa: E402
+from sandbox_pool import Limits, PoolConfig, SandboxPool  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def engine_verdicts(functions_of: dict[str, list[str]], probes: list[str], thres
     """instruction -> list of (pass rate > threshold) per probe, plus per-function verdicts."""
     async def go():
         jobs = [(code, probes) for codes in functions_of.values() for code in codes]
-        async with SandboxPool(timeout_s=5.0) as pool:
+        async with SandboxPool(PoolConfig(limits=Limits(timeout_s=5.0))) as pool:
             return await pool.evaluate_many(jobs)
     results = iter(asyncio.run(go()))
     out = {}

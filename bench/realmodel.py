@@ -150,7 +150,7 @@ async def measure_vs_bare(url: str, model: str, cfg: dict) -> dict:
 
 async def measure_verify(url: str, model: str, cfg: dict) -> dict:
     try:
-        from sandbox_pool import SandboxPool
+        from sandbox_pool import Limits, PoolConfig, SandboxPool
     except ImportError as exc:  # the pool is optional for this script
         return {"skipped": f"sandbox_pool unavailable: {exc}"}
     # AutoIF samples several answers per query and checks them together against its verifiers.
@@ -158,7 +158,7 @@ async def measure_verify(url: str, model: str, cfg: dict) -> dict:
     items = prompts(cfg["requests"] // n)
     conc = max(1, cfg["concurrency"] // n)
     rounds = []
-    async with SandboxPool(workers=cfg["sandbox_workers"], timeout_s=2.0) as pool:
+    async with SandboxPool(PoolConfig(workers=cfg["sandbox_workers"], limits=Limits(timeout_s=2.0))) as pool:
         await pool.evaluate(VERIFIERS[0], ["warm up"])
         for r in range(cfg["rounds"]):
             order = ("gen", "verify") if r % 2 == 0 else ("verify", "gen")

@@ -19,6 +19,12 @@ CODE_TO_STATUS = (OK, ERROR, MEMORY, BAD_RETURN, TIMEOUT, CRASHED)
 C_OK, C_ERROR, C_MEMORY, C_BAD_RETURN, C_TIMEOUT, C_CRASHED = range(6)
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` as one line of at most `limit` characters, as an Outcome's detail is."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: str

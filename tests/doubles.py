@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from engine.llm import Completion, SamplingParams
 from engine.prompting import TEMPLATES, template
-from sandbox_pool import SandboxPool
+from sandbox_pool import Limits, PoolConfig, SandboxPool
 
 Script = Callable[[str, str, int], Sequence["str | Completion"]]   # (template name, prompt, n) -> answers
 
@@ -59,4 +59,4 @@ class RecordingPool:
 
 
 def real_pool() -> SandboxPool:
-    return SandboxPool(workers=2, timeout_s=1.0, memory_mb=256)
+    return SandboxPool(PoolConfig(workers=2, limits=Limits(timeout_s=1.0, memory_mb=256)))

@@ -9,7 +9,7 @@ from engine.records import Case, Instruction, Query, Verifier, VerifiedInstructi
 from engine.stage import Context, Funnel
 from engine.stages import build_stage
 from engine.stages.audit import LONG_TEXT_WORDS, PROBES, long_text, probes
-from sandbox_pool import SandboxPool
+from sandbox_pool import Limits, PoolConfig, SandboxPool
 from tests.doubles import RecordingPool
 
 INSTRUCTION = "Answer in at least three words and end with the word done."
@@ -43,7 +43,7 @@ def test_probes_are_degenerate():
 @pytest.mark.parametrize("action", ["flag", "downweight", "drop"])
 async def test_audit_actions(action):
     cfg = Config(audit_action=action, audit_weight=0.25)
-    async with SandboxPool(workers=1, timeout_s=2.0) as pool:
+    async with SandboxPool(PoolConfig(workers=1, limits=Limits(timeout_s=2.0))) as pool:
         ctx = Context(llm=None, executor=pool, funnel=Funnel())
         [out] = await audit_stage(cfg).process(item(), ctx)
     anything, sound = Verifier(ANYTHING).id, Verifier(SOUND).id
@@ -68,7 +68,7 @@ async def test_audit_actions(action):
 
 async def test_audit_threshold_and_all_dropped():
     inst = VerifiedInstruction(Instruction(INSTRUCTION), ((Verifier(EMPTY_OK), 1.0),), ())
-    async with SandboxPool(workers=1, timeout_s=2.0) as pool:
+    async with SandboxPool(PoolConfig(workers=1, limits=Limits(timeout_s=2.0))) as pool:
         # one accepted probe is within a tolerance of 1: not flagged
         ctx = Context(llm=None, executor=pool, funnel=Funnel())
         [kept] = await audit_stage(Config(audit_max_accepted=1)).process(inst, ctx)
@@ -88,7 +88,7 @@ async def test_audit_reads_the_verdicts_crossval_got_in_the_same_job():
     cfg = Config(two_sided_cases=False)
     cases = (Case("the answer is done", True), Case("nope", False))
     drafted = VerifierDraft(Instruction(INSTRUCTION), tuple(Verifier(c) for c in (ANYTHING, SOUND, EMPTY_OK)), cases)
-    async with SandboxPool(workers=2, timeout_s=2.0) as pool:
+    async with SandboxPool(PoolConfig(workers=2, limits=Limits(timeout_s=2.0))) as pool:
         ctx = Context(llm=None, executor=RecordingPool(pool), funnel=Funnel())
         [verified] = await build_stage("crossval", cfg, queries=[Query(QUERY)]).process(drafted, ctx)
         assert sorted(c for f, _ in verified.functions for c in [f.code]) == sorted([SOUND, EMPTY_OK])

@@ -18,7 +18,7 @@ from engine.records import Instruction
 from engine.servers import default_embedded_server, embedded_available
 from engine.stage import Context, Funnel
 from engine.stages import build_stage, load_queries
-from sandbox_pool import SandboxPool
+from sandbox_pool import Limits, PoolConfig, SandboxPool
 
 EMBEDDED_OK, EMBEDDED_WHY = embedded_available()
 ROUNDS = 3
@@ -60,7 +60,7 @@ async def test_embedded_verifiers_survive_crossval_and_agree_with_ifeval(tmp_pat
     tried: list[tuple[dict, dict]] = []
     async with default_embedded_server(tmp_path, parallel=4) as srv, \
             LLMClient([srv.url], model=srv.model, api="openai") as client, \
-            SandboxPool(workers=2, timeout_s=2.0) as pool:
+            SandboxPool(PoolConfig(workers=2, limits=Limits(timeout_s=2.0))) as pool:
         for _ in range(ROUNDS):
             ctx = Context(llm=client, executor=pool, funnel=Funnel())
             agreeing = await _round(ctx, pool, cfg, probes)

@@ -6,7 +6,7 @@ import pytest
 
 from engine.records import Instruction, Verifier, VerifiedInstruction, VerifierAudit
 from engine.reward import RequestError, RewardSettings, RewardTable, Scorer
-from sandbox_pool import SandboxPool
+from sandbox_pool import Limits, PoolConfig, SandboxPool
 
 NO_COMMA = "def evaluate(response):\n    return ',' not in response\n"
 LOWER = "def evaluate(response):\n    return response == response.lower()\n"
@@ -26,7 +26,7 @@ def table(*codes, weights=None) -> tuple[RewardTable, str]:
 
 async def test_rate_binary_and_weights():
     t, iid = table(NO_COMMA, LOWER, SHORT, weights=(1.0, 1.0, 0.5))
-    async with SandboxPool(workers=2, timeout_s=2.0) as pool:
+    async with SandboxPool(PoolConfig(workers=2, limits=Limits(timeout_s=2.0))) as pool:
         rate = Scorer(t, pool, RewardSettings(mode="rate"))
         binary = Scorer(t, pool, RewardSettings(mode="binary", threshold=0.5))
         texts = ["all good here", "Has Capitals, and commas", "no commas but far too many words here",
@@ -42,7 +42,7 @@ async def test_rate_binary_and_weights():
 
 async def test_hanging_completion_does_not_take_its_neighbours_down():
     t, iid = table(BACKTRACK, NO_COMMA)
-    async with SandboxPool(workers=2, timeout_s=0.5) as pool:
+    async with SandboxPool(PoolConfig(workers=2, limits=Limits(timeout_s=0.5))) as pool:
         scorer = Scorer(t, pool)
         hostile = "a" * 40 + "!"
         t0 = time.monotonic()

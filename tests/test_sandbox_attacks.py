@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from sandbox_pool import DEFAULT_ALLOWED_MODULES, SandboxPool
+from sandbox_pool import DEFAULT_ALLOWED_MODULES, Limits, PoolConfig, SandboxPool
 from sandbox_pool.channel import header
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -26,11 +26,13 @@ ECHO = "def evaluate(x):\n    return x\n"
 GRACE = 2.0
 
 
-def _pool(*disabled, workers=1, timeout_s=2.0, **kw):
+def _pool(*disabled, workers=1, timeout_s=2.0, scratch_root=None, **limits):
     # Some attacks here take a lot of CPU on purpose (1,100 mkdirs, 240 MB of writes): the
     # per-job CPU budget, tested in test_sandbox_limits.py, is set out of their way.
-    return SandboxPool(workers=workers, timeout_s=timeout_s, allowed_modules=HOSTILE,
-                       disable_layers=disabled, grace_s=GRACE, cpu_base_s=60.0, **kw)
+    return SandboxPool(PoolConfig(
+        workers=workers, grace_s=GRACE, scratch_root=scratch_root,
+        limits=Limits(timeout_s=timeout_s, allowed_modules=HOSTILE, disable_layers=disabled,
+                      cpu_base_s=60.0, **limits)))
 
 
 async def _bounded(coro, timeout_s):
@@ -355,7 +357,7 @@ async def test_import_filter_bypass_attack_is_held_by_the_isolation_layers(tmp_p
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret")
     secret.chmod(0o600)
-    async with SandboxPool(workers=1, timeout_s=2.0) as p:  # the default allowlist: no os
+    async with SandboxPool(PoolConfig(workers=1, limits=Limits(timeout_s=2.0))) as p:  # the default allowlist: no os
         for trick, get in GET_OS.items():
             code = BYPASS.replace("{get}", get)
             res = await p.evaluate(code, [str(secret)])

@@ -5,7 +5,7 @@ import time
 import pytest
 import pytest_asyncio
 
-from sandbox_pool import DEFAULT_ALLOWED_MODULES, SandboxPool
+from sandbox_pool import DEFAULT_ALLOWED_MODULES, Limits, PoolConfig, SandboxPool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -67,7 +67,7 @@ CRASHES = {
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool():
     allowed = HOSTILE | {"gc", "mmap"}
-    async with SandboxPool(workers=2, timeout_s=1.0, allowed_modules=allowed) as p:
+    async with SandboxPool(PoolConfig(workers=2, limits=Limits(timeout_s=1.0, allowed_modules=allowed))) as p:
         yield p
 
 

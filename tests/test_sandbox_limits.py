@@ -6,7 +6,7 @@ import time
 import pytest
 import pytest_asyncio
 
-from sandbox_pool import DEFAULT_ALLOWED_MODULES, SandboxPool
+from sandbox_pool import DEFAULT_ALLOWED_MODULES, Limits, PoolConfig, SandboxPool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -20,8 +20,10 @@ ECHO = "def evaluate(x):\n    return x\n"
 async def pool():
     # The per-job CPU budget is tested on its own below; here it is set out of the way so
     # that the wall clock and the rlimits, its backstops, are what these tests meet.
-    async with SandboxPool(workers=2, timeout_s=TIMEOUT, memory_mb=256, max_procs=16,
-                           max_output_bytes=4096, allowed_modules=HOSTILE, cpu_base_s=60.0) as p:
+    async with SandboxPool(PoolConfig(workers=2,
+                                      limits=Limits(timeout_s=TIMEOUT, memory_mb=256, max_procs=16,
+                                                    max_output_bytes=4096, allowed_modules=HOSTILE,
+                                                    cpu_base_s=60.0))) as p:
         yield p
 
 
@@ -119,7 +121,7 @@ async def test_rlimits_are_set_inside_the_job(pool):
 
 
 async def test_cpu_limit_stops_a_busy_loop_before_the_wall_clock():
-    async with SandboxPool(workers=1, timeout_s=20.0, cpu_s=1) as p:
+    async with SandboxPool(PoolConfig(workers=1, limits=Limits(timeout_s=20.0, cpu_s=1))) as p:
         t0 = time.perf_counter()
         res = await p.evaluate("def evaluate(x):\n    while True:\n        pass\n", [0])
         wall = time.perf_counter() - t0
@@ -212,7 +214,8 @@ LOOPS_ON = (
 
 
 async def test_cpu_budget_cuts_a_looping_verifier_long_before_the_wall_clock():
-    async with SandboxPool(workers=1, timeout_s=20.0, cpu_base_s=0.05, cpu_per_input_s=0.01) as p:
+    async with SandboxPool(PoolConfig(workers=1,
+                                      limits=Limits(timeout_s=20.0, cpu_base_s=0.05, cpu_per_input_s=0.01))) as p:
         t0 = time.perf_counter()
         res = await p.evaluate(LOOPS_ON, ["a", "b", "loop", "c"])
         wall = time.perf_counter() - t0
@@ -235,7 +238,9 @@ async def test_cpu_budget_ignored_by_the_verifier_still_meets_the_wall_clock():
         "    while True:\n"
         "        pass\n"
     )
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT, cpu_base_s=0.05, allowed_modules=HOSTILE) as p:
+    async with SandboxPool(PoolConfig(workers=1,
+                                      limits=Limits(timeout_s=TIMEOUT, cpu_base_s=0.05,
+                                                    allowed_modules=HOSTILE))) as p:
         res, wall = await _run(p, code, ["a"])
         assert res[0].status == "timeout" and "wall-clock" in res[0].detail, res
         assert wall < TIMEOUT + SLACK

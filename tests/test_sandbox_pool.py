@@ -12,7 +12,7 @@ import time
 import pytest
 import pytest_asyncio
 
-from sandbox_pool import DEFAULT_ALLOWED_MODULES, JobResult, Outcome, SandboxPool
+from sandbox_pool import DEFAULT_ALLOWED_MODULES, JobResult, Limits, Outcome, PoolConfig, SandboxPool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -22,7 +22,7 @@ TIMEOUT = 1.0
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool():
-    async with SandboxPool(workers=2, timeout_s=TIMEOUT, allowed_modules=HOSTILE) as p:
+    async with SandboxPool(PoolConfig(workers=2, limits=Limits(timeout_s=TIMEOUT, allowed_modules=HOSTILE))) as p:
         yield p
 
 
@@ -113,7 +113,8 @@ async def test_allowed_modules_are_usable_without_an_import(pool):
     res = await pool.evaluate(code, ["a1a!"])
     assert res[0].ok, res
     assert res[0].value == repr((True, "a1a", '"a1a!"', 1, 2, True))  # os is allowed in this pool
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT) as default:  # default allowlist: no os
+    async with SandboxPool(PoolConfig(workers=1,
+                                      limits=Limits(timeout_s=TIMEOUT))) as default:  # default allowlist: no os
         res = await default.evaluate(code, ["a1a!"])
     assert res[0].ok and res[0].value == repr((True, "a1a", '"a1a!"', 1, 2, False)), res
 
@@ -128,7 +129,7 @@ async def test_third_party_modules_run_in_their_own_zygote_and_stdlib_code_never
     uses = ("import langdetect\ndef evaluate(x):\n"
             "    return f'{len(nltk.tokenize.wordpunct_tokenize(x))} {langdetect.detect(x)}'\n")
     text = ["This is plainly a sentence written in English, about the weather today."]
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT) as default:
+    async with SandboxPool(PoolConfig(workers=1, limits=Limits(timeout_s=TIMEOUT))) as default:
         # Alternating, twice: the lean zygote's kill(-1) after each job must not reach the other.
         for _ in range(2):
             lean, heavy = await default.evaluate(sees, text), await default.evaluate(uses, text)
@@ -145,8 +146,9 @@ async def test_an_allowed_third_party_module_that_fails_to_import_is_an_ordinary
     (pkg / "__init__.py").write_text("raise ImportError('this install is broken')\n")
     monkeypatch.syspath_prepend(str(tmp_path))  # workers start with the pool's sys.path
     code = "import broken_checker_lib\ndef evaluate(x):\n    return True\n"
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT,
-                           allowed_modules=DEFAULT_ALLOWED_MODULES | {"broken_checker_lib"}) as p:
+    async with SandboxPool(PoolConfig(workers=1,
+                                      limits=Limits(timeout_s=TIMEOUT,
+                                                    allowed_modules=DEFAULT_ALLOWED_MODULES | {"broken_checker_lib"}))) as p:
         res = await p.evaluate(code, ["a"])
         assert res[0].status == "error" and "broken_checker_lib" in res[0].detail, res
         assert (await p.evaluate("def evaluate(x):\n    return x\n", ["ok"]))[0].value == "ok"
@@ -160,7 +162,8 @@ async def test_checks_on_third_party_modules_get_a_larger_cpu_budget():
                for i in range(40)]
     honest = "import langdetect\ndef evaluate(x):\n    return langdetect.detect(x) == 'en'\n"
     loops = "import langdetect\ndef evaluate(x):\n    while True:\n        pass\n"
-    async with SandboxPool(workers=1, timeout_s=5.0, cpu_base_s=0.05, cpu_per_input_s=0.002) as p:
+    async with SandboxPool(PoolConfig(workers=1,
+                                      limits=Limits(timeout_s=5.0, cpu_base_s=0.05, cpu_per_input_s=0.002))) as p:
         res = await p.evaluate(honest, replies)
         assert all(o.ok and o.value is True for o in res), [o for o in res if not o.ok][:1]
         res = await p.evaluate(loops, ["x", "y"])
@@ -218,7 +221,7 @@ async def test_no_state_leaks_between_jobs():
         "    return (re.search('q', 'a') is None and len('abc') == 3 and json.dumps(1) == '1'\n"
         "            and collections.Counter('aa')['a'] == 2 and sorted([2, 1]) == [1, 2])\n"
     )
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE) as solo:
+    async with SandboxPool(PoolConfig(workers=1, limits=Limits(timeout_s=TIMEOUT, allowed_modules=HOSTILE))) as solo:
         assert (await solo.evaluate(mutate, [0]))[0].value is True  # the mutation did happen in its job
         res = await solo.evaluate(check, [0, 1])  # same (only) worker
         assert [o.value for o in res] == [True, True], res
@@ -234,7 +237,8 @@ async def test_urgent_jobs_overtake_queued_ones():
         await solo.evaluate(code, [name], urgent=urgent)
         done.append(name)
 
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_max_inputs=1) as solo:
+    async with SandboxPool(PoolConfig(workers=1, coalesce_max_inputs=1,
+                                      limits=Limits(timeout_s=TIMEOUT, allowed_modules=HOSTILE))) as solo:
         backlog = [asyncio.create_task(run(f"n{i}", slow + f"# {i}\n", False)) for i in range(12)]
         await asyncio.sleep(0.12)  # the worker is busy with the first ones
         await asyncio.gather(run("urgent", slow, True), *backlog)
@@ -270,7 +274,7 @@ async def test_job_sent_to_a_worker_that_dies_before_reading_it_is_requeued():
     # The race CI met: a job written to a worker already being killed. A stopped worker cannot
     # read it, so its death leaves our bytes unread (ECONNRESET): the job never ran, and must
     # run on the replacement instead of failing 'crashed'.
-    async with SandboxPool(workers=1, timeout_s=5.0) as p:
+    async with SandboxPool(PoolConfig(workers=1, limits=Limits(timeout_s=5.0))) as p:
         [pid] = p.stats()["pids"]
         os.kill(pid, signal.SIGSTOP)
         job = asyncio.ensure_future(p.evaluate("def evaluate(x):\n    return x + 1\n", [1]))
@@ -283,7 +287,7 @@ async def test_job_sent_to_a_worker_that_dies_before_reading_it_is_requeued():
 
 
 async def test_killed_worker_is_replaced_and_its_job_crashes():
-    async with SandboxPool(workers=2, timeout_s=5.0, allowed_modules=HOSTILE) as p:
+    async with SandboxPool(PoolConfig(workers=2, limits=Limits(timeout_s=5.0, allowed_modules=HOSTILE))) as p:
         old = p.stats()["pids"]
         slow = asyncio.ensure_future(p.evaluate("import time\ndef evaluate(x):\n    time.sleep(3)\n", [0, 1]))
         await asyncio.sleep(0.3)
@@ -333,7 +337,7 @@ async def test_jobs_of_the_same_code_are_coalesced_and_functions_never_share_a_p
     # Many small jobs at once, as the responses stage sends them (one per function per query).
     fns = {name: "import os\ndef evaluate(x):\n    return f'%s {os.getpid()} {x}'\n" % name
            for name in ("A", "B", "C")}
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE) as p:
+    async with SandboxPool(PoolConfig(workers=1, limits=Limits(timeout_s=TIMEOUT, allowed_modules=HOSTILE))) as p:
         queries = [[f"q{q}r{r}" for r in range(8)] for q in range(12)]
         results = await asyncio.gather(*(p.evaluate_many([(fns[n], texts) for n in fns]) for texts in queries))
         stats = p.stats()
@@ -352,10 +356,12 @@ async def test_jobs_of_the_same_code_are_coalesced_and_functions_never_share_a_p
 
 async def test_coalescing_is_capped_and_can_be_switched_off():
     code = "import os\ndef evaluate(x):\n    return os.getpid()\n"
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_max_inputs=1) as p:
+    async with SandboxPool(PoolConfig(workers=1, coalesce_max_inputs=1,
+                                      limits=Limits(timeout_s=TIMEOUT, allowed_modules=HOSTILE))) as p:
         res = await p.evaluate_many([(code, [i]) for i in range(6)])
         assert len({r[0].value for r in res}) == 6 and p.stats()["dispatched"] == 6
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_max_inputs=4) as p:
+    async with SandboxPool(PoolConfig(workers=1, coalesce_max_inputs=4,
+                                      limits=Limits(timeout_s=TIMEOUT, allowed_modules=HOSTILE))) as p:
         res = await p.evaluate_many([(code, [i, i]) for i in range(6)])
         assert all(r[0].value == r[1].value for r in res)
         assert 3 <= p.stats()["dispatched"] < 6  # at most two 2-input jobs per fork
@@ -366,7 +372,8 @@ async def test_jobs_told_more_is_coming_wait_for_company_until_the_last_one_arri
     instruction are still generating): jobs of one function arriving apart share one fork; the
     last one (sent without the hint) releases them at once; jobs without it never wait."""
     code = "import os\ndef evaluate(x):\n    return os.getpid()\n"
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_window_s=5.0) as p:
+    async with SandboxPool(PoolConfig(workers=1, coalesce_window_s=5.0,
+                                      limits=Limits(timeout_s=TIMEOUT, allowed_modules=HOSTILE))) as p:
         await p.evaluate(code, ["warm"])
         before = p.stats()["dispatched"]
 
@@ -383,13 +390,15 @@ async def test_jobs_told_more_is_coming_wait_for_company_until_the_last_one_arri
         await p.evaluate(code, ["alone"])                   # no hint: no wait
         await p.evaluate_many([(code, ["urgent"])], urgent=True, more_coming=True)   # urgent: no wait
         assert time.monotonic() - t < 2.0
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE, coalesce_window_s=0.3) as p:
+    async with SandboxPool(PoolConfig(workers=1, coalesce_window_s=0.3,
+                                      limits=Limits(timeout_s=TIMEOUT, allowed_modules=HOSTILE))) as p:
         await p.evaluate(code, ["warm"])
         before = p.stats()["dispatched"]
         t = time.monotonic()
         await p.evaluate(code, ["x"], more_coming=True)     # no company comes: the window ends it
         assert 0.25 < time.monotonic() - t < 2.0 and p.stats()["dispatched"] == before + 1
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT, allowed_modules=HOSTILE) as p:  # default: no window
+    async with SandboxPool(PoolConfig(workers=1,
+                                      limits=Limits(timeout_s=TIMEOUT, allowed_modules=HOSTILE))) as p:  # no window
         await p.evaluate(code, ["warm"])
         before = p.stats()["dispatched"]
         a, b = await asyncio.gather(later(0, ["a1", "a2"], True), later(0.1, ["b1"], True))
@@ -398,7 +407,7 @@ async def test_jobs_told_more_is_coming_wait_for_company_until_the_last_one_arri
 
 async def test_a_coalesced_job_that_fails_does_not_cost_the_other_callers_their_verdicts():
     code = "def evaluate(x):\n    while x == 'loop':\n        pass\n    return x.upper()\n"
-    async with SandboxPool(workers=1, timeout_s=TIMEOUT, pipeline_depth=1) as p:
+    async with SandboxPool(PoolConfig(workers=1, pipeline_depth=1, limits=Limits(timeout_s=TIMEOUT))) as p:
         res = await p.evaluate_many([(code, ["loop"]), (code, ["a", "b"]), (code, ["c"])])
         assert [o.status for o in res[0]] == ["timeout"]  # cut by its CPU budget
         assert [[o.value for o in r] for r in res[1:]] == [["A", "B"], ["C"]]  # run again alone
@@ -416,8 +425,8 @@ async def test_a_loop_in_a_merged_job_costs_its_own_part_budget_not_that_of_ever
     first part is cut after 0.05 s + 0.01 s, not after the budget of all 401 merged inputs
     (4.06 s), and the other callers' inputs are run again alone."""
     code = "def evaluate(x):\n    while x == 'loop':\n        pass\n    return x.upper()\n"
-    async with SandboxPool(workers=1, timeout_s=20.0, pipeline_depth=1, cpu_base_s=0.05,
-                           cpu_per_input_s=0.01) as p:
+    async with SandboxPool(PoolConfig(workers=1, pipeline_depth=1,
+                                      limits=Limits(timeout_s=20.0, cpu_base_s=0.05, cpu_per_input_s=0.01))) as p:
         t = time.monotonic()
         res = await p.evaluate_many([(code, ["loop"]), (code, [f"a{i}" for i in range(200)]),
                                      (code, [f"b{i}" for i in range(200)])])
@@ -432,8 +441,8 @@ async def test_a_loop_in_a_merged_job_costs_its_own_part_budget_not_that_of_ever
 
 async def test_a_loop_in_a_later_part_of_a_merged_job_is_cut_at_that_part_budget():
     code = "def evaluate(x):\n    while x == 'loop':\n        pass\n    return x.upper()\n"
-    async with SandboxPool(workers=1, timeout_s=20.0, pipeline_depth=1, cpu_base_s=0.05,
-                           cpu_per_input_s=0.01) as p:
+    async with SandboxPool(PoolConfig(workers=1, pipeline_depth=1,
+                                      limits=Limits(timeout_s=20.0, cpu_base_s=0.05, cpu_per_input_s=0.01))) as p:
         res = await p.evaluate_many([(code, [f"a{i}" for i in range(300)]), (code, ["x", "loop"]),
                                      (code, ["c"])])
     assert [o.value for o in res[0]] == [f"A{i}" for i in range(300)]

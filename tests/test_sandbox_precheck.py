@@ -3,8 +3,8 @@
 import pytest
 import pytest_asyncio
 
-from sandbox_pool import DEFAULT_ALLOWED_MODULES, SandboxPool, precheck
-from sandbox_pool.precheck import _precheck_cached
+from sandbox_pool import DEFAULT_ALLOWED_MODULES, Limits, PoolConfig, SandboxPool, precheck
+from sandbox_pool.host.precheck import _precheck_cached
 
 GOOD = "import re\nfrom collections import Counter\ndef evaluate(response):\n    return bool(re.search('a', response))\n"
 
@@ -57,7 +57,7 @@ def test_results_are_cached_by_code():
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool():
-    async with SandboxPool(workers=1, timeout_s=1.0) as p:
+    async with SandboxPool(PoolConfig(workers=1, limits=Limits(timeout_s=1.0))) as p:
         yield p
 
 

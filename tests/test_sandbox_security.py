@@ -15,7 +15,7 @@ import tempfile
 import pytest
 import pytest_asyncio
 
-from sandbox_pool import DEFAULT_ALLOWED_MODULES, SandboxPool
+from sandbox_pool import DEFAULT_ALLOWED_MODULES, Limits, PoolConfig, SandboxPool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -30,13 +30,13 @@ TIMEOUT = 2.0
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool():
-    async with SandboxPool(workers=2, timeout_s=TIMEOUT, allowed_modules=HOSTILE) as p:
+    async with SandboxPool(PoolConfig(workers=2, limits=Limits(timeout_s=TIMEOUT, allowed_modules=HOSTILE))) as p:
         yield p
 
 
-def _pool(*disabled, workers=1, **kw):
-    return SandboxPool(workers=workers, timeout_s=TIMEOUT, allowed_modules=HOSTILE, disable_layers=disabled,
-                       max_value_chars=1 << 20, **kw)
+def _pool(*disabled, workers=1, **limits):
+    return SandboxPool(PoolConfig(workers=workers, limits=Limits(
+        timeout_s=TIMEOUT, allowed_modules=HOSTILE, disable_layers=disabled, max_value_chars=1 << 20, **limits)))
 
 
 def _alive(pid: int) -> bool:

@@ -15,7 +15,7 @@ from engine.aio import run as run_async
 from engine.reward.adapters import ENV_KEY
 from engine.reward.scorer import REWARD_MODES, RewardSettings, RewardTable, table_summary
 from engine.reward.service import ServiceOptions, serve
-from sandbox_pool import SandboxPool
+from sandbox_pool import Limits, PoolConfig, SandboxPool
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
               "/get_reward (OpenRLHF), /verify (NeMo Gym)", file=sys.stderr, flush=True)
 
     async def main() -> None:
-        async with SandboxPool(workers=args.pool_workers or None, timeout_s=args.pool_timeout,
-                               memory_mb=args.pool_memory_mb) as pool:
+        async with SandboxPool(PoolConfig(workers=args.pool_workers or None,
+                                          limits=Limits(timeout_s=args.pool_timeout,
+                                                        memory_mb=args.pool_memory_mb))) as pool:
             await serve(table, pool, settings, options, ready)
 
     run_async(main())

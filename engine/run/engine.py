@@ -24,7 +24,7 @@ from engine.llm import LLM
 from engine.run.store import RunStore
 from engine.servers import open_backend
 from engine.stage import Context, Executor
-from sandbox_pool import Outcome, SandboxPool
+from sandbox_pool import Limits, Outcome, PoolConfig, SandboxPool
 
 log = logging.getLogger("autoif.job")
 
@@ -76,10 +76,10 @@ def make_client(cfg: Config, urls: list[str], api: str) -> LLMClient:
 
 
 def make_pool(cfg: Config) -> SandboxPool:
-    return SandboxPool(workers=cfg.pool_workers or None, timeout_s=cfg.pool_timeout_s,
-                       memory_mb=cfg.pool_memory_mb, cpu_base_s=cfg.pool_cpu_base_s,
-                       cpu_per_input_s=cfg.pool_cpu_per_input_s,
-                       coalesce_window_s=cfg.pool_coalesce_window_s)
+    limits = Limits(timeout_s=cfg.pool_timeout_s, memory_mb=cfg.pool_memory_mb,
+                    cpu_base_s=cfg.pool_cpu_base_s, cpu_per_input_s=cfg.pool_cpu_per_input_s)
+    return SandboxPool(PoolConfig(workers=cfg.pool_workers or None, limits=limits,
+                                  coalesce_window_s=cfg.pool_coalesce_window_s))
 
 
 class NoPool:

@@ -13,14 +13,8 @@ import ast
 import functools
 from typing import Iterable
 
-# Modules LLM-written AutoIF verifiers commonly need. Third-party ones are only
-# pre-imported by workers when installed; importing a missing one is an "error".
-DEFAULT_ALLOWED_MODULES: frozenset[str] = frozenset({
-    "re", "string", "json", "math", "collections", "itertools", "functools", "operator",
-    "unicodedata", "statistics", "textwrap", "difflib", "datetime", "random", "heapq",
-    "bisect", "typing", "enum", "dataclasses", "decimal", "fractions", "html",
-    "emoji", "nltk", "langdetect",
-})
+from ..limits import DEFAULT_ALLOWED_MODULES
+from ..outcome import one_line
 
 MAX_CODE_CHARS = 200_000
 _FORBIDDEN_NAMES = frozenset({"__import__", "importlib"})
@@ -41,9 +35,9 @@ def _precheck_cached(code: str, allowed: frozenset[str]) -> str | None:
     try:
         tree = ast.parse(code, "<verifier>", "exec")
     except SyntaxError as e:
-        return _one_line(f"SyntaxError: {e.msg} (line {e.lineno})")
+        return one_line(f"SyntaxError: {e.msg} (line {e.lineno})")
     except (ValueError, RecursionError, MemoryError) as e:  # NUL bytes, absurd nesting
-        return _one_line(f"unparsable code: {type(e).__name__}: {e}")
+        return one_line(f"unparsable code: {type(e).__name__}: {e}")
 
     if not any(isinstance(n, ast.FunctionDef) and n.name == "evaluate" for n in tree.body):
         return "no top-level function evaluate(response) defined"
@@ -66,7 +60,3 @@ def _precheck_cached(code: str, allowed: frozenset[str]) -> str | None:
             return "use of '__import__' is not allowed"
     return None
 
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

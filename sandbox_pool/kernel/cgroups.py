@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from .limits import WorkerCgroup
+from ..limits import WorkerCgroup
 
 # Copy-on-write copies of the zygote's pages that every job dirties count against the cgroup
 # but not against memory_mb's RLIMIT_AS headroom; allow for them so honest jobs see the same limit.

@@ -17,7 +17,7 @@ from builtins import TypeError, len, memoryview, type  # noqa: A004
 import orjson
 from orjson import JSONEncodeError, dumps
 
-from .outcome import C_BAD_RETURN, C_ERROR, C_MEMORY, C_OK
+from ..outcome import C_BAD_RETURN, C_ERROR, C_MEMORY, C_OK
 
 TAG_TRUE, TAG_FALSE, TAG_NONE, TAG_RECORD, TAG_SETUP_ERROR = 1, 2, 3, 4, 5
 _LEN = struct.Struct("<I")

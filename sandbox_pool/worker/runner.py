@@ -20,12 +20,13 @@ from math import isfinite
 from os import _exit, getpid
 from signal import ITIMER_PROF, setitimer
 
-from .outcome import C_BAD_RETURN, C_ERROR, C_MEMORY, C_OK
+from ..outcome import C_BAD_RETURN, C_ERROR, C_MEMORY, C_OK
 from .verdicts import TAG_FALSE, TAG_NONE, TAG_TRUE, Writer
 
 _I64_MIN, _U64_MAX = -(2 ** 63), 2 ** 64 - 1
 
 
+# outcome.one_line, with this module's bound builtins (see above).
 def one_line(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

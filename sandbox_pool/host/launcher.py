@@ -59,7 +59,7 @@ def context(start_method: str):
     """(context, Process class) for starting workers with `start_method`."""
     if start_method == "forkserver" and _internals_present():
         # The worker re-executes itself at once, so the forkserver only needs the entry point.
-        _ctx.set_forkserver_preload(["sandbox_pool.worker"])
+        _ctx.set_forkserver_preload(["sandbox_pool.worker.entry"])
         return _ctx, WorkerProcess
     ctx = multiprocess.get_context(start_method)  # stock behaviour: needs the usual __main__ guard
     return ctx, ctx.Process

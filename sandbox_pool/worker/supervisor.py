@@ -1,6 +1,6 @@
 """The per-worker supervisor: warms up, prepares confinement, talks to the pool.
 
-It runs in a freshly exec'd interpreter (see worker.py), imports the allowed
+It runs in a freshly exec'd interpreter (see entry.py), imports the allowed
 stdlib modules, builds the Landlock ruleset, then forks the zygote (PID 1 of the
 worker's PID namespace), which forks one disposable job process per job. For each job
 the supervisor writes the inputs into a memfd, hands the zygote a small request,
@@ -37,12 +37,12 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from . import isolation, verdicts, zygote
-from .cgroups import oom_kills
-from .channel import Channel
-from .limits import THIRD_PARTY_BUDGET_FACTOR, WorkerSpec
-from .outcome import C_CRASHED, C_MEMORY, C_OK, C_TIMEOUT
-from .runner import one_line
+from ..channel import Channel
+from ..kernel import isolation
+from ..kernel.cgroups import oom_kills
+from ..limits import THIRD_PARTY_BUDGET_FACTOR, WorkerSpec
+from ..outcome import C_CRASHED, C_MEMORY, C_OK, C_TIMEOUT, one_line
+from . import verdicts, zygote
 
 _COMPILE_CACHE = 256
 _UID_LOCK_DIR = "/run/lock/sandbox_pool"
@@ -240,7 +240,7 @@ class Supervisor:
         self.scratch = os.path.join(self.spec.scratch_root, f"w{self.index}")
         os.makedirs(self.scratch, mode=0o711, exist_ok=True)
         os.chmod(self.scratch, 0o711)
-        # With the scratch_quota layer, job dirs live on a tmpfs mounted at jobs/ (worker.py).
+        # With the scratch_quota layer, job dirs live on a tmpfs mounted at jobs/ (entry.py).
         self.jobs_dir = os.path.join(self.scratch, "jobs") if self.layers.get("scratch_quota") else self.scratch
         self._build_landlock()
 

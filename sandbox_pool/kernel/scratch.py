@@ -3,7 +3,7 @@
 Scratch content is written by verifier code, so its removal must not depend on its
 shape: shutil.rmtree recurses once per level (a deep tree raises RecursionError) and
 follows paths (a deep tree exceeds PATH_MAX). Where the worker has its own scratch
-tmpfs, a dirty scratch is simply replaced by a fresh mount (zygote.py); this module
+tmpfs, a dirty scratch is simply replaced by a fresh mount (worker/zygote.py); this module
 is the fallback and the pool's own final sweep. It works relative to directory fds
 and hoists every subdirectory up to the top before removing it, so it needs no
 recursion, a fixed number of open fds, and never follows a symlink.

@@ -18,15 +18,15 @@ import traceback
 
 import orjson
 
-from . import isolation
-from .limits import WorkerSpec
+from ..kernel import isolation
+from ..limits import WorkerSpec
 
 # The package is registered bare, so its __init__ (the pool: asyncio, multiprocess, ssl...) never
 # runs there: that would put ~6 MB more into the zygote, which every job's fork copies the page
 # tables of and every job's exit tears down again.
 _BOOT = "import sys, json; a = json.loads(sys.argv[1]); sys.path[:0] = a['path']; " \
         "p = type(sys)('sandbox_pool'); p.__path__ = [a['pkg']]; sys.modules['sandbox_pool'] = p; " \
-        "from sandbox_pool.supervisor import boot; boot(a)"
+        "from sandbox_pool.worker.supervisor import boot; boot(a)"
 
 
 def _enter_namespaces(disabled: set[str]) -> tuple[dict, dict]:
@@ -102,7 +102,7 @@ def worker_main(spec: WorkerSpec, conn) -> None:
         _mount_scratch(spec, layers, why)
         args = {"spec": spec, "fd": conn.fileno(), "layers": layers, "why": why,
                 "path": [p for p in sys.path if p and os.path.isdir(p)],
-                "pkg": os.path.dirname(os.path.abspath(__file__))}
+                "pkg": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
         _exec_supervisor(args, keep_env="env_scrub" in disabled)
         # exec failed: run the supervisor here (heavier image, environment only scrubbed in place)
         from .supervisor import boot

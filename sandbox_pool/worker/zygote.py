@@ -6,7 +6,7 @@ each page the forker dirties afterwards costs a copy-on-write fault; with the po
 protocol, decoding, parsing and compiling left to the supervisor (which never forks
 again), that tax drops from ~470 faults per job to under 200. Every page present here is
 also copied into each job's page tables at fork and torn down at its exit, which is why
-the supervisor boots without the pool's package __init__ (worker.py).
+the supervisor boots without the pool's package __init__ (entry.py).
 
 Per job: read a small request, create the job's scratch dir and output pipe, fork
 the job, enforce the wall-clock deadline while draining output, then kill and reap
@@ -30,10 +30,11 @@ import time
 
 import orjson
 
-from . import confine as confine_mod
-from . import isolation, runner, verdicts
-from .limits import Limits
-from .scratch import remove_tree
+from ..kernel import confine as confine_mod
+from ..kernel import isolation
+from ..kernel.scratch import remove_tree
+from ..limits import Limits
+from . import runner, verdicts
 
 # seq, code_id, evict_id (-1: none), code_len, n_inputs, flags, n_parts; then the code, then
 # n_parts u32 part sizes (a merged job: each caller's inputs get the CPU budget they would alone)
