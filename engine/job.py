@@ -95,24 +95,24 @@ def load_inputs(cfg: Config) -> tuple[list, list]:
         except OSError as exc:
             raise RefusedError(f"{what} {path}: {exc.strerror or exc}") from None
         total = len(items) + len(bad)        # distinct usable lines plus bad ones (a lower bound)
-        if bad and (not items or len(bad) > cfg.max_bad_input_share * total):
+        if bad and (not items or len(bad) > cfg.run.max_bad_input_share * total):
             raise RefusedError(f"{what} {path}: {len(bad)} of {total} lines are bad (more than "
-                               f"--max-bad-input-share {cfg.max_bad_input_share:g}); first: {bad[0]}")
+                               f"--max-bad-input-share {cfg.run.max_bad_input_share:g}); first: {bad[0]}")
         if not items:
             raise RefusedError(f"{what} {path or '(built-in)'}: no usable lines")
         if bad:
             log.warning("%s %s: skipped %d bad line(s), e.g. %s", what, path, len(bad), bad[0])
         return items
 
-    return (read("seed instructions", cfg.seeds_path, load_seed_instructions),
-            read("queries", cfg.queries_path, load_queries))
+    return (read("seed instructions", cfg.run.seeds_path, load_seed_instructions),
+            read("queries", cfg.run.queries_path, load_queries))
 
 
 def preflight(cfg: Config, run_dir: Path) -> tuple[list, list]:
     """Everything that can be refused before any work: inputs, Parquet, the output directory.
     Returns (seeds, queries)."""
     seeds, queries = load_inputs(cfg)
-    if cfg.parquet and not pyarrow_available():
+    if cfg.export.parquet and not pyarrow_available():
         raise RefusedError("Parquet exports need pyarrow (pip install pyarrow); "
                            "or write JSONL only with --no-parquet")
     check_output_dir(run_dir)
@@ -142,8 +142,8 @@ def check_output_dir(run_dir: Path) -> None:
 @contextlib.asynccontextmanager
 async def open_servers(cfg: Config, backend: str, run_dir: Path) -> AsyncIterator[tuple[list[str], str]]:
     """Yields (server URLs, api) for the job, starting a server when none is configured."""
-    if cfg.servers:
-        yield list(cfg.servers), cfg.api
+    if cfg.run.servers:
+        yield list(cfg.run.servers), cfg.run.api
         return
     if backend == "sim":
         async with SimServer(SimConfig(responder=str(AUTOIF_FIXTURE))) as sim:
@@ -179,17 +179,17 @@ def open_store(cfg: Config, run_dir: Path) -> StateStore:
 
 
 def make_client(cfg: Config, urls: list[str], api: str) -> Any:
-    return LLMClient(urls, model=cfg.model, api=api, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY"),
-                     max_in_flight=cfg.max_inflight_requests,
-                     retry=RetryPolicy(attempts=cfg.max_retries + 1),
-                     request_timeout=cfg.request_timeout_s)
+    return LLMClient(urls, model=cfg.run.model, api=api, api_key=cfg.run.api_key or os.environ.get("OPENAI_API_KEY"),
+                     max_in_flight=cfg.run.max_inflight_requests,
+                     retry=RetryPolicy(attempts=cfg.run.max_retries + 1),
+                     request_timeout=cfg.run.request_timeout_s)
 
 
 def make_pool(cfg: Config) -> Any:
-    return SandboxPool(workers=cfg.pool_workers or None, timeout_s=cfg.pool_timeout_s,
-                       memory_mb=cfg.pool_memory_mb, cpu_base_s=cfg.pool_cpu_base_s,
-                       cpu_per_input_s=cfg.pool_cpu_per_input_s,
-                       coalesce_window_s=cfg.pool_coalesce_window_s)
+    return SandboxPool(workers=cfg.pool.workers or None, timeout_s=cfg.pool.timeout_s,
+                       memory_mb=cfg.pool.memory_mb, cpu_base_s=cfg.pool.cpu_base_s,
+                       cpu_per_input_s=cfg.pool.cpu_per_input_s,
+                       coalesce_window_s=cfg.pool.coalesce_window_s)
 
 
 class NoPool:
@@ -249,9 +249,9 @@ async def served_model(client: Any, urls: list[str]) -> str | None:
 
 def model_name(cfg: Config, store: StateStore) -> str:
     """The model of the run's provenance: as given, else as the server named it."""
-    if cfg.model not in ("", "default"):
-        return cfg.model
-    return store.get_meta("served_model") or cfg.model
+    if cfg.run.model not in ("", "default"):
+        return cfg.run.model
+    return store.get_meta("served_model") or cfg.run.model
 
 
 @contextlib.asynccontextmanager
@@ -263,7 +263,7 @@ async def open_engine(cfg: Config, backend: str, run_dir: Path, store: StateStor
         urls, api = await stack.enter_async_context(open_servers(cfg, backend, run_dir))
         client = await stack.enter_async_context(make_client(cfg, urls, api))
         await check_reachable(client, urls)
-        if cfg.model in ("", "default"):      # provenance names the model the server serves
+        if cfg.run.model in ("", "default"):      # provenance names the model the server serves
             name = await served_model(client, urls)
             if name:
                 store.set_meta("served_model", name)
@@ -292,7 +292,7 @@ def stored_query_budget(cfg: Config, store: StateStore) -> QueryBudget:
     """config.max_queries with the grants this run directory already made, kept in its store
     as they are made: a rerun gives each instruction the same queries, and no more in all."""
     stored = store.get_meta("query_grants")
-    return QueryBudget(cfg.max_queries, orjson.loads(stored) if stored else None,
+    return QueryBudget(cfg.responses.max_queries, orjson.loads(stored) if stored else None,
                        on_grant=lambda grants: store.set_meta("query_grants", orjson.dumps(grants).decode()))
 
 
@@ -311,8 +311,8 @@ async def run_stages(cfg: Config, stages: list[Stage], source: list, ctx: Contex
     metrics = metrics or RunMetrics()
     dists = Distributions()                 # pass rates and scores of every response, for reports
     stages = observe_stages(list(stages), dists)
-    specs = [StageSpec(s, cfg.stage_concurrency) for s in stages]
-    runner = StreamRunner(specs, ctx, queue_size=max(8, cfg.stage_concurrency), sink=sink,
+    specs = [StageSpec(s, cfg.run.stage_concurrency) for s in stages]
+    runner = StreamRunner(specs, ctx, queue_size=max(8, cfg.run.stage_concurrency), sink=sink,
                           metrics=metrics)
     runner.install_signal_handlers()
     series = series if series is not None else TimeSeries(interval_s=1.0)
@@ -372,7 +372,7 @@ async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full",
                   progress: bool = True) -> dict:
     """The job; with `metrics_port`, Prometheus metrics are served on metrics_host:port while it
     runs and, `metrics_keep_s` > 0 (< 0: until interrupted), for that long after it."""
-    run_dir = Path(cfg.output_dir)
+    run_dir = Path(cfg.run.output_dir)
     seeds, queries = preflight(cfg, run_dir)
     if demo:
         seeds = seeds[:DEMO_SEEDS]
@@ -429,8 +429,8 @@ async def run_full(cfg: Config, seeds: list, ctx: Context, client: Any, pool: An
               for s in stages_of(cfg, seeds, queries,
                                  on_sampled=lambda s: store.put_records([s], SAMPLED),
                                  query_budget=stored_query_budget(cfg, store))]
-    source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
-    if cfg.parquet:   # while the server generates, not after its last answer
+    source = make_seed_batches(seeds, cfg.augment.batches, cfg.augment.seeds_shown, cfg.run.seed)
+    if cfg.export.parquet:   # while the server generates, not after its last answer
         threading.Thread(target=warm_up_parquet, name="autoif-warm-parquet", daemon=True).start()
 
     # A fresh run exports the results it sank, as stored and in the same order (put_records

@@ -40,7 +40,7 @@ async def run_stage(codes, cases, **cfg):
     ctx = Context(llm=None, executor=None, funnel=Funnel())
     async with real_pool() as pool:
         ctx.executor = RecordingPool(pool)
-        out = await build_stage("crossval", Config(**cfg)).process(draft(codes, cases), ctx)
+        out = await build_stage("crossval", Config.from_flat(**cfg)).process(draft(codes, cases), ctx)
     return out, ctx
 
 

@@ -24,7 +24,7 @@ def make_ctx(llm=None, executor=None) -> Context:
 
 def make(name, seeds=(), queries=None, **cfg):
     """The stage `name` as a run builds it, with these Config settings."""
-    return build_stage(name, Config(**cfg), seeds=seeds, queries=queries)
+    return build_stage(name, Config.from_flat(**cfg), seeds=seeds, queries=queries)
 
 
 def line_after(prompt: str, label: str) -> str:
@@ -301,7 +301,7 @@ async def test_a_rerun_gives_each_instruction_the_grant_it_had_whatever_the_orde
     from engine.state import StateStore
     pool = [Query(f"Question number {i}?") for i in range(10)]
     items = [verified(NO_COMMA, text=f"Constraint number {i}.") for i in range(4)]
-    cfg = Config(queries_per_instruction=4, seed=3, max_queries=10)
+    cfg = Config.from_flat(queries_per_instruction=4, seed=3, max_queries=10)
     with StateStore(tmp_path / "state.db") as store:
         first = build_stage("queries", cfg, queries=pool, query_budget=stored_query_budget(cfg, store))
         before = {item.id: [t.id for t in await first.process(item, make_ctx())] for item in items[:3]}

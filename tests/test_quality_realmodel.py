@@ -56,7 +56,7 @@ async def _round(ctx: Context, pool: SandboxPool, cfg: Config, probes: list[str]
 
 async def test_embedded_verifiers_survive_crossval_and_agree_with_ifeval(tmp_path):
     probes = OWN_PROBES + ifbench_probes()[:5]
-    cfg = Config(verifier_k=4, verifier_case_samples=3, verifier_max_tokens=160, verifier_case_max_tokens=200)
+    cfg = Config.from_flat(verifier_k=4, verifier_case_samples=3, verifier_max_tokens=160, verifier_case_max_tokens=200)
     tried: list[tuple[dict, dict]] = []
     async with default_embedded_server(tmp_path, parallel=4) as srv, \
             LLMClient([srv.url], model=srv.model, api="openai") as client, \

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import logging
 import sys
-from dataclasses import replace
 
 from engine.aio import install_uvloop, tune_gc
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
@@ -49,7 +48,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     cfg = config_from_args(args)
     if args.demo:
         given = {k for k in DEMO if hasattr(args, k)}  # explicit flags still win over the demo sizes
-        cfg = replace(cfg, **{k: v for k, v in DEMO.items() if k not in given})
+        cfg = cfg.replace_flat(**{k: v for k, v in DEMO.items() if k not in given})
     return cfg
 
 

@@ -29,7 +29,6 @@ import logging
 import os
 import socket
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -170,7 +169,7 @@ async def augment_events(cfg: Config, seeds: list[Instruction], *, backend: str,
         out: list[Instruction] = []
 
         stage = Recorded(build_stage("augment", cfg, seeds=seeds), store, "augment")
-        source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
+        source = make_seed_batches(seeds, cfg.augment.batches, cfg.augment.seeds_shown, cfg.run.seed)
         task = asyncio.create_task(_phase(cfg, backend, directory, store, events, series, [stage],
                                           source, out.append, pool_needed=False))
         async for ev in events.drain(task):
@@ -271,7 +270,7 @@ class ShardWorker:
 
     def __init__(self, cfg: dict, backend: str, run_dir: str) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        self.cfg = Config(**cfg)
+        self.cfg = Config.from_flat(cfg)
         self.backend = backend
         self.run_dir = run_dir
 
@@ -283,7 +282,7 @@ class ShardWorker:
 
     async def set_servers(self, urls: list[str]) -> None:
         """Servers this node's host launched (`--node-serve`): volatile, the config hash stays."""
-        self.cfg = replace(self.cfg, servers=list(urls))
+        self.cfg = self.cfg.replace_flat(servers=list(urls))
 
     async def augment(self, seeds: list[dict]):
         async for ev in augment_events(self.cfg, [Instruction.from_dict(s) for s in seeds],

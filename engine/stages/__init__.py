@@ -35,9 +35,9 @@ CHAIN = ("augment", "verifiers", "crossval", "backtranslate", "audit", "queries"
 
 def nli_judge(cfg: Config) -> NLIJudge:
     """A local NLI model when config.nli_model_path names one, else the pipeline's LLM."""
-    if cfg.nli_model_path:
-        return TransformersNLI(cfg.nli_model_path, cfg.nli_device)
-    return LLMJudge(Sampling(1, cfg.judge_temperature, cfg.judge_max_tokens))
+    if cfg.backtranslate.nli_model_path:
+        return TransformersNLI(cfg.backtranslate.nli_model_path, cfg.backtranslate.nli_device)
+    return LLMJudge(Sampling(1, cfg.backtranslate.judge_temperature, cfg.backtranslate.judge_max_tokens))
 
 
 def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
@@ -51,50 +51,50 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
     responses stage), kept or not, for the GRPO prompt set; `query_budget`: the grants of
     config.max_queries so far (a resumed run's, from its store; None: a fresh one).
     """
-    judge = Sampling(1, cfg.judge_temperature, cfg.judge_max_tokens)
+    judge = Sampling(1, cfg.backtranslate.judge_temperature, cfg.backtranslate.judge_max_tokens)
     if name in ("queries", "audit", "verifiers", "crossval") and queries is None:
-        queries = load_queries(cfg.queries_path or None)
+        queries = load_queries(cfg.run.queries_path or None)
     if name == "augment":
-        return AugmentStage(seeds, deduper=Deduper(threshold=cfg.dedup_threshold, ngram=cfg.dedup_ngram),
-                            per_prompt=cfg.augment_per_prompt, style=cfg.augment_style,
-                            sampling=Sampling(cfg.augment_samples, cfg.augment_temperature,
-                                              cfg.augment_max_tokens),
-                            checkable=judge if cfg.checkable_filter else None,
-                            max_new=cfg.augment_max_new)
+        return AugmentStage(seeds, deduper=Deduper(threshold=cfg.augment.dedup_threshold, ngram=cfg.augment.dedup_ngram),
+                            per_prompt=cfg.augment.per_prompt, style=cfg.augment.style,
+                            sampling=Sampling(cfg.augment.samples, cfg.augment.temperature,
+                                              cfg.augment.max_tokens),
+                            checkable=judge if cfg.augment.checkable_filter else None,
+                            max_new=cfg.augment.max_new)
     if name == "verifiers":
-        return VerifierStage(sampling=Sampling(cfg.verifier_k, cfg.verifier_temperature,
-                                               cfg.verifier_max_tokens),
-                             style=cfg.verifier_style,
-                             cases=Sampling(cfg.verifier_case_samples, cfg.verifier_temperature,
-                                            cfg.verifier_case_max_tokens),
-                             cases_per_side=cfg.verifier_cases_per_side,
-                             case_style=cfg.verifier_case_style,
+        return VerifierStage(sampling=Sampling(cfg.verifiers.k, cfg.verifiers.temperature,
+                                               cfg.verifiers.max_tokens),
+                             style=cfg.verifiers.style,
+                             cases=Sampling(cfg.verifiers.case_samples, cfg.verifiers.temperature,
+                                            cfg.verifiers.case_max_tokens),
+                             cases_per_side=cfg.verifiers.cases_per_side,
+                             case_style=cfg.verifiers.case_style,
                              case_queries=queries or ())
     if name == "crossval":
-        return CrossValStage(case_agreement=cfg.case_agreement, function_accuracy=cfg.function_accuracy,
-                             min_functions=cfg.min_functions, min_cases=cfg.min_cases,
-                             two_sided=cfg.two_sided_cases,
+        return CrossValStage(case_agreement=cfg.crossval.case_agreement, function_accuracy=cfg.crossval.function_accuracy,
+                             min_functions=cfg.crossval.min_functions, min_cases=cfg.crossval.min_cases,
+                             two_sided=cfg.crossval.two_sided,
                              # the audit's probes, run in the same fork as the cases
-                             probes=functools.partial(probe_inputs, queries=queries) if cfg.audit else None)
+                             probes=functools.partial(probe_inputs, queries=queries) if cfg.audit.enabled else None)
     if name == "backtranslate":
-        if not cfg.backtranslate:           # no judge is loaded for a stage that passes through
+        if not cfg.backtranslate.enabled:           # no judge is loaded for a stage that passes through
             return BackTranslateStage(nli=LLMJudge(judge), sampling=judge, enabled=False)
         return BackTranslateStage(nli=nli_judge(cfg), sampling=judge)
     if name == "audit":
-        return AuditStage(queries, enabled=cfg.audit, action=cfg.audit_action,
-                          max_accepted=cfg.audit_max_accepted, weight=cfg.audit_weight)
+        return AuditStage(queries, enabled=cfg.audit.enabled, action=cfg.audit.action,
+                          max_accepted=cfg.audit.max_accepted, weight=cfg.audit.weight)
     if name == "queries":
-        return QueryJoinStage(queries, per_instruction=cfg.queries_per_instruction, seed=cfg.seed,
-                              budget=query_budget or QueryBudget(cfg.max_queries))
+        return QueryJoinStage(queries, per_instruction=cfg.responses.queries_per_instruction, seed=cfg.run.seed,
+                              budget=query_budget or QueryBudget(cfg.responses.max_queries))
     if name == "responses":
-        return ResponseStage(sampling=Sampling(cfg.responses_k, cfg.response_temperature,
-                                               cfg.response_max_tokens),
-                             pass_threshold=cfg.pass_threshold, on_sampled=on_sampled,
+        return ResponseStage(sampling=Sampling(cfg.responses.k, cfg.responses.temperature,
+                                               cfg.responses.max_tokens),
+                             pass_threshold=cfg.responses.pass_threshold, on_sampled=on_sampled,
                              # the verifier stage's plain case reply, so both share one answer
-                             plain=(Sampling(1, cfg.verifier_temperature, cfg.verifier_case_max_tokens)
-                                    if cfg.plain_rejects else None))
+                             plain=(Sampling(1, cfg.verifiers.temperature, cfg.verifiers.case_max_tokens)
+                                    if cfg.responses.plain_rejects else None))
     if name == "scoring":
-        return ScoreStage(sampling=judge, score_min=cfg.score_min, enabled=cfg.scoring, until=cfg.score_until)
+        return ScoreStage(sampling=judge, score_min=cfg.scoring.min, enabled=cfg.scoring.enabled, until=cfg.scoring.until)
     raise ValueError(f"no stage called {name!r} (stages: {', '.join(CHAIN)})")
 
 
@@ -108,8 +108,8 @@ def default_stages(cfg: Config, seeds: Sequence[Instruction] | None = None,
     query pool (None: read from config.queries_path). A file is read only when a stage needs it.
     """
     if seeds is None and "augment" in names:
-        seeds = load_seed_instructions(cfg.seeds_path or None)
+        seeds = load_seed_instructions(cfg.run.seeds_path or None)
     if queries is None and any(n in names for n in ("queries", "audit", "verifiers", "crossval")):
-        queries = load_queries(cfg.queries_path or None)
+        queries = load_queries(cfg.run.queries_path or None)
     return [build_stage(n, cfg, seeds=seeds or (), queries=queries, on_sampled=on_sampled,
                         query_budget=query_budget) for n in names]
