@@ -7,7 +7,7 @@ import pytest
 from engine.config import Config
 from engine.records import Case, Instruction, Query, Verifier, VerifiedInstruction, VerifierDraft
 from engine.stage import Context, Funnel
-from engine.stages import build_stage
+from engine.stages import AuditStage, CrossValStage
 from engine.stages.audit import LONG_TEXT_WORDS, PROBES, long_text, probes
 from sandbox_pool import SandboxPool
 from tests.doubles import RecordingPool
@@ -24,7 +24,7 @@ EMPTY_OK = "def evaluate(response):\n    return not response.strip() or response
 
 def audit_stage(cfg: Config):
     """The audit stage as a run builds it from `cfg`."""
-    return build_stage("audit", cfg, queries=[Query(QUERY)])
+    return AuditStage.from_config(cfg, [Query(QUERY)])
 
 
 def item() -> VerifiedInstruction:
@@ -90,7 +90,7 @@ async def test_audit_reads_the_verdicts_crossval_got_in_the_same_job():
     drafted = VerifierDraft(Instruction(INSTRUCTION), tuple(Verifier(c) for c in (ANYTHING, SOUND, EMPTY_OK)), cases)
     async with SandboxPool(workers=2, timeout_s=2.0) as pool:
         ctx = Context(llm=None, executor=RecordingPool(pool), funnel=Funnel())
-        [verified] = await build_stage("crossval", cfg, queries=[Query(QUERY)]).process(drafted, ctx)
+        [verified] = await CrossValStage.from_config(cfg, [Query(QUERY)]).process(drafted, ctx)
         assert sorted(c for f, _ in verified.functions for c in [f.code]) == sorted([SOUND, EMPTY_OK])
         assert [len(inputs) for _, inputs in ctx.executor.batches[0]] == [len(cases) + len(PROBES)] * 3
         [audited] = await audit_stage(cfg).process(verified, ctx)

@@ -17,7 +17,7 @@ from engine.config import Config
 from engine.records import Instruction
 from engine.servers import default_embedded_server, embedded_available
 from engine.stage import Context, Funnel
-from engine.stages import build_stage, load_queries
+from engine.stages import CrossValStage, VerifierStage, load_queries
 from sandbox_pool import SandboxPool
 
 EMBEDDED_OK, EMBEDDED_WHY = embedded_available()
@@ -39,7 +39,7 @@ async def _round(ctx: Context, pool: SandboxPool, cfg: Config, probes: list[str]
     """One draw: verifiers and cross-validation for each chosen constraint; for each survivor,
     its kept functions that give the official checker's verdict on every probe."""
     agreeing: dict[str, list[str]] = {}
-    verifiers, crossval = build_stage("verifiers", cfg, queries=load_queries()), build_stage("crossval", cfg)
+    verifiers, crossval = VerifierStage.from_config(cfg, load_queries()), CrossValStage.from_config(cfg)
     for c in CHOSEN:
         drafts = await verifiers.process(Instruction(c.text), ctx)
         verified = [v for d in drafts for v in await crossval.process(d, ctx)]

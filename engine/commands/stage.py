@@ -37,7 +37,7 @@ from engine.reference import (BadRecord, FileAnswers, count_lines, dpo_side_rows
                               verified, verified_row, verify_rows)
 from engine.runner import StageSpec, StreamRunner
 from engine.stage import Context, Funnel
-from engine.stages import build_stage, load_seed_instructions, make_seed_batches
+from engine.stages import default_stages, load_seed_instructions, make_seed_batches
 from engine.stages.scoring import UNSCORED
 
 NAMES = ("augment", "crossval", "verify", "backtranslate", "score", "export")
@@ -199,7 +199,7 @@ async def run_stage(name: str, plan: Plan, cfg: Config) -> tuple[list, Funnel]:
             plan.answers.llm = await stack.enter_async_context(open_llm(cfg))
             plan.answers.model = plan.answers.model or getattr(plan.answers.llm, "model", "")
         ctx = Context(llm=plan.answers, executor=pool, funnel=funnel)  # type: ignore[arg-type]
-        stages = [StageSpec(build_stage(n, cfg, seeds=plan.seeds), cfg.run.stage_concurrency) for n in chain]
+        stages = [StageSpec(s, cfg.run.stage_concurrency) for s in default_stages(cfg, plan.seeds, names=chain)]
         runner = StreamRunner(stages, ctx, queue_size=max(8, cfg.run.stage_concurrency), sink=outputs.append)
         await runner.run(plan.items)
     return outputs, funnel

@@ -36,9 +36,8 @@ import orjson
 
 from engine.config import Config
 from engine.job import Recorded, open_engine, open_store, run_stages, stored_query_budget
-from engine.stages import (CHAIN, SAMPLED, AuditStage, BackTranslateStage, build_stage,
-                           default_stages,
-                           make_seed_batches)
+from engine.stages import (CHAIN, SAMPLED, AuditStage, AugmentStage, BackTranslateStage,
+                           default_stages, make_seed_batches)
 from engine.metrics import TimeSeries
 from engine.records import Instruction, Query, QueryResult, SampledPrompt, VerifiedInstruction
 from engine.stage import Context, Funnel
@@ -168,7 +167,7 @@ async def augment_events(cfg: Config, seeds: list[Instruction], *, backend: str,
         series = TimeSeries(interval_s=TICK_S)
         out: list[Instruction] = []
 
-        stage = Recorded(build_stage("augment", cfg, seeds=seeds), store, "augment")
+        stage = Recorded(AugmentStage.from_config(cfg, seeds), store, "augment")
         source = make_seed_batches(seeds, cfg.augment.batches, cfg.augment.seeds_shown, cfg.run.seed)
         task = asyncio.create_task(_phase(cfg, backend, directory, store, events, series, [stage],
                                           source, out.append, pool_needed=False))
