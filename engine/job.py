@@ -28,7 +28,7 @@ import aiohttp
 import orjson
 
 from engine.cache import CachedLLM
-from engine.client import LLMClient, RetryPolicy
+from engine.client import LLMClient, RetryPolicy, Timeouts
 from engine.config import Config
 from engine.errors import JobError, RefusedError
 from engine.export import ExportOptions, export, pyarrow_available, warm_up_parquet
@@ -182,7 +182,7 @@ def make_client(cfg: Config, urls: list[str], api: str) -> Any:
     return LLMClient(urls, model=cfg.run.model, api=api, api_key=cfg.run.api_key or os.environ.get("OPENAI_API_KEY"),
                      max_in_flight=cfg.run.max_inflight_requests,
                      retry=RetryPolicy(attempts=cfg.run.max_retries + 1),
-                     request_timeout=cfg.run.request_timeout_s)
+                     timeouts=Timeouts(request=cfg.run.request_timeout_s))
 
 
 def make_pool(cfg: Config) -> Any:
