@@ -220,9 +220,9 @@ class Config:
     # ------------------------------------------------------------ the flat-name view
 
     @classmethod
-    def from_flat(cls, values: Mapping[str, Any] = {}, /, **more: Any) -> Config:
+    def from_flat(cls, values: Mapping[str, Any] | None = None, /, **more: Any) -> Config:
         """A Config from flat names (`verifier_k=4`); the names not given keep their defaults."""
-        given = {**values, **more}
+        given = {**(values or {}), **more}
         unknown = [k for k in given if k not in FIELDS]
         if unknown:
             raise TypeError(f"Config has no setting {unknown[0]!r}")
