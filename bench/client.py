@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from dataclasses import replace
 from typing import Awaitable, Callable, NamedTuple
 
 import aiohttp
@@ -129,7 +128,7 @@ class Engine:
     """The engine's client as a run builds it (engine.run.make_client), at the same concurrency."""
 
     def __init__(self, url: str, concurrency: int, sc: Scenario) -> None:
-        cfg = replace(Config(), max_inflight_requests=concurrency)
+        cfg = Config().replace_flat(max_inflight_requests=concurrency)
         self.client = make_client(cfg, [url], "sglang")
         self.concurrency, self.sc = concurrency, sc
 

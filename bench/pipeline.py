@@ -26,7 +26,6 @@ import asyncio
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -77,7 +76,7 @@ class Recording:
 async def run_once(cfg: Config, run_dir: Path, url: str) -> tuple[float, dict, list]:
     store = RunStore.open(cfg, run_dir)
     try:
-        seeds = load_seed_instructions(cfg.seeds_path)
+        seeds = load_seed_instructions(cfg.run.seeds_path)
         async with make_client(cfg, [url], "sglang") as client, make_pool(cfg) as pool:
             rec = Recording(client)
             engine = Engine(Context(llm=CachedLLM(rec, store.state), executor=pool), client, pool)
@@ -121,14 +120,14 @@ async def measured_replay(requests: list, cfg: Config) -> float:
 
 def run_config(work: Path, name: str, **override) -> Config:
     """Config() defaults but for the seeds, no augmentation, the bench's concurrency and `override`."""
-    return replace(Config(), seeds_path=str(work / "seeds.jsonl"), augment_batches=0,
-                   max_inflight_requests=CONCURRENCY, stage_concurrency=CONCURRENCY,
-                   output_dir=str(work / name), **override)
+    return Config().replace_flat(seeds_path=str(work / "seeds.jsonl"), augment_batches=0,
+                                 max_inflight_requests=CONCURRENCY, stage_concurrency=CONCURRENCY,
+                                 output_dir=str(work / name), **override)
 
 
 def run_entry(wall: float, summary: dict, cfg: Config, load) -> dict:
     pool = summary["pool"]
-    return {"pool_timeout_s": cfg.pool_timeout_s, "wall_s": round(wall, 2), "loadavg_at_start": load,
+    return {"pool_timeout_s": cfg.pool.timeout_s, "wall_s": round(wall, 2), "loadavg_at_start": load,
             "pool": {k: v for k, v in pool.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
             "funnel": summary["funnel"]}
 
@@ -143,14 +142,14 @@ async def main_async(quick: bool, repeats: int) -> dict:
         for r in range(repeats):
             cfg = run_config(work, f"run-{r}")
             load = common.loadavg()
-            wall, summary, requests = await measured(cfg, Path(cfg.output_dir))
+            wall, summary, requests = await measured(cfg, Path(cfg.run.output_dir))
             runs.append(run_entry(wall, summary, cfg, load))
             gen_only.append(round(await measured_replay(requests, cfg), 2))
             print(f"  repeat {r + 1}/{repeats}: run {wall:.1f}s, generation only {gen_only[-1]:.1f}s, "
                   f"load average at start {load}", flush=True)
         cfg = run_config(work, "run-tight", pool_timeout_s=0.25)
         load = common.loadavg()
-        wall, summary, _ = await measured(cfg, Path(cfg.output_dir))
+        wall, summary, _ = await measured(cfg, Path(cfg.run.output_dir))
         tight = run_entry(wall, summary, cfg, load)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -217,13 +217,13 @@ async def measure(quick: bool, sample_jobs: int) -> dict:
             wls = workloads(quick, r)
             shapes.append({name: {"jobs": len(wl.jobs), "checks": wl.checks} for name, wl in wls.items()})
             loads.append(common.loadavg())
-            await one_round(pool, wls, r, sample_jobs, cores, cfg.stage_concurrency, record)
+            await one_round(pool, wls, r, sample_jobs, cores, cfg.run.stage_concurrency, record)
             print(f"  round {r + 1}/{REPEATS} done, load average at its start {loads[-1]}", flush=True)
         hostile = await after_hostile(pool, cores)
         stats = pool.stats()
     return {"runs": runs, "loadavg_per_round": loads, "shapes": shapes, "cores": cores, "pool_startup_s": startup,
             "pool_stats": {k: v for k, v in stats.items() if k not in ("pids", "uids")},
-            "stage_concurrency": cfg.stage_concurrency, "pool_timeout_s": cfg.pool_timeout_s,
+            "stage_concurrency": cfg.run.stage_concurrency, "pool_timeout_s": cfg.pool.timeout_s,
             "after_hostile": hostile}
 
 

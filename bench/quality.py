@@ -156,11 +156,11 @@ def main() -> None:
         # The demo's verifier settings: an odd K (with 4, functions split 2-2 leave no case
         # with agreement above 0.5) and 4 queries' replies as cases (with 2, 11 of 13
         # constraints were left without a case on one side); short case replies.
-        cfg = Config(servers=list(args.server), api="auto" if args.server else "openai",
-                     output_dir=str(run_dir), seeds_path=str(seeds), augment_batches=0,
-                     verifier_k=5, verifier_case_samples=4, verifier_case_max_tokens=200,
-                     queries_per_instruction=2 if args.quick else 4, responses_k=3,
-                     stage_concurrency=16, max_inflight_requests=16, response_max_tokens=400)
+        cfg = Config.from_flat(servers=list(args.server), api="auto" if args.server else "openai",
+                               output_dir=str(run_dir), seeds_path=str(seeds), augment_batches=0,
+                               verifier_k=5, verifier_case_samples=4, verifier_case_max_tokens=200,
+                               queries_per_instruction=2 if args.quick else 4, responses_k=3,
+                               stage_concurrency=16, max_inflight_requests=16, response_max_tokens=400)
         t0 = time.perf_counter()
         summary = asyncio.run(run_job(cfg, backend="embedded", progress=False))
         run_s = time.perf_counter() - t0
@@ -178,7 +178,7 @@ def main() -> None:
             "qwen2.5-coder-0.5b-instruct-q4_k_m (embedded)"
 
     probes = own + ifbench_probes()
-    verdicts = engine_verdicts(kept, probes, cfg.pass_threshold)
+    verdicts = engine_verdicts(kept, probes, cfg.responses.pass_threshold)
     rows = [["constraint", "checker", "functions", "probes", "official pass", "false accept", "false reject"]]
     per_constraint = {}
     all_engine: list[bool] = []

@@ -20,8 +20,8 @@ from string import Template
 
 Job = tuple[str, list[str]]          # (verifier code, inputs): what SandboxPool.evaluate takes
 
-QUERIES_PER_INSTRUCTION = 16         # Config.queries_per_instruction
-RESPONSES_PER_QUERY = 8              # Config.responses_k
+QUERIES_PER_INSTRUCTION = 16         # Config().responses.queries_per_instruction
+RESPONSES_PER_QUERY = 8              # Config().responses.k
 FUNCTIONS_PER_INSTRUCTION = (3, 8)   # what survives cross-validation of K=8 verifier answers
 
 _WORDS = ("the data model system user answer result value quick brown fox jumps over lazy dog "

@@ -1,8 +1,12 @@
-"""Every knob of a run in one dataclass: TOML file < CLI flags, a stable hash, a pretty dump.
+"""Every knob of a run: one frozen dataclass per section, composed into `Config`; TOML file <
+CLI flags, a stable hash, a pretty dump.
 
-The TOML file may list fields flat (`verifier_k = 8`) or under their section table
-(`[verifiers]` then `verifier_k = 8` or `k = 8`). Fields marked volatile (where and how fast
-to run) are left out of `config_hash()`: changing them does not change the data.
+Code reads settings by section (`cfg.verifiers.k`, `cfg.pool.workers`). Each setting also has a
+flat name, unique over all sections, which the file, the flags and the hash use: the TOML file
+may list settings flat (`verifier_k = 8`) or under their section table (`[verifiers]` then
+`verifier_k = 8`; `[pool]` then `workers = 3`, the flat name less its section prefix). Settings
+marked volatile (where and how fast to run) are left out of `config_hash()`: changing them does
+not change the data.
 """
 from __future__ import annotations
 
@@ -24,153 +28,253 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 
-def _f(default: Any, section: str, help: str, *, volatile: bool = False,
+def _f(default: Any, flat: str, help: str, *, volatile: bool = False,
        lo: float | None = None, hi: float | None = None, choices: tuple = (),
        flags: tuple[str, ...] = (), secret: bool = False) -> Any:
-    """A field; `flags`: its command-line spellings when not just --field-name (the first is the
-    main one); `secret`: never printed nor written to summaries."""
-    meta = {"section": section, "help": help, "volatile": volatile, "lo": lo, "hi": hi,
+    """A setting; `flat`: its name in files, flags and the hash; `flags`: its command-line
+    spellings when not just --flat-name (the first is the main one); `secret`: never printed nor
+    written to summaries."""
+    meta = {"flat": flat, "help": help, "volatile": volatile, "lo": lo, "hi": hi,
             "choices": choices, "flags": flags, "secret": secret}
     if isinstance(default, list):
         return field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-@dataclass
-class Config:
-    # run
-    model: str = _f("default", "run", "model name sent to the server and written into provenance "
+@dataclass(frozen=True)
+class RunSettings:
+    """Where the run reads its inputs, writes its state, and how it talks to the LLM."""
+
+    model: str = _f("default", "model", "model name sent to the server and written into provenance "
                     "(default: the name the server reports)", flags=("--model", "--model-path"))
-    servers: list[str] = _f([], "run", "LLM server base URL; repeat for several (none: `autoif run` starts one)",
+    servers: list[str] = _f([], "servers", "LLM server base URL; repeat for several (none: `autoif run` starts one)",
                             volatile=True, flags=("--server",))
-    api_key: str = _f("", "run", "API key sent as a bearer token (default: $OPENAI_API_KEY)",
+    api_key: str = _f("", "api_key", "API key sent as a bearer token (default: $OPENAI_API_KEY)",
                       volatile=True, secret=True)
-    api: str = _f("auto", "run", "server protocol (auto: detect)", volatile=True,
+    api: str = _f("auto", "api", "server protocol (auto: detect)", volatile=True,
                   choices=("auto", "sglang", "openai"))
-    output_dir: str = _f("runs/autoif", "run", "run directory (state database, exports)", volatile=True)
-    seed: int = _f(0, "run", "seed for sampling seeds, queries and LLM requests")
-    seeds_path: str = _f("", "run", "seed instructions JSONL (empty: the built-in set)")
-    queries_path: str = _f("", "run", "queries JSONL or ShareGPT JSONL (empty: the built-in set)")
-    request_timeout_s: float = _f(600.0, "run", "timeout of one LLM request", volatile=True, lo=0.001)
-    max_retries: int = _f(3, "run", "retries of a failed LLM request", volatile=True, lo=0)
-    max_inflight_requests: int = _f(256, "run", "LLM requests in flight at once", volatile=True, lo=1)
-    stage_concurrency: int = _f(64, "run", "items each stage processes at once", volatile=True, lo=1)
-    max_bad_input_share: float = _f(0.1, "run", "bad lines skipped (with a warning) in a seeds or queries file, as a share of its lines; more refuses the run", volatile=True, lo=0, hi=1)
-    # augment
-    augment_batches: int = _f(8, "augment", "self-instruct prompts (each shows a sample of seeds)", lo=0)
-    augment_seeds_shown: int = _f(8, "augment", "seed instructions shown in each prompt", lo=1)
-    augment_per_prompt: int = _f(10, "augment", "new instructions asked for in each prompt", lo=1)
-    augment_samples: int = _f(1, "augment", "answers sampled per augment prompt", lo=1)
-    augment_max_new: int = _f(0, "augment", "new instructions kept per augment prompt at most, over all its answers, "
-                              "the first in answer order (0: no cap)", lo=0)
-    augment_style: str = _f("chat", "augment", "chat: ask for new constraints in a chat message; list: the seeds as "
-                            "a numbered list the model continues as raw text (small models, which obey the "
-                            "shown constraints when asked in chat, continue a list)", choices=("chat", "list"))
-    augment_temperature: float = _f(0.9, "augment", "sampling temperature of augmentation", lo=0)
-    augment_max_tokens: int = _f(1024, "augment", "max new tokens of an augment answer", lo=1)
-    dedup_threshold: float = _f(0.7, "augment", "n-gram Jaccard at or above which an instruction is a near-duplicate", lo=0.01, hi=1)
-    dedup_ngram: int = _f(2, "augment", "word n-gram size of dedup shingles", lo=1)
-    checkable_filter: bool = _f(True, "augment", "ask the LLM whether each new instruction is code-checkable")
-    # verifiers
-    verifier_k: int = _f(8, "verifiers", "verification answers (function + cases) sampled per instruction", lo=1)
-    verifier_temperature: float = _f(0.7, "verifiers", "sampling temperature of verifier generation", lo=0)
-    verifier_max_tokens: int = _f(1536, "verifiers", "max new tokens of a verifier answer (json style) or function (code style)", lo=1)
-    verifier_style: str = _f("code", "verifiers", "code: each function is a few-shot code completion and test cases a "
-                             "separate JSON request (small models follow it); json: one JSON answer holds both",
-                             choices=("code", "json"))
-    verifier_case_style: str = _f("replies", "verifiers", "code style: replies: cases are replies written to obey the "
-                                  "constraint (expected True) and plain replies to the same queries (expected False); "
-                                  "lists: one JSON request for lists of passing and failing replies",
-                                  choices=("replies", "lists"))
-    verifier_case_samples: int = _f(2, "verifiers", "code style: test-case answers (lists) or queries replied to (replies) per instruction", lo=1)
-    verifier_cases_per_side: int = _f(3, "verifiers", "code style: passing and failing cases asked for in each answer", lo=1)
-    verifier_case_max_tokens: int = _f(768, "verifiers", "code style: max new tokens of a test-case answer", lo=1)
-    # crossval
-    case_agreement: float = _f(0.5, "crossval", "a case is kept when MORE than this share of functions agree with it", lo=0, hi=1)
-    function_accuracy: float = _f(0.5, "crossval", "a function is kept when its accuracy on kept cases is MORE than this", lo=0, hi=1)
-    min_functions: int = _f(1, "crossval", "an instruction needs at least this many kept functions", lo=1)
-    min_cases: int = _f(1, "crossval", "an instruction needs at least this many kept cases", lo=1)
-    two_sided_cases: bool = _f(True, "crossval", "an instruction needs kept cases expecting True AND cases expecting False")
-    # backtranslate
-    backtranslate: bool = _f(True, "backtranslate", "back-translate functions and drop contradicted ones")
-    nli_model_path: str = _f("", "backtranslate", "local NLI model directory (transformers); empty: the LLM judges")
-    nli_device: str = _f("cpu", "backtranslate", "device of the local NLI model", volatile=True)
-    judge_temperature: float = _f(0.0, "backtranslate", "temperature of judge calls (checkable, back-translation, NLI, score)", lo=0)
-    judge_max_tokens: int = _f(512, "backtranslate", "max new tokens of a judge answer", lo=1)
-    # audit (reward-hacking trip wires: every kept function also runs on degenerate probes)
-    audit: bool = _f(True, "audit", "run every kept function on degenerate probes (empty, restated, repeated, 10k words, echo)")
-    audit_action: str = _f("flag", "audit", "what happens to a function that accepts probes", choices=("flag", "downweight", "drop"))
-    audit_max_accepted: int = _f(0, "audit", "a function is flagged when it accepts MORE than this many probes", lo=0)
-    audit_weight: float = _f(0.5, "audit", "reward weight of a flagged function when audit_action is downweight", lo=0, hi=1)
-    # responses
-    queries_per_instruction: int = _f(16, "responses", "queries joined to each instruction", lo=1)
-    max_queries: int = _f(0, "responses", "cap on the queries joined in all, shared by the instructions in the order they "
+    output_dir: str = _f("runs/autoif", "output_dir", "run directory (state database, exports)", volatile=True)
+    seed: int = _f(0, "seed", "seed for sampling seeds, queries and LLM requests")
+    seeds_path: str = _f("", "seeds_path", "seed instructions JSONL (empty: the built-in set)")
+    queries_path: str = _f("", "queries_path", "queries JSONL or ShareGPT JSONL (empty: the built-in set)")
+    request_timeout_s: float = _f(600.0, "request_timeout_s", "timeout of one LLM request", volatile=True, lo=0.001)
+    max_retries: int = _f(3, "max_retries", "retries of a failed LLM request", volatile=True, lo=0)
+    max_inflight_requests: int = _f(256, "max_inflight_requests", "LLM requests in flight at once", volatile=True, lo=1)
+    stage_concurrency: int = _f(64, "stage_concurrency", "items each stage processes at once", volatile=True, lo=1)
+    max_bad_input_share: float = _f(0.1, "max_bad_input_share", "bad lines skipped (with a warning) in a seeds or queries file, as a share of its lines; more refuses the run", volatile=True, lo=0, hi=1)
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Self-instruct augmentation of the seed instructions, and its dedup."""
+
+    batches: int = _f(8, "augment_batches", "self-instruct prompts (each shows a sample of seeds)", lo=0)
+    seeds_shown: int = _f(8, "augment_seeds_shown", "seed instructions shown in each prompt", lo=1)
+    per_prompt: int = _f(10, "augment_per_prompt", "new instructions asked for in each prompt", lo=1)
+    samples: int = _f(1, "augment_samples", "answers sampled per augment prompt", lo=1)
+    max_new: int = _f(0, "augment_max_new", "new instructions kept per augment prompt at most, over all its answers, "
+                      "the first in answer order (0: no cap)", lo=0)
+    style: str = _f("chat", "augment_style", "chat: ask for new constraints in a chat message; list: the seeds as "
+                    "a numbered list the model continues as raw text (small models, which obey the "
+                    "shown constraints when asked in chat, continue a list)", choices=("chat", "list"))
+    temperature: float = _f(0.9, "augment_temperature", "sampling temperature of augmentation", lo=0)
+    max_tokens: int = _f(1024, "augment_max_tokens", "max new tokens of an augment answer", lo=1)
+    dedup_threshold: float = _f(0.7, "dedup_threshold", "n-gram Jaccard at or above which an instruction is a near-duplicate", lo=0.01, hi=1)
+    dedup_ngram: int = _f(2, "dedup_ngram", "word n-gram size of dedup shingles", lo=1)
+    checkable_filter: bool = _f(True, "checkable_filter", "ask the LLM whether each new instruction is code-checkable")
+
+
+@dataclass(frozen=True)
+class VerifierSettings:
+    """Verification functions and test cases sampled per instruction."""
+
+    k: int = _f(8, "verifier_k", "verification answers (function + cases) sampled per instruction", lo=1)
+    temperature: float = _f(0.7, "verifier_temperature", "sampling temperature of verifier generation", lo=0)
+    max_tokens: int = _f(1536, "verifier_max_tokens", "max new tokens of a verifier answer (json style) or function (code style)", lo=1)
+    style: str = _f("code", "verifier_style", "code: each function is a few-shot code completion and test cases a "
+                    "separate JSON request (small models follow it); json: one JSON answer holds both",
+                    choices=("code", "json"))
+    case_style: str = _f("replies", "verifier_case_style", "code style: replies: cases are replies written to obey the "
+                         "constraint (expected True) and plain replies to the same queries (expected False); "
+                         "lists: one JSON request for lists of passing and failing replies",
+                         choices=("replies", "lists"))
+    case_samples: int = _f(2, "verifier_case_samples", "code style: test-case answers (lists) or queries replied to (replies) per instruction", lo=1)
+    cases_per_side: int = _f(3, "verifier_cases_per_side", "code style: passing and failing cases asked for in each answer", lo=1)
+    case_max_tokens: int = _f(768, "verifier_case_max_tokens", "code style: max new tokens of a test-case answer", lo=1)
+
+
+@dataclass(frozen=True)
+class CrossValSettings:
+    """Cross-validation of functions against cases."""
+
+    case_agreement: float = _f(0.5, "case_agreement", "a case is kept when MORE than this share of functions agree with it", lo=0, hi=1)
+    function_accuracy: float = _f(0.5, "function_accuracy", "a function is kept when its accuracy on kept cases is MORE than this", lo=0, hi=1)
+    min_functions: int = _f(1, "min_functions", "an instruction needs at least this many kept functions", lo=1)
+    min_cases: int = _f(1, "min_cases", "an instruction needs at least this many kept cases", lo=1)
+    two_sided: bool = _f(True, "two_sided_cases", "an instruction needs kept cases expecting True AND cases expecting False")
+
+
+@dataclass(frozen=True)
+class BackTranslateSettings:
+    """Back-translation of functions, and the judge calls' sampling."""
+
+    enabled: bool = _f(True, "backtranslate", "back-translate functions and drop contradicted ones")
+    nli_model_path: str = _f("", "nli_model_path", "local NLI model directory (transformers); empty: the LLM judges")
+    nli_device: str = _f("cpu", "nli_device", "device of the local NLI model", volatile=True)
+    judge_temperature: float = _f(0.0, "judge_temperature", "temperature of judge calls (checkable, back-translation, NLI, score)", lo=0)
+    judge_max_tokens: int = _f(512, "judge_max_tokens", "max new tokens of a judge answer", lo=1)
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Reward-hacking trip wires: every kept function also runs on degenerate probes."""
+
+    enabled: bool = _f(True, "audit", "run every kept function on degenerate probes (empty, restated, repeated, 10k words, echo)")
+    action: str = _f("flag", "audit_action", "what happens to a function that accepts probes", choices=("flag", "downweight", "drop"))
+    max_accepted: int = _f(0, "audit_max_accepted", "a function is flagged when it accepts MORE than this many probes", lo=0)
+    weight: float = _f(0.5, "audit_weight", "reward weight of a flagged function when audit_action is downweight", lo=0, hi=1)
+
+
+@dataclass(frozen=True)
+class ResponseSettings:
+    """Queries joined to each instruction and the responses sampled for them."""
+
+    queries_per_instruction: int = _f(16, "queries_per_instruction", "queries joined to each instruction", lo=1)
+    max_queries: int = _f(0, "max_queries", "cap on the queries joined in all, shared by the instructions in the order they "
                           "are verified; the rest get none (0: no cap; per shard under Ray, per round in online DPO)", lo=0)
-    responses_k: int = _f(8, "responses", "responses sampled per (instruction, query)", lo=1)
-    response_temperature: float = _f(0.7, "responses", "sampling temperature of responses", lo=0)
-    response_max_tokens: int = _f(1024, "responses", "max new tokens of a response", lo=1)
-    plain_rejects: bool = _f(False, "responses", "also verify a plain reply to each query (the query alone, without the "
+    k: int = _f(8, "responses_k", "responses sampled per (instruction, query)", lo=1)
+    temperature: float = _f(0.7, "response_temperature", "sampling temperature of responses", lo=0)
+    max_tokens: int = _f(1024, "response_max_tokens", "max new tokens of a response", lo=1)
+    plain_rejects: bool = _f(False, "plain_rejects", "also verify a plain reply to each query (the query alone, without the "
                              "instruction): when it fails, it is the query-level DPO reject of a query none of whose "
                              "K samples failed (never an SFT answer)")
-    pass_threshold: float = _f(0.5, "responses", "a response is kept when MORE than this share of functions pass it", lo=0, hi=1)
-    # scoring
-    scoring: bool = _f(True, "scoring", "have the LLM rate kept responses")
-    score_min: int = _f(8, "scoring", "keep responses scored at least this (1-10)", lo=1, hi=10)
-    score_until: int = _f(0, "scoring", "judge passed responses best first until this many per query are kept; "
-                          "0: judge every one", lo=0)
-    # pool
-    pool_workers: int = _f(0, "pool", "sandbox worker processes (0: one per CPU core)", volatile=True, lo=0)
-    pool_timeout_s: float = _f(2.0, "pool", "time limit of one sandbox job: one function over all its inputs", lo=0.001)
-    pool_memory_mb: int = _f(512, "pool", "memory limit of a sandbox worker", lo=16)
+    pass_threshold: float = _f(0.5, "pass_threshold", "a response is kept when MORE than this share of functions pass it", lo=0, hi=1)
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """LLM rating of kept responses."""
+
+    enabled: bool = _f(True, "scoring", "have the LLM rate kept responses")
+    min: int = _f(8, "score_min", "keep responses scored at least this (1-10)", lo=1, hi=10)
+    until: int = _f(0, "score_until", "judge passed responses best first until this many per query are kept; "
+                    "0: judge every one", lo=0)
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Limits of the sandbox pool that runs verification functions."""
+
+    workers: int = _f(0, "pool_workers", "sandbox worker processes (0: one per CPU core)", volatile=True, lo=0)
+    timeout_s: float = _f(2.0, "pool_timeout_s", "time limit of one sandbox job: one function over all its inputs", lo=0.001)
+    memory_mb: int = _f(512, "pool_memory_mb", "memory limit of a sandbox worker", lo=16)
     # A looping verifier costs its job's CPU budget, not the wall-clock timeout. An honest check
     # of a pipeline response takes tens of microseconds (the slowest of bench.workload's 35 over
     # a 10,000-word text: 2.1 ms), so 10 ms + 2 ms per input leaves one such check 5x and a
     # coalesced batch ~60x. At 50 ms, cross-validation's looping verifiers cost the simulator
     # run ~1 s of wall time (bench.pipeline).
-    pool_cpu_base_s: float = _f(0.01, "pool", "CPU-time budget of one sandbox job: this much, plus pool_cpu_per_input_s per input", lo=0.001)
-    pool_cpu_per_input_s: float = _f(0.002, "pool", "CPU-time budget per input of a sandbox job (checks it cuts are timeouts)", lo=0)
-    pool_coalesce_window_s: float = _f(0.05, "pool", "how long a response check waits, while other queries of its instruction are generating, for their checks of the same functions to share its fork", lo=0)
-    # export
-    export_formats: list[str] = _f(["alpaca", "sharegpt", "trl"], "export", "SFT formats to write",
-                                   choices=("alpaca", "sharegpt", "trl"))
-    export_dpo: bool = _f(True, "export", "write DPO pairs (instruction and query level)")
-    sft_per_query: int = _f(1, "export", "SFT examples kept per (instruction, query), best first", lo=1)
-    dpo_pairs_per_instruction: int = _f(2, "export", "instruction-level DPO pairs per instruction", lo=0)
-    parquet: bool = _f(True, "export", "also write Parquet (pyarrow)", volatile=True)
-    grpo_band_low: float = _f(0.0, "export", "GRPO difficulty band: a prompt is mixed when its K-sample pass rate is MORE than this", lo=0, hi=1)
-    grpo_band_high: float = _f(1.0, "export", "... and LESS than this", lo=0, hi=1)
+    cpu_base_s: float = _f(0.01, "pool_cpu_base_s", "CPU-time budget of one sandbox job: this much, plus pool_cpu_per_input_s per input", lo=0.001)
+    cpu_per_input_s: float = _f(0.002, "pool_cpu_per_input_s", "CPU-time budget per input of a sandbox job (checks it cuts are timeouts)", lo=0)
+    coalesce_window_s: float = _f(0.05, "pool_coalesce_window_s", "how long a response check waits, while other queries of its instruction are generating, for their checks of the same functions to share its fork", lo=0)
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What the run writes: SFT formats, DPO pairs, the GRPO band."""
+
+    formats: list[str] = _f(["alpaca", "sharegpt", "trl"], "export_formats", "SFT formats to write",
+                            choices=("alpaca", "sharegpt", "trl"))
+    dpo: bool = _f(True, "export_dpo", "write DPO pairs (instruction and query level)")
+    sft_per_query: int = _f(1, "sft_per_query", "SFT examples kept per (instruction, query), best first", lo=1)
+    dpo_pairs_per_instruction: int = _f(2, "dpo_pairs_per_instruction", "instruction-level DPO pairs per instruction", lo=0)
+    parquet: bool = _f(True, "parquet", "also write Parquet (pyarrow)", volatile=True)
+    grpo_band_low: float = _f(0.0, "grpo_band_low", "GRPO difficulty band: a prompt is mixed when its K-sample pass rate is MORE than this", lo=0, hi=1)
+    grpo_band_high: float = _f(1.0, "grpo_band_high", "... and LESS than this", lo=0, hi=1)
+
+    def __post_init__(self) -> None:
+        # an empty band has no mixed prompts: the GRPO export would be empty without a word
+        if not self.grpo_band_low < self.grpo_band_high:
+            raise ConfigError(f"--grpo-band-low ({self.grpo_band_low:g}) must be less than "
+                              f"--grpo-band-high ({self.grpo_band_high:g})")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a run, one frozen section per pipeline part (`cfg.verifiers.k`).
+
+    Each setting also has a flat name (`verifier_k`), unique over all sections: the TOML keys,
+    the command-line flags, `config_hash()` and summaries use it (`from_flat`, `flat`).
+    """
+
+    run: RunSettings = field(default_factory=RunSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    verifiers: VerifierSettings = field(default_factory=VerifierSettings)
+    crossval: CrossValSettings = field(default_factory=CrossValSettings)
+    backtranslate: BackTranslateSettings = field(default_factory=BackTranslateSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    responses: ResponseSettings = field(default_factory=ResponseSettings)
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
+
+    # ------------------------------------------------------------ the flat-name view
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any] | None = None, /, **more: Any) -> Config:
+        """A Config from flat names (`verifier_k=4`); the names not given keep their defaults."""
+        given = {**(values or {}), **more}
+        unknown = [k for k in given if k not in FIELDS]
+        if unknown:
+            raise TypeError(f"Config has no setting {unknown[0]!r}")
+        sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        for name, value in given.items():
+            section, attr = WHERE[name]
+            sections[section][attr] = list(value) if isinstance(value, list) else value
+        return cls(**{s: SECTIONS[s](**attrs) for s, attrs in sections.items()})
+
+    def flat(self) -> dict[str, Any]:
+        """flat name -> value, in section order."""
+        return {name: getattr(getattr(self, section), attr) for name, (section, attr) in WHERE.items()}
+
+    def replace_flat(self, **changes: Any) -> Config:
+        """A copy with the settings named by flat name changed."""
+        return Config.from_flat(self.flat(), **changes)
 
     # ------------------------------------------------------------ views
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     def public_dict(self) -> dict[str, Any]:
-        """to_dict() with secrets masked: what summaries, reports and dumps show."""
-        return {k: ("***" if v and FIELDS[k].metadata["secret"] else v) for k, v in self.to_dict().items()}
+        """flat() with secrets masked: what summaries, reports and dumps show."""
+        return {k: ("***" if v and FIELDS[k].metadata["secret"] else v) for k, v in self.flat().items()}
 
     def config_hash(self) -> str:
-        """Hash of the fields that shape the data (volatile ones excluded); 12 hex digits."""
-        stable = {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata["volatile"]}
+        """Hash of the settings that shape the data (volatile ones excluded), keyed by flat name
+        (run directories store it); 12 hex digits."""
+        stable = {k: v for k, v in self.flat().items() if not FIELDS[k].metadata["volatile"]}
         return hashlib.sha256(orjson.dumps(stable, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
     def dump(self) -> str:
         """TOML that load_config reads back, grouped by section, with each knob's help."""
         lines = [f"# config hash {self.config_hash()}"]
         section = ""
-        for f in fields(self):
-            if f.metadata["section"] != section:
-                section = f.metadata["section"]
+        for name, value in self.flat().items():
+            meta = FIELDS[name].metadata
+            if WHERE[name][0] != section:
+                section = WHERE[name][0]
                 lines.append(f"\n[{section}]")
-            if f.metadata["secret"]:
-                lines.append(f"# {f.name}: {f.metadata['help']} (not shown)")
+            if meta["secret"]:
+                lines.append(f"# {name}: {meta['help']} (not shown)")
                 continue
-            lines.append(f"{f.name} = {_toml_value(getattr(self, f.name))}  # {f.metadata['help']}")
+            lines.append(f"{name} = {_toml_value(value)}  # {meta['help']}")
         return "\n".join(lines) + "\n"
 
 
-FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Config)}
-_TYPES = {f.name: type(f.default) if f.default is not dataclasses.MISSING else list for f in fields(Config)}
+# section name -> its dataclass; flat name -> (section, attribute) and its dataclass Field
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
+WHERE: dict[str, tuple[str, str]] = {f.metadata["flat"]: (s, f.name) for s, kind in SECTIONS.items()
+                                     for f in fields(kind)}
+FIELDS: dict[str, dataclasses.Field] = {f.metadata["flat"]: f for kind in SECTIONS.values()
+                                        for f in fields(kind)}
+_TYPES = {name: type(f.default) if f.default is not dataclasses.MISSING else list for name, f in FIELDS.items()}
 
 
 def _toml_value(v: Any) -> str:
@@ -219,13 +323,13 @@ def _check(name: str, value: Any) -> Any:
 
 
 def _flatten(data: Mapping[str, Any], where: str) -> dict[str, tuple[str, Any]]:
-    """field name -> (key as written, value); tables are sections of flat fields."""
+    """flat name -> (key as written, value); tables are sections of flat names."""
     flat: dict[str, tuple[str, Any]] = {}
     for key, value in data.items():
         if isinstance(value, dict):
             for sub, v in value.items():
                 name = sub if sub in FIELDS else f"{key}_{sub}"
-                if name not in FIELDS or FIELDS[name].metadata["section"] != key:
+                if name not in FIELDS or WHERE[name][0] != key:
                     raise ConfigError(f"{where}: unknown key '{key}.{sub}'")
                 flat[name] = (f"{key}.{sub}", v)
         elif key in FIELDS:
@@ -237,13 +341,16 @@ def _flatten(data: Mapping[str, Any], where: str) -> dict[str, tuple[str, Any]]:
 
 def config_from_mapping(data: Mapping[str, Any], where: str = "config",
                         base: Config | None = None) -> Config:
-    values = (base or Config()).to_dict()
+    values = (base or Config()).flat()
     for name, (key, value) in _flatten(data, where).items():
         try:
             values[name] = _check(name, value)
         except ValueError as exc:
             raise ConfigError(f"{where}: key '{key}': {exc}") from None
-    return Config(**values)
+    try:
+        return Config.from_flat(values)
+    except ConfigError as exc:          # a check across settings
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def load_config(path: str | Path) -> Config:
@@ -275,7 +382,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, config_flag: bool =
     group = parser.add_argument_group("configuration (overrides the --config file)")
     if config_flag:
         group.add_argument("--config", metavar="FILE", default=None, help="TOML config file")
-    defaults = Config()
+    defaults = Config().flat()
     for name, f in FIELDS.items():
         if only is not None and name not in only:
             continue
@@ -285,7 +392,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, config_flag: bool =
         help_text = meta["help"]
         if meta["choices"]:
             help_text += f"; one of: {', '.join(meta['choices'])}" + (" (comma-separated)" if kind is list else "")
-        default = getattr(defaults, name)
+        default = defaults[name]
         if not meta["secret"] and "(default" not in help_text and default not in ("", []):
             shown = ",".join(default) if isinstance(default, list) else default
             help_text += f" (default: {shown})"
@@ -304,7 +411,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, config_flag: bool =
 
 
 def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
-    values = config.to_dict()
+    values = config.flat()
     for name in FIELDS:
         if hasattr(args, name):
             try:
@@ -312,7 +419,7 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
             except ValueError as exc:
                 raise ConfigError(f"{(FIELDS[name].metadata['flags'] or (flag_name(name),))[0]}: "
                                   f"{exc}") from None
-    return Config(**values)
+    return Config.from_flat(values)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

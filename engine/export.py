@@ -48,9 +48,9 @@ class ExportOptions:
 
     @classmethod
     def from_config(cls, cfg: Any) -> ExportOptions:
-        return cls(model=cfg.model, config_hash=cfg.config_hash(), score_min=cfg.score_min,
-                   formats=tuple(cfg.export_formats), dpo=cfg.export_dpo, sft_per_query=cfg.sft_per_query,
-                   dpo_pairs_per_instruction=cfg.dpo_pairs_per_instruction, parquet=cfg.parquet)
+        return cls(model=cfg.run.model, config_hash=cfg.config_hash(), score_min=cfg.scoring.min,
+                   formats=tuple(cfg.export.formats), dpo=cfg.export.dpo, sft_per_query=cfg.export.sft_per_query,
+                   dpo_pairs_per_instruction=cfg.export.dpo_pairs_per_instruction, parquet=cfg.export.parquet)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ class GrpoOptions:
 
     @classmethod
     def from_config(cls, cfg: Any) -> GrpoOptions:
-        return cls(pass_threshold=cfg.pass_threshold, band_low=cfg.grpo_band_low,
-                   band_high=cfg.grpo_band_high, config_hash=cfg.config_hash())
+        return cls(pass_threshold=cfg.responses.pass_threshold, band_low=cfg.export.grpo_band_low,
+                   band_high=cfg.export.grpo_band_high, config_hash=cfg.config_hash())
 
 
 @dataclass

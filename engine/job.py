@@ -39,7 +39,7 @@ async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full",
                   progress: bool = True) -> dict:
     """The job; with `metrics_port`, Prometheus metrics are served on metrics_host:port while it
     runs and, `metrics_keep_s` > 0 (< 0: until interrupted), for that long after it."""
-    run_dir = Path(cfg.output_dir)
+    run_dir = Path(cfg.run.output_dir)
     seeds, queries = preflight(cfg, run_dir)
     if demo:
         seeds = seeds[:DEMO_SEEDS]
@@ -75,8 +75,8 @@ async def run_full(spec: RunSpec, engine: Engine, store: RunStore,
                    metrics: RunMetrics | None = None) -> dict:
     """The whole chain over the seeds, then the exports and summary.json."""
     cfg, run_dir = spec.config, spec.run_dir
-    source = make_seed_batches(list(spec.seeds), cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
-    if cfg.parquet:   # while the server generates, not after its last answer
+    source = make_seed_batches(list(spec.seeds), cfg.augment.batches, cfg.augment.seeds_shown, cfg.run.seed)
+    if cfg.export.parquet:   # while the server generates, not after its last answer
         threading.Thread(target=warm_up_parquet, name="autoif-warm-parquet", daemon=True).start()
 
     # A fresh run exports the results it made, in the order it made them, without reading them

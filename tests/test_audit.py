@@ -7,7 +7,7 @@ import pytest
 from engine.config import Config
 from engine.records import Case, Instruction, Query, Verifier, VerifiedInstruction, VerifierDraft
 from engine.stage import Context, Funnel
-from engine.stages import build_stage
+from engine.stages import AuditStage, CrossValStage
 from engine.stages.audit import LONG_TEXT_WORDS, PROBES, long_text, probes
 from sandbox_pool import Limits, PoolConfig, SandboxPool
 from tests.doubles import RecordingPool
@@ -24,7 +24,7 @@ EMPTY_OK = "def evaluate(response):\n    return not response.strip() or response
 
 def audit_stage(cfg: Config):
     """The audit stage as a run builds it from `cfg`."""
-    return build_stage("audit", cfg, queries=[Query(QUERY)])
+    return AuditStage.from_config(cfg, [Query(QUERY)])
 
 
 def item() -> VerifiedInstruction:
@@ -42,7 +42,7 @@ def test_probes_are_degenerate():
 
 @pytest.mark.parametrize("action", ["flag", "downweight", "drop"])
 async def test_audit_actions(action):
-    cfg = Config(audit_action=action, audit_weight=0.25)
+    cfg = Config.from_flat(audit_action=action, audit_weight=0.25)
     async with SandboxPool(PoolConfig(workers=1, limits=Limits(timeout_s=2.0))) as pool:
         ctx = Context(llm=None, executor=pool, funnel=Funnel())
         [out] = await audit_stage(cfg).process(item(), ctx)
@@ -71,26 +71,26 @@ async def test_audit_threshold_and_all_dropped():
     async with SandboxPool(PoolConfig(workers=1, limits=Limits(timeout_s=2.0))) as pool:
         # one accepted probe is within a tolerance of 1: not flagged
         ctx = Context(llm=None, executor=pool, funnel=Funnel())
-        [kept] = await audit_stage(Config(audit_max_accepted=1)).process(inst, ctx)
+        [kept] = await audit_stage(Config.from_flat(audit_max_accepted=1)).process(inst, ctx)
         assert kept.audits[0].accepted == ("empty",) and not kept.audits[0].flagged
         # dropping the only function drops the instruction, with its reason
         ctx = Context(llm=None, executor=pool, funnel=Funnel())
-        assert await audit_stage(Config(audit_action="drop")).process(inst, ctx) == []
+        assert await audit_stage(Config.from_flat(audit_action="drop")).process(inst, ctx) == []
         assert ctx.funnel.to_dict()["audit"]["dropped"] == {"all_functions_flagged": 1}
         # audit off: passes through untouched
         ctx = Context(llm=None, executor=pool, funnel=Funnel())
-        assert await audit_stage(Config(audit=False)).process(inst, ctx) == [inst]
+        assert await audit_stage(Config.from_flat(audit=False)).process(inst, ctx) == [inst]
 
 
 async def test_audit_reads_the_verdicts_crossval_got_in_the_same_job():
     """Cross-validation runs the probes after the cases in each function's job; the audit
     then sends nothing to the pool, and decides as it does when it runs the probes itself."""
-    cfg = Config(two_sided_cases=False)
+    cfg = Config.from_flat(two_sided_cases=False)
     cases = (Case("the answer is done", True), Case("nope", False))
     drafted = VerifierDraft(Instruction(INSTRUCTION), tuple(Verifier(c) for c in (ANYTHING, SOUND, EMPTY_OK)), cases)
     async with SandboxPool(PoolConfig(workers=2, limits=Limits(timeout_s=2.0))) as pool:
         ctx = Context(llm=None, executor=RecordingPool(pool), funnel=Funnel())
-        [verified] = await build_stage("crossval", cfg, queries=[Query(QUERY)]).process(drafted, ctx)
+        [verified] = await CrossValStage.from_config(cfg, [Query(QUERY)]).process(drafted, ctx)
         assert sorted(c for f, _ in verified.functions for c in [f.code]) == sorted([SOUND, EMPTY_OK])
         assert [len(inputs) for _, inputs in ctx.executor.batches[0]] == [len(cases) + len(PROBES)] * 3
         [audited] = await audit_stage(cfg).process(verified, ctx)

@@ -6,7 +6,7 @@ import asyncio
 import orjson
 import pytest
 
-from engine.client import LLMClient, RequestFailed, parse_metrics
+from engine.client import LLMClient, RequestFailed, Timeouts, parse_metrics
 from engine.client.sse import SSEDecoder
 from engine.llm import LLM, SamplingParams
 from engine.sim import LatencyModel, ScriptedResponder, SimConfig, SimServer
@@ -28,6 +28,15 @@ async def sim():
 def test_client_satisfies_llm_protocol():
     client: LLM = LLMClient("http://127.0.0.1:1")
     assert client.model == "default"
+
+
+def test_timeouts_bound_each_kind_of_wait():
+    t = Timeouts(request=5.0, connect=2.0, stream_idle=3.0, control=4.0)
+    assert (t.attempt().total, t.attempt().sock_connect, t.attempt().sock_read) == (5.0, 2.0, None)
+    assert (t.stream().total, t.stream().sock_connect, t.stream().sock_read) == (None, 2.0, 3.0)
+    assert (t.control_call().total, t.control_call().sock_connect) == (4.0, 2.0)
+    assert LLMClient("http://127.0.0.1:1").timeouts == Timeouts(request=600.0, connect=10.0, stream_idle=120.0,
+                                                               control=10.0)
 
 
 @pytest.mark.parametrize("api", ["sglang", "openai"])

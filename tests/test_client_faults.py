@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from engine.client import BadRequest, ConnectFailed, LLMClient, RequestFailed, RetryPolicy
+from engine.client import BadRequest, ConnectFailed, LLMClient, RequestFailed, RetryPolicy, Timeouts
 from engine.errors import AutoIFError
 from engine.llm import SamplingParams
 from engine.sim import FaultConfig, LatencyModel, SimConfig, SimServer
@@ -115,7 +115,7 @@ async def test_mid_stream_error_events_are_retried(chat):
 
 async def test_slow_first_token_within_timeout_just_waits():
     async with SimServer(sim_config(slow_first_token_rate=0.5, slow_first_token_s=0.4)) as sim:
-        async with LLMClient(sim.url, api="sglang", stream_idle_timeout=5.0) as client:
+        async with LLMClient(sim.url, api="sglang", timeouts=Timeouts(stream_idle=5.0)) as client:
             t0 = time.monotonic()
             results, failures = await run_many(client, 60, stream=True)
             elapsed = time.monotonic() - t0
@@ -127,7 +127,7 @@ async def test_slow_first_token_within_timeout_just_waits():
 async def test_slow_first_token_past_timeout_is_retried():
     async with SimServer(sim_config(slow_first_token_rate=0.5, slow_first_token_s=1.0)) as sim:
         policy = RetryPolicy(attempts=8, base=0.01, cap=0.05)
-        async with LLMClient(sim.url, api="sglang", retry=policy, stream_idle_timeout=0.3,
+        async with LLMClient(sim.url, api="sglang", retry=policy, timeouts=Timeouts(stream_idle=0.3),
                              fail_threshold=1000) as client:
             results, failures = await run_many(client, 60, stream=True)
             st = assert_accounting(client, 60, results, failures)
@@ -217,7 +217,7 @@ async def test_unreachable_server_gives_one_failure():
     async with SimServer(sim_config()) as sim:
         url = sim.url
     policy = RetryPolicy(attempts=3, base=0.01, cap=0.02)
-    async with LLMClient(url, api="sglang", retry=policy, connect_timeout=1.0) as client:
+    async with LLMClient(url, api="sglang", retry=policy, timeouts=Timeouts(connect=1.0)) as client:
         with pytest.raises(RequestFailed) as info:
             await client.generate("hello", params=PARAMS)
         assert info.value.kind == "connect" and info.value.attempts == 3

@@ -19,16 +19,16 @@ def test_flat_and_sectioned_keys(tmp_path):
     path.write_text('model = "qwen"\nverifier_k = 4\n[crossval]\ncase_agreement = 0.6\n'
                     '[responses]\nresponses_k = 3\n[export]\nexport_formats = ["trl"]\n')
     cfg = load_config(path)
-    assert (cfg.model, cfg.verifier_k, cfg.case_agreement, cfg.responses_k, cfg.export_formats) == \
+    assert (cfg.run.model, cfg.verifiers.k, cfg.crossval.case_agreement, cfg.responses.k, cfg.export.formats) == \
         ("qwen", 4, 0.6, 3, ["trl"])
-    assert cfg.score_min == Config().score_min
+    assert cfg.scoring.min == Config().scoring.min
 
 
 def test_section_short_key(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[verifiers]\nverifier_k = 5\n[pool]\nworkers = 3\n")
     cfg = load_config(path)
-    assert cfg.verifier_k == 5 and cfg.pool_workers == 3
+    assert cfg.verifiers.k == 5 and cfg.pool.workers == 3
 
 
 @pytest.mark.parametrize("body, key", [
@@ -65,13 +65,13 @@ def test_cli_overrides_file(tmp_path):
     args = _parser().parse_args(["--config", str(path), "--verifier-k", "2", "--no-scoring",
                                  "--server", "http://a:1", "--server", "http://b:2", "--pass-threshold", "0.75"])
     cfg = config_from_args(args)
-    assert (cfg.verifier_k, cfg.scoring, cfg.model, cfg.pass_threshold) == (2, False, "m", 0.75)
-    assert cfg.servers == ["http://a:1", "http://b:2"]
+    assert (cfg.verifiers.k, cfg.scoring.enabled, cfg.run.model, cfg.responses.pass_threshold) == (2, False, "m", 0.75)
+    assert cfg.run.servers == ["http://a:1", "http://b:2"]
 
 
 def test_flags_not_given_do_not_override():
-    cfg = apply_overrides(Config(verifier_k=3), _parser().parse_args([]))
-    assert cfg.verifier_k == 3
+    cfg = apply_overrides(Config.from_flat(verifier_k=3), _parser().parse_args([]))
+    assert cfg.verifiers.k == 3
 
 
 def test_cli_range_error_names_flag():
@@ -82,9 +82,9 @@ def test_cli_range_error_names_flag():
 def test_hash_stable_and_ignores_volatile_fields():
     a, b = Config(), Config()
     assert a.config_hash() == b.config_hash()
-    b.output_dir, b.servers, b.stage_concurrency = "elsewhere", ["http://x:1"], 3
+    b = b.replace_flat(output_dir="elsewhere", servers=["http://x:1"], stage_concurrency=3)
     assert a.config_hash() == b.config_hash()
-    b.verifier_k = 2
+    b = b.replace_flat(verifier_k=2)
     assert a.config_hash() != b.config_hash()
 
 
@@ -103,15 +103,15 @@ def test_cli_aliases_secrets_and_help(monkeypatch, capsys):
 
     args = _parser().parse_args(["--model-path", "Qwen/Qwen2.5-7B-Instruct", "--api-key", "sk-1"])
     cfg = config_from_args(args)
-    assert cfg.model == "Qwen/Qwen2.5-7B-Instruct" and cfg.api_key == "sk-1"
+    assert cfg.run.model == "Qwen/Qwen2.5-7B-Instruct" and cfg.run.api_key == "sk-1"
     assert "sk-1" not in cfg.dump() and cfg.public_dict()["api_key"] == "***"
-    assert cfg.api_key not in orjson.dumps(cfg.public_dict()).decode()
+    assert cfg.run.api_key not in orjson.dumps(cfg.public_dict()).decode()
     assert make_client(cfg, ["http://127.0.0.1:9"], "openai")._headers["Authorization"] == "Bearer sk-1"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
     assert make_client(Config(), ["http://127.0.0.1:9"], "openai")._headers["Authorization"] == "Bearer sk-env"
     # one way to give servers: --server, repeated (or A,B)
     assert config_from_args(_parser().parse_args(["--server", "http://a:1", "--server", "http://b:2,http://c:3"])
-                            ).servers == ["http://a:1", "http://b:2", "http://c:3"]
+                            ).run.servers == ["http://a:1", "http://b:2", "http://c:3"]
     with pytest.raises(SystemExit):
         _parser().parse_args(["--servers", "http://a:1"])
     capsys.readouterr()
@@ -121,3 +121,34 @@ def test_cli_aliases_secrets_and_help(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.startswith("autoif ")
+
+
+def test_hash_matches_older_run_directories():
+    # the hashes run directories written by the flat Config carry: a resumed run must match them
+    assert Config().config_hash() == "5d52df4c4de4"
+    cfg = Config.from_flat(verifier_k=4, case_agreement=0.6, export_formats=["trl"], scoring=False, model="m",
+                           servers=["http://x:1"], pool_workers=3, grpo_band_low=0.2, grpo_band_high=0.9)
+    assert cfg.config_hash() == "33a5503da242"
+
+
+def test_sections_and_flat_view_agree():
+    cfg = Config.from_flat(verifier_k=4, pool_workers=3, export_formats=["trl"], scoring=False)
+    assert (cfg.verifiers.k, cfg.pool.workers, cfg.export.formats, cfg.scoring.enabled) == (4, 3, ["trl"], False)
+    assert Config.from_flat(cfg.flat()) == cfg and cfg.replace_flat(verifier_k=5).verifiers.k == 5
+    assert cfg.verifiers.k == 4                      # replace_flat leaves the original as it was
+    with pytest.raises(TypeError, match="verifer_k"):
+        Config.from_flat(verifer_k=3)
+
+
+@pytest.mark.parametrize("low, high", [(0.8, 0.2), (0.5, 0.5)])
+def test_grpo_band_must_not_be_empty(tmp_path, low, high):
+    args = _parser().parse_args(["--grpo-band-low", str(low), "--grpo-band-high", str(high)])
+    with pytest.raises(ConfigError, match="--grpo-band-low .* must be less than --grpo-band-high"):
+        config_from_args(args)
+    path = tmp_path / "c.toml"
+    path.write_text(f"[export]\ngrpo_band_low = {low}\ngrpo_band_high = {high}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "--grpo-band-high" in str(info.value)
+    assert config_from_args(_parser().parse_args(["--grpo-band-low", "0.2", "--grpo-band-high", "0.8"])
+                            ).export.grpo_band_low == 0.2

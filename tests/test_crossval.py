@@ -6,7 +6,7 @@ import pytest
 from engine.config import Config
 from engine.records import Case, Instruction, Verifier, VerifierDraft
 from engine.stage import Context, Funnel
-from engine.stages import build_stage, load_queries
+from engine.stages import CrossValStage, load_queries
 from engine.stages.audit import probe_inputs
 from engine.stages.crossval import judge
 from sandbox_pool import Outcome
@@ -40,7 +40,7 @@ async def run_stage(codes, cases, **cfg):
     ctx = Context(llm=None, executor=None, funnel=Funnel())
     async with real_pool() as pool:
         ctx.executor = RecordingPool(pool)
-        out = await build_stage("crossval", Config(**cfg)).process(draft(codes, cases), ctx)
+        out = await CrossValStage.from_config(Config.from_flat(**cfg)).process(draft(codes, cases), ctx)
     return out, ctx
 
 

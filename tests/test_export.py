@@ -152,7 +152,7 @@ def test_file_modes_follow_the_umask(tmp_path):
 
 
 def test_export_options_from_config_and_formats(tmp_path):
-    cfg = Config(model="mm", export_formats=["trl"], export_dpo=False, parquet=False)
+    cfg = Config.from_flat(model="mm", export_formats=["trl"], export_dpo=False, parquet=False)
     opts = ExportOptions.from_config(cfg)
     assert opts.config_hash == cfg.config_hash() and opts.model == "mm"
     files = export(tmp_path, [], [result(response("good", 1.0, 9))], opts)

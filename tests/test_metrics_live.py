@@ -50,7 +50,7 @@ async def test_metrics_served_during_a_run(tmp_path):
     # latency on: the run lasts a few seconds, long enough for rates to be sampled and scraped
     async with SimServer(SimConfig(responder="tests.fixtures.autoif_e2e:respond",
                                    latency=LatencyModel(speed=1.0))) as sim:
-        cfg = Config(**{**fx.JOB, **fx.write_inputs(tmp_path / "in"), "servers": [sim.url],
+        cfg = Config.from_flat({**fx.JOB, **fx.write_inputs(tmp_path / "in"), "servers": [sim.url],
                         "output_dir": str(tmp_path / "run")})
         task = asyncio.create_task(run_job(cfg, metrics_port=port, progress=False))
         scrapes = await scrape_until(f"http://127.0.0.1:{port}/metrics", task)
@@ -111,7 +111,7 @@ async def test_metrics_follow_prometheus_conventions_and_outlive_the_run(tmp_pat
     async with SimServer(SimConfig(responder="tests.fixtures.autoif_e2e:respond",
                                    latency=LatencyModel(zero_latency=True),
                                    faults=FaultConfig(fail_rate=0.3, seed=5))) as sim:
-        cfg = Config(**{**fx.JOB, **fx.write_inputs(tmp_path / "in"), "servers": [sim.url],
+        cfg = Config.from_flat({**fx.JOB, **fx.write_inputs(tmp_path / "in"), "servers": [sim.url],
                         "output_dir": str(tmp_path / "run"), "max_retries": 8})
         task = asyncio.create_task(run_job(cfg, metrics_port=port, metrics_host="0.0.0.0",
                                            metrics_keep_s=30, progress=False))

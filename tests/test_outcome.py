@@ -52,5 +52,5 @@ async def test_parquet_without_pyarrow_is_refused_before_any_work(tmp_path, monk
     import engine.run.inputs as inputs
     monkeypatch.setattr(inputs, "pyarrow_available", lambda: False)
     with pytest.raises(RefusedError, match="--no-parquet"):
-        await job.run_job(Config(output_dir=str(tmp_path / "run"), servers=["http://127.0.0.1:9"]))
+        await job.run_job(Config.from_flat(output_dir=str(tmp_path / "run"), servers=["http://127.0.0.1:9"]))
     assert not (tmp_path / "run").exists()

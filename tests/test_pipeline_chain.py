@@ -50,7 +50,7 @@ async def run_pipeline(store: StateStore, cfg: Config) -> tuple[list[QueryResult
     stages = default_stages(cfg, SEEDS)
     async with real_pool() as pool:
         ctx = Context(llm=CachedLLM(scripted, store), executor=pool, funnel=Funnel())
-        items: list = make_seed_batches(SEEDS, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
+        items: list = make_seed_batches(SEEDS, cfg.augment.batches, cfg.augment.seeds_shown, cfg.run.seed)
         for stage in stages:                  # breadth-first: the runner streams, the result is the same
             ctx.funnel.count_in(stage.name, len(items))
             items = [out for item in items for out in await stage.process(item, ctx)]
@@ -61,7 +61,7 @@ async def run_pipeline(store: StateStore, cfg: Config) -> tuple[list[QueryResult
 
 
 async def test_chain_end_to_end_and_resume(tmp_path):
-    cfg = Config(verifier_style="json", augment_batches=1, augment_seeds_shown=2, verifier_k=3, queries_per_instruction=2, responses_k=4)
+    cfg = Config.from_flat(verifier_style="json", augment_batches=1, augment_seeds_shown=2, verifier_k=3, queries_per_instruction=2, responses_k=4)
     with StateStore(tmp_path / "run") as store:
         results, llm, funnel = await run_pipeline(store, cfg)
         verified = list(store.iter_records(VerifiedInstruction))

@@ -10,7 +10,8 @@ from engine.llm import Completion
 from engine.records import (Case, FunctionResult, Instruction, Query, QueryResult, QueryTask, ResponseRecord,
                             Verifier, VerifiedInstruction)
 from engine.stage import Context, Funnel
-from engine.stages import build_stage, load_queries, load_seed_instructions, make_seed_batches
+from engine.stages import (CHAIN, QueryJoinStage, default_stages, load_queries, load_seed_instructions,
+                           make_seed_batches)
 from tests.doubles import RecordingPool, ScriptedLLM, real_pool
 
 NO_COMMA = "def evaluate(response):\n    return ',' not in response\n"
@@ -24,7 +25,7 @@ def make_ctx(llm=None, executor=None) -> Context:
 
 def make(name, seeds=(), queries=None, **cfg):
     """The stage `name` as a run builds it, with these Config settings."""
-    return build_stage(name, Config(**cfg), seeds=seeds, queries=queries)
+    return default_stages(Config.from_flat(**cfg), seeds, queries, names=(name,))[0]
 
 
 def line_after(prompt: str, label: str) -> str:
@@ -301,12 +302,12 @@ async def test_a_rerun_gives_each_instruction_the_grant_it_had_whatever_the_orde
     from engine.state import StateStore
     pool = [Query(f"Question number {i}?") for i in range(10)]
     items = [verified(NO_COMMA, text=f"Constraint number {i}.") for i in range(4)]
-    cfg = Config(queries_per_instruction=4, seed=3, max_queries=10)
+    cfg = Config.from_flat(queries_per_instruction=4, seed=3, max_queries=10)
     with StateStore(tmp_path / "state.db") as store:
-        first = build_stage("queries", cfg, queries=pool, query_budget=Stored(RunStore(store)).query_budget(cfg))
+        first = QueryJoinStage.from_config(cfg, pool, Stored(RunStore(store)).query_budget(cfg))
         before = {item.id: [t.id for t in await first.process(item, make_ctx())] for item in items[:3]}
     with StateStore(tmp_path / "state.db") as store:   # the run is stopped and started again
-        again = build_stage("queries", cfg, queries=pool, query_budget=Stored(RunStore(store)).query_budget(cfg))
+        again = QueryJoinStage.from_config(cfg, pool, Stored(RunStore(store)).query_budget(cfg))
         after = {item.id: [t.id for t in await again.process(item, make_ctx())]
                  for item in reversed(items)}
     assert [len(before[item.id]) for item in items[:3]] == [4, 4, 2]
@@ -468,3 +469,16 @@ async def test_scoring_until_enough_judges_best_first_and_stops():
     llm.calls.clear()
     [out] = await make("scoring", score_until=1).process(best, make_ctx(llm))
     assert [r.score for r in out.responses] == [0, 10] and llm.count("score") == 1
+
+
+def test_default_stages_builds_each_stage_from_its_section():
+    cfg = Config.from_flat(verifier_k=3, case_agreement=0.6, audit=False, queries_per_instruction=2, responses_k=4,
+                           score_min=7, backtranslate=False)
+    stages = default_stages(cfg, [], [Query("q")])
+    assert [s.name for s in stages] == list(CHAIN)
+    _, verifiers, crossval, back, audit, queries, responses, scoring = stages
+    assert (verifiers.sampling.n, crossval.case_agreement, crossval.probes) == (3, 0.6, None)
+    assert (back.enabled, audit.enabled, queries.per_instruction, responses.sampling.n) == (False, False, 2, 4)
+    assert scoring.score_min == 7 and scoring.sampling.temperature == cfg.backtranslate.judge_temperature
+    with pytest.raises(ValueError, match="no stage called 'verify'"):
+        default_stages(cfg, [], [], names=("verify",))

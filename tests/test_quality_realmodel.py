@@ -17,7 +17,7 @@ from engine.config import Config
 from engine.records import Instruction
 from engine.servers import default_embedded_server, embedded_available
 from engine.stage import Context, Funnel
-from engine.stages import build_stage, load_queries
+from engine.stages import CrossValStage, VerifierStage, load_queries
 from sandbox_pool import Limits, PoolConfig, SandboxPool
 
 EMBEDDED_OK, EMBEDDED_WHY = embedded_available()
@@ -39,7 +39,7 @@ async def _round(ctx: Context, pool: SandboxPool, cfg: Config, probes: list[str]
     """One draw: verifiers and cross-validation for each chosen constraint; for each survivor,
     its kept functions that give the official checker's verdict on every probe."""
     agreeing: dict[str, list[str]] = {}
-    verifiers, crossval = build_stage("verifiers", cfg, queries=load_queries()), build_stage("crossval", cfg)
+    verifiers, crossval = VerifierStage.from_config(cfg, load_queries()), CrossValStage.from_config(cfg)
     for c in CHOSEN:
         drafts = await verifiers.process(Instruction(c.text), ctx)
         verified = [v for d in drafts for v in await crossval.process(d, ctx)]
@@ -56,7 +56,7 @@ async def _round(ctx: Context, pool: SandboxPool, cfg: Config, probes: list[str]
 
 async def test_embedded_verifiers_survive_crossval_and_agree_with_ifeval(tmp_path):
     probes = OWN_PROBES + ifbench_probes()[:5]
-    cfg = Config(verifier_k=4, verifier_case_samples=3, verifier_max_tokens=160, verifier_case_max_tokens=200)
+    cfg = Config.from_flat(verifier_k=4, verifier_case_samples=3, verifier_max_tokens=160, verifier_case_max_tokens=200)
     tried: list[tuple[dict, dict]] = []
     async with default_embedded_server(tmp_path, parallel=4) as srv, \
             LLMClient([srv.url], model=srv.model, api="openai") as client, \

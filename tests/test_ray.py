@@ -47,7 +47,7 @@ pytestmark = pytest.mark.timeout(240)
 # -- helpers ----------------------------------------------------------------------------------
 
 def job_config(inputs: dict, run_dir: Path, servers: list[str]) -> Config:
-    return Config(**{**fx.JOB, **inputs, "servers": servers, "output_dir": str(run_dir)})
+    return Config.from_flat({**fx.JOB, **inputs, "servers": servers, "output_dir": str(run_dir)})
 
 
 def export_rows(run_dir: Path) -> dict[str, list[bytes]]:

@@ -44,8 +44,8 @@ def run_dir(tmp_path_factory) -> Path:
         sim_cfg = SimConfig(responder="tests.fixtures.autoif_e2e:respond",
                             latency=LatencyModel(zero_latency=True))
         async with SimServer(sim_cfg) as sim:
-            cfg = Config(**fx.JOB, **fx.write_inputs(root / "inputs"), servers=[sim.url],
-                         output_dir=str(root / "run"))
+            cfg = Config.from_flat(**fx.JOB, **fx.write_inputs(root / "inputs"), servers=[sim.url],
+                                   output_dir=str(root / "run"))
             summary = await run_job(cfg, progress=False)
             assert summary["stopped"] == "completed"
 

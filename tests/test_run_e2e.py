@@ -160,7 +160,7 @@ GRPO_STEMS = {"grpo_prompts", "grpo_prompts_mixed"}
 
 
 def job_config(tmp_path: Path, **extra) -> Config:
-    return Config(**fx.JOB, **fx.write_inputs(tmp_path / "inputs"), **extra)
+    return Config.from_flat(**fx.JOB, **fx.write_inputs(tmp_path / "inputs"), **extra)
 
 
 def sft_view(stem: str, rec: dict) -> tuple[str, str]:
@@ -297,7 +297,7 @@ async def test_run_job_funnel_exports_and_rerun(tmp_path):
 
         # a different data-affecting setting must not reuse this run directory
         with pytest.raises(JobError, match="another configuration"):
-            await run_job(Config(**{**cfg.to_dict(), "responses_k": 5}), progress=False)
+            await run_job(cfg.replace_flat(responses_k=5), progress=False)
         assert sim.counters.received == EXPECTED_REQUESTS
 
 

@@ -19,8 +19,8 @@ async def test_online_dpo_rounds_sample_afresh_and_resume(tmp_path):
     sim_cfg = SimConfig(responder="tests.fixtures.autoif_e2e:respond",
                         latency=LatencyModel(zero_latency=True))
     async with SimServer(sim_cfg) as sim:
-        cfg = Config(**fx.JOB, **fx.write_inputs(tmp_path / "inputs"), servers=[sim.url],
-                     output_dir=str(tmp_path / "run"))
+        cfg = Config.from_flat(**fx.JOB, **fx.write_inputs(tmp_path / "inputs"), servers=[sim.url],
+                               output_dir=str(tmp_path / "run"))
         run_dir = tmp_path / "run"
 
         # online DPO needs the verified instructions of a full run first

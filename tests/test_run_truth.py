@@ -175,7 +175,7 @@ def test_all_bad_queries_are_refused_and_a_few_are_skipped(tmp_path, config):
     from engine.run import load_inputs
     some = tmp_path / "some.jsonl"
     some.write_text("".join(f'{{"query": "q{i}"}}\n' for i in range(19)) + "{oops\n")
-    _, queries = load_inputs(Config(queries_path=str(some)))
+    _, queries = load_inputs(Config.from_flat(queries_path=str(some)))
     assert len(queries) == 19
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.servers import (ManagedServer, ServerError, ServerGroup, ServerStartError, build_group,
-                            sglang_available, sglang_command, sglang_server, sim_server)
+from engine.servers import (ManagedServer, ServerConfig, ServerError, ServerGroup, ServerStartError,
+                            build_group, sglang_available, sglang_command, sglang_server, sim_server)
 from engine.servers.sglang import INSTALL_HINT, replica_gpus
 from tests.conftest import alive, wait_gone
 
@@ -63,7 +63,7 @@ def family(tmp_path):
 
     def make(*flags: str, **kw) -> ManagedServer:
         return ManagedServer(lambda p: [PY, str(script), str(p), str(pidfile), *flags],
-                             run_dir=tmp_path, name="family", **kw)
+                             ServerConfig(tmp_path, name="family", **kw))
     make.pidfile = pidfile
     return make
 
@@ -72,12 +72,12 @@ def family(tmp_path):
 PARENT = textwrap.dedent("""
     import asyncio, os, sys, time
     sys.path.insert(0, {root!r})
-    from engine.servers import ManagedServer, sim_server
+    from engine.servers import ManagedServer, ServerConfig, sim_server
     mode, run_dir = sys.argv[1], sys.argv[2]
     def make():
         if len(sys.argv) > 3:  # the family server: a leader plus a forked worker
             return ManagedServer(lambda p: [sys.executable, sys.argv[3], str(p), sys.argv[4]],
-                                 run_dir=run_dir, name="family")
+                                 ServerConfig(run_dir, name="family"))
         return sim_server(run_dir)
     if mode in ("async", "fork"):
         async def main():
@@ -205,7 +205,7 @@ async def test_fixed_port(tmp_path):
 
 async def test_startup_exit_is_one_line(tmp_path):
     srv = ManagedServer([PY, "-c", "print('loading weights'); raise SystemExit('fatal: bad model path /x')"],
-                        run_dir=tmp_path, name="bad")
+                        ServerConfig(tmp_path, name="bad"))
     with pytest.raises(ServerStartError) as ei:
         await srv.start()
     msg = str(ei.value)
@@ -216,7 +216,7 @@ async def test_startup_exit_is_one_line(tmp_path):
 
 async def test_startup_timeout_is_one_line_and_kills(tmp_path):
     srv = ManagedServer([PY, "-c", "import time; print('still loading', flush=True); time.sleep(600)"],
-                        run_dir=tmp_path, name="slow", startup_timeout=1.0)
+                        ServerConfig(tmp_path, name="slow", startup_timeout=1.0))
     t0 = time.monotonic()
     with pytest.raises(ServerStartError) as ei:
         await srv.start()
@@ -249,7 +249,7 @@ async def test_stream_log(tmp_path):
 
 async def test_missing_binary(tmp_path):
     with pytest.raises(ServerStartError, match="cannot run '/nonexistent/llama-server'"):
-        await ManagedServer(["/nonexistent/llama-server"], run_dir=tmp_path).start()
+        await ManagedServer(["/nonexistent/llama-server"], ServerConfig(tmp_path)).start()
 
 
 # ---------------------------------------------------------------- stopping: whole group, SIGKILL fallback
@@ -360,7 +360,7 @@ async def test_group_base_port(tmp_path):
 
 async def test_group_start_failure_stops_the_others(tmp_path):
     good = sim_server(tmp_path, name="good")
-    bad = ManagedServer([PY, "-c", "raise SystemExit('no gpu')"], run_dir=tmp_path, name="bad")
+    bad = ManagedServer([PY, "-c", "raise SystemExit('no gpu')"], ServerConfig(tmp_path, name="bad"))
     with pytest.raises(ServerStartError, match="no gpu"):
         await ServerGroup([good, bad]).start()
     assert good.state in ("stopped", "failed") and wait_gone(good.pids, 2.0) == []
@@ -380,7 +380,7 @@ def test_sglang_command():
 def test_sglang_replicas_get_disjoint_gpus(tmp_path):
     assert [replica_gpus(i, 2) for i in range(3)] == ["0,1", "2,3", "4,5"]
     group = build_group("sglang", tmp_path, replicas=2, model="m", tp=2, check_installed=False)
-    envs = [s.env["CUDA_VISIBLE_DEVICES"] for s in group.servers]
+    envs = [s.config.env["CUDA_VISIBLE_DEVICES"] for s in group.servers]
     assert envs == ["0,1", "2,3"]
     assert group.servers[1].argv(5)[-4:] == ["--host", "127.0.0.1", "--port", "5"]
     assert all(s.api == "sglang" and s.model == "m" for s in group.servers)

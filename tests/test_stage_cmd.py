@@ -200,8 +200,8 @@ def test_stage_and_run_give_the_same_verdicts(tmp_path):
         return verifier_answers if name == "verifier" else responses
 
     async def through_run():
-        cfg = Config(verifier_k=len(verifier_answers), responses_k=len(responses), queries_per_instruction=1,
-                     verifier_style="json", two_sided_cases=False)
+        cfg = Config.from_flat(verifier_k=len(verifier_answers), responses_k=len(responses), queries_per_instruction=1,
+                               verifier_style="json", two_sided_cases=False)
         stages = default_stages(cfg, [], [Query(query)], names=("verifiers", "crossval", "queries", "responses"))
         verified, results = [], []
 

@@ -9,7 +9,7 @@ from engine.parsing import (ParseError, parse_case_answer, parse_code_completion
                             parse_verifier_answer)
 from engine.records import Case, Instruction, Query
 from engine.stage import Context, Funnel
-from engine.stages import build_stage
+from engine.stages import VerifierStage
 from engine.stages.verifiers import CODE_STOPS
 from tests.test_crossval import ALWAYS_TRUE, NO_COMMA, NO_COMMA_COUNT, run_stage
 from tests.doubles import ScriptedLLM
@@ -76,8 +76,8 @@ CASES = [
 async def test_code_style_requests_and_echo_drops():
     llm = ScriptedLLM(lambda name, prompt, n: FUNCTIONS[:n] if name == "verifier_code" else CASES[:n])
     ctx = Context(llm=llm, executor=None, funnel=Funnel())
-    stage = build_stage("verifiers", Config(verifier_k=5, verifier_case_samples=3, verifier_cases_per_side=2,
-                                            verifier_case_style="lists"))
+    stage = VerifierStage.from_config(Config.from_flat(verifier_k=5, verifier_case_samples=3, verifier_cases_per_side=2,
+                                                          verifier_case_style="lists"))
     [draft] = await stage.process(Instruction(CONSTRAINT), ctx)
     by_name = {c[0]: c for c in llm.calls}
     assert sorted(by_name) == ["verifier_cases", "verifier_code"]
@@ -106,7 +106,7 @@ async def test_own_example_constraint_may_reuse_its_example_body():
     llm = ScriptedLLM(lambda name, prompt, n: [Completion(text='\n    return ";" not in response')] * n
                       if name == "verifier_code" else [CASES[0]] * n)
     ctx = Context(llm=llm, executor=None, funnel=Funnel())
-    stage = build_stage("verifiers", Config(verifier_k=1, verifier_case_samples=1, verifier_case_style="lists"))
+    stage = VerifierStage.from_config(Config.from_flat(verifier_k=1, verifier_case_samples=1, verifier_case_style="lists"))
     [draft] = await stage.process(Instruction("Never use a semicolon."), ctx)
     assert len(draft.functions) == 1
 
@@ -125,7 +125,7 @@ async def test_reply_cases_follow_side_is_told_the_rule_and_plain_side_is_shared
     llm = ScriptedLLM(script)
     ctx = Context(llm=llm, executor=None, funnel=Funnel())
     queries = [Query("How do I keep basil alive?"), Query("Name a bakery."), Query("unused")]
-    stage = build_stage("verifiers", Config(verifier_k=2, verifier_case_samples=2), queries=queries)
+    stage = VerifierStage.from_config(Config.from_flat(verifier_k=2, verifier_case_samples=2), queries)
     [a], [b] = [await stage.process(Instruction(c), ctx) for c in (CONSTRAINT, "Use no commas at all.")]
     follow = [c for c in llm.calls if c[0] == "case_follow"]
     assert len(follow) == 4 and llm.count("case_plain") == 2          # plain replies shared
@@ -169,8 +169,8 @@ async def test_the_shared_plain_replies_are_asked_before_any_instruction_request
         return [Completion(text="no commas in this reply" if name == "case_follow" else "Sure, with commas.")]
     llm = ScriptedLLM(script)
     ctx = Context(llm=llm, executor=None, funnel=Funnel())
-    stage = build_stage("verifiers", Config(verifier_k=2, verifier_case_samples=2),
-                        queries=[Query("Name a bakery."), Query("Name a river.")])
+    stage = VerifierStage.from_config(Config.from_flat(verifier_k=2, verifier_case_samples=2),
+                                      [Query("Name a bakery."), Query("Name a river.")])
     drafts = []
     await StreamRunner([stage], ctx, sink=drafts.append).run(
         [Instruction(f"Use no commas, variant {i}.") for i in range(6)])

@@ -2,7 +2,7 @@
 
 Layout: `client` (LLMClient: the sampling path: retry loop, failover, stats), `admin` (SGLang's
 admin endpoints, as `client.admin`), `balancer` (server choice),
-`retry` (RetryPolicy), `wire` (request bodies / response parsing per API), `sse` (stream
+`retry` (RetryPolicy), `timeouts` (Timeouts), `wire` (request bodies / response parsing per API), `sse` (stream
 decoding), `prometheus` (/metrics parsing), `errors` (RequestFailed and its subclasses).
 """
 from engine.aio import install_uvloop
@@ -12,9 +12,10 @@ from engine.client.errors import (BadRequest, ConnectFailed, Disconnected, LLMEr
                                   RateLimited, RequestFailed, RequestTimeout, ServerFault, StreamBroke)
 from engine.client.prometheus import parse_metrics
 from engine.client.retry import RetryPolicy
+from engine.client.timeouts import Timeouts
 
 __all__ = [
-    "Balancer", "ClientStats", "LLMClient", "RequestFailed", "RetryPolicy", "Server",
+    "Balancer", "ClientStats", "LLMClient", "RequestFailed", "RetryPolicy", "Server", "Timeouts",
     "install_uvloop", "messages_routing_key", "parse_metrics", "routing_key",
     "BadRequest", "ConnectFailed", "Disconnected", "LLMError", "ProtocolFailed", "RateLimited",
     "RequestTimeout", "ServerFault", "StreamBroke",

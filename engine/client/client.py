@@ -29,6 +29,7 @@ from engine.client.balancer import Balancer, Server, messages_routing_key, routi
 from engine.client.errors import AttemptError, BadRequest, RequestFailed
 from engine.client.retry import RetryPolicy
 from engine.client.sse import SSEDecoder
+from engine.client.timeouts import Timeouts
 from engine.client.transport import Request, Slot, feed, http_error, read_body
 from engine.llm import Completion, Message, SamplingParams
 
@@ -86,8 +87,7 @@ class LLMClient:
     model: model name sent to OpenAI-compatible routes ("default" suits SGLang).
     max_in_flight: bound on concurrent HTTP requests across all servers.
     retry: RetryPolicy (attempts, base, cap).
-    request_timeout: total seconds for a non-streamed attempt; stream_idle_timeout:
-        longest silence inside a stream; connect_timeout: TCP connect.
+    timeouts: Timeouts (request, connect, stream_idle, control).
     stream: read answers as SSE streams by default (generate/chat can override).
     routing_chars: how much of the prompt forms the default routing key.
     sticky_factor / sticky_slack: when a key's home server counts as overloaded.
@@ -104,10 +104,7 @@ class LLMClient:
         model: str = "default",
         max_in_flight: int = 256,
         retry: RetryPolicy | None = None,
-        request_timeout: float = 600.0,
-        connect_timeout: float = 10.0,
-        stream_idle_timeout: float = 120.0,
-        control_timeout: float = 10.0,
+        timeouts: Timeouts | None = None,
         stream: bool = False,
         routing_chars: int = 256,
         sticky_factor: float = 2.0,
@@ -132,11 +129,10 @@ class LLMClient:
         self._rng = random.Random(seed)
         self.balancer = Balancer(url_list, sticky_factor=sticky_factor, sticky_slack=sticky_slack,
                                  fail_threshold=fail_threshold, rng=self._rng)
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=connect_timeout)
-        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
-                                                     sock_read=stream_idle_timeout)
-        self._control_timeout = aiohttp.ClientTimeout(total=control_timeout,
-                                                      sock_connect=connect_timeout)
+        self.timeouts = timeouts or Timeouts()
+        self._timeout = self.timeouts.attempt()
+        self._stream_timeout = self.timeouts.stream()
+        self._control_timeout = self.timeouts.control_call()
         self._headers = dict(_JSON_HEADERS)
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"

@@ -54,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     except (EvalUnavailable, OSError, ValueError) as exc:
         print(f"autoif eval: {exc}", file=sys.stderr)
         return 1
-    cfg = Config(servers=list(args.server), api=args.api, model=args.model,
-                 max_inflight_requests=args.concurrency, request_timeout_s=args.request_timeout,
-                 max_retries=1, output_dir=str(args.run_dir))
+    cfg = Config.from_flat(servers=list(args.server), api=args.api, model=args.model,
+                           max_inflight_requests=args.concurrency, request_timeout_s=args.request_timeout,
+                           max_retries=1, output_dir=str(args.run_dir))
     params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature)
 
     async def main() -> list:

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import shlex
 import sys
-from dataclasses import replace
 from typing import Any, Coroutine
 
 from engine.aio import install_uvloop, tune_gc
@@ -82,7 +81,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     cfg = config_from_args(args)
     if args.demo:
         given = {k for k in DEMO if hasattr(args, k)}  # explicit flags still win over the demo sizes
-        cfg = replace(cfg, **{k: v for k, v in DEMO.items() if k not in given})
+        cfg = cfg.replace_flat(**{k: v for k, v in DEMO.items() if k not in given})
     return cfg
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import os
 import sys
 from collections import Counter
@@ -103,10 +102,10 @@ def _each(inp: Input, plan: Plan, read: Callable[[dict], Any]) -> None:
 
 
 def plan_for(name: str, inp: Input, cfg: Config) -> Plan:
-    plan = Plan(cfg.model)
+    plan = Plan(cfg.run.model)
     if name == "augment":
         plan.seeds = load_seed_instructions(inp.path, on_error=inp.message)
-        plan.items = make_seed_batches(plan.seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
+        plan.items = make_seed_batches(plan.seeds, cfg.augment.batches, cfg.augment.seeds_shown, cfg.run.seed)
         plan.needs_llm = True
     elif name == "crossval":
         _each(inp, plan, lambda row: read_crossval(row, plan.answers))
@@ -120,7 +119,7 @@ def plan_for(name: str, inp: Input, cfg: Config) -> Plan:
         judged: dict[tuple[str, str, str], list[str]] = {}
         for lineno, row in inp.rows():
             try:
-                instruction, query, record = response_row(row, cfg.pass_threshold)
+                instruction, query, record = response_row(row, cfg.responses.pass_threshold)
                 if not instruction.instruction.text:
                     raise BadRecord("missing field 'instruction' (the judge needs it)")
                 gen = row.get("gen")
@@ -136,7 +135,7 @@ def plan_for(name: str, inp: Input, cfg: Config) -> Plan:
             rows.append((instruction, query, record))
             if gen:
                 judged[(instruction.instruction.text, query, record.text)] = gen
-        plan.items = grouped(rows, cfg.model)
+        plan.items = grouped(rows, cfg.run.model)
         for result in plan.items:
             for r in result.responses:
                 gen = judged.get((result.task.instruction.instruction.text, result.task.query, r.text))
@@ -157,7 +156,7 @@ def writer_for(name: str, cfg: Config) -> tuple[Callable[[Any], list[dict]], Cal
         return verified_row, lambda v: v.instruction.id
     if name == "verify":
         return verify_rows, lambda r: r.task.id
-    return (lambda r: score_rows(r, cfg.score_min, UNSCORED)), lambda r: r.task.id
+    return (lambda r: score_rows(r, cfg.scoring.min, UNSCORED)), lambda r: r.task.id
 
 
 def input_id(item: Any) -> str:
@@ -178,9 +177,9 @@ async def open_pool(cfg: Config) -> AsyncIterator[Any]:
 
 @contextlib.asynccontextmanager
 async def open_llm(cfg: Config) -> AsyncIterator[Any]:
-    if not cfg.servers:
+    if not cfg.run.servers:
         raise ConfigError("this stage asks an LLM: give --server URL (or `servers` in the config)")
-    async with make_client(cfg, cfg.servers, cfg.api) as client:
+    async with make_client(cfg, cfg.run.servers, cfg.run.api) as client:
         yield client
 
 
@@ -220,14 +219,14 @@ def _export_rows(inp: Input, rows: list[tuple[int, dict]], cfg: Config, out_dir:
             if isinstance(row.get("response"), list):       # the reference's DPO-side rows
                 responses += dpo_side_rows(row)
             elif "response" in row:
-                responses.append(response_row(row, cfg.pass_threshold))
+                responses.append(response_row(row, cfg.responses.pass_threshold))
             elif "cases" in row:
                 instructions.append(verified(row))
             else:
                 raise BadRecord("expected a response row (instruction, query, response) or a crossval row")
         except BadRecord as exc:
             inp.error(lineno, str(exc))
-    return export(out_dir, instructions, grouped(responses, cfg.model), ExportOptions.from_config(cfg))
+    return export(out_dir, instructions, grouped(responses, cfg.run.model), ExportOptions.from_config(cfg))
 
 
 async def _main(args: argparse.Namespace, cfg: Config) -> int:
@@ -243,7 +242,7 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         return 0 if rows or not inp.lines else 1
 
     if name == "crossval":                  # the reference release's verifier answers are JSON
-        cfg = dataclasses.replace(cfg, verifier_style="json")
+        cfg = cfg.replace_flat(verifier_style="json")
     plan = plan_for(name, inp, cfg)
     outputs, funnel = await run_stage(name, plan, cfg, out_path.parent)
     to_rows, origin = writer_for(name, cfg)

@@ -147,7 +147,7 @@ class Driver:
         self.node_serve = ray.node_serve
         self.node_serve_args = list(ray.node_serve_args)
         self.max_restarts = ray.max_restarts
-        self.run_dir = Path(cfg.output_dir).resolve()
+        self.run_dir = Path(cfg.run.output_dir).resolve()
         self.tag = hashlib.sha256(str(self.run_dir).encode()).hexdigest()[:8]
         self.actors: dict[int, Any] = {}
         self.restarts: dict[int, int] = {}
@@ -180,7 +180,7 @@ class Driver:
         handle = cls.options(
             name=f"autoif-{self.tag}-{os.getpid()}-shard-{index}-try-{attempt}", num_cpus=self.shard_cpus,
             num_gpus=self.shard_gpus or None, max_restarts=0, max_concurrency=64,
-            scheduling_strategy="SPREAD").remote(self.cfg.to_dict(), self.backend, str(self.run_dir))
+            scheduling_strategy="SPREAD").remote(self.cfg.flat(), self.backend, str(self.run_dir))
         self.actors[index] = handle
         return handle
 

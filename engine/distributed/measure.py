@@ -53,7 +53,7 @@ async def one(n_shards: int, per_shard: int, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     seeds = work / f"seeds-{n_shards}.jsonl"
     seeds.write_text("".join(json.dumps({"instruction": t}) + "\n" for t in texts))
-    cfg = Config(**{**JOB, "seeds_path": str(seeds), "output_dir": str(work / f"run-{n_shards}")})
+    cfg = Config.from_flat({**JOB, "seeds_path": str(seeds), "output_dir": str(work / f"run-{n_shards}")})
     t0 = time.perf_counter()
     summary = await Driver(cfg, shards=n_shards, backend="sim", progress=False).run()
     shards = []

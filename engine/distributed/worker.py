@@ -24,7 +24,6 @@ import logging
 import os
 import socket
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -111,7 +110,7 @@ async def augment_events(cfg: Config, seeds: list[Instruction], *, backend: str,
             return
         spec = RunSpec(cfg, directory, stages=CHAIN[:1], seeds=seeds)
         out: list[Instruction] = []
-        source = make_seed_batches(seeds, cfg.augment_batches, cfg.augment_seeds_shown, cfg.seed)
+        source = make_seed_batches(seeds, cfg.augment.batches, cfg.augment.seeds_shown, cfg.run.seed)
         async for ev in _phase(spec, backend, store, source, sink=out.append, pool_needed=False):
             if isinstance(ev, Done):
                 if ev.summary.get("stopped") == "completed":
@@ -160,7 +159,7 @@ class ShardWorker:
 
     def __init__(self, cfg: dict, backend: str, run_dir: str) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        self.cfg = Config(**cfg)
+        self.cfg = Config.from_flat(cfg)
         self.backend = backend
         self.run_dir = run_dir
 
@@ -172,7 +171,7 @@ class ShardWorker:
 
     async def set_servers(self, urls: list[str]) -> None:
         """Servers this node's host launched (`--node-serve`): volatile, the config hash stays."""
-        self.cfg = replace(self.cfg, servers=list(urls))
+        self.cfg = self.cfg.replace_flat(servers=list(urls))
 
     async def augment(self, seeds: list[dict]) -> AsyncIterator[ShardEvent]:
         async for ev in augment_events(self.cfg, [Instruction.from_dict(s) for s in seeds],

@@ -17,7 +17,7 @@ from typing import AsyncIterator, Protocol, Sequence
 import aiohttp
 
 from engine.cache import CachedLLM
-from engine.client import LLMClient, RetryPolicy
+from engine.client import LLMClient, RetryPolicy, Timeouts
 from engine.config import Config
 from engine.errors import JobError
 from engine.llm import LLM
@@ -69,17 +69,17 @@ class Engine:
 
 
 def make_client(cfg: Config, urls: list[str], api: str) -> LLMClient:
-    return LLMClient(urls, model=cfg.model, api=api, api_key=cfg.api_key or os.environ.get("OPENAI_API_KEY"),
-                     max_in_flight=cfg.max_inflight_requests,
-                     retry=RetryPolicy(attempts=cfg.max_retries + 1),
-                     request_timeout=cfg.request_timeout_s)
+    return LLMClient(urls, model=cfg.run.model, api=api, api_key=cfg.run.api_key or os.environ.get("OPENAI_API_KEY"),
+                     max_in_flight=cfg.run.max_inflight_requests,
+                     retry=RetryPolicy(attempts=cfg.run.max_retries + 1),
+                     timeouts=Timeouts(request=cfg.run.request_timeout_s))
 
 
 def make_pool(cfg: Config) -> SandboxPool:
-    limits = Limits(timeout_s=cfg.pool_timeout_s, memory_mb=cfg.pool_memory_mb,
-                    cpu_base_s=cfg.pool_cpu_base_s, cpu_per_input_s=cfg.pool_cpu_per_input_s)
-    return SandboxPool(PoolConfig(workers=cfg.pool_workers or None, limits=limits,
-                                  coalesce_window_s=cfg.pool_coalesce_window_s))
+    limits = Limits(timeout_s=cfg.pool.timeout_s, memory_mb=cfg.pool.memory_mb,
+                    cpu_base_s=cfg.pool.cpu_base_s, cpu_per_input_s=cfg.pool.cpu_per_input_s)
+    return SandboxPool(PoolConfig(workers=cfg.pool.workers or None, limits=limits,
+                                  coalesce_window_s=cfg.pool.coalesce_window_s))
 
 
 class NoPool:
@@ -145,7 +145,7 @@ async def open_engine(cfg: Config, backend: str, run_dir: Path, store: RunStore,
         urls, api = await stack.enter_async_context(open_backend(cfg, backend, run_dir))
         client = await stack.enter_async_context(make_client(cfg, urls, api))
         await check_reachable(client, urls)
-        if cfg.model in ("", "default"):      # provenance names the model the server serves
+        if cfg.run.model in ("", "default"):      # provenance names the model the server serves
             name = await served_model(client, urls)
             if name:
                 store.served_model = name

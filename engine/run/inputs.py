@@ -29,24 +29,24 @@ def load_inputs(cfg: Config) -> tuple[list[Instruction], list[Query]]:
         except OSError as exc:
             raise RefusedError(f"{what} {path}: {exc.strerror or exc}") from None
         total = len(items) + len(bad)        # distinct usable lines plus bad ones (a lower bound)
-        if bad and (not items or len(bad) > cfg.max_bad_input_share * total):
+        if bad and (not items or len(bad) > cfg.run.max_bad_input_share * total):
             raise RefusedError(f"{what} {path}: {len(bad)} of {total} lines are bad (more than "
-                               f"--max-bad-input-share {cfg.max_bad_input_share:g}); first: {bad[0]}")
+                               f"--max-bad-input-share {cfg.run.max_bad_input_share:g}); first: {bad[0]}")
         if not items:
             raise RefusedError(f"{what} {path or '(built-in)'}: no usable lines")
         if bad:
             log.warning("%s %s: skipped %d bad line(s), e.g. %s", what, path, len(bad), bad[0])
         return items
 
-    return (read("seed instructions", cfg.seeds_path, load_seed_instructions),
-            read("queries", cfg.queries_path, load_queries))
+    return (read("seed instructions", cfg.run.seeds_path, load_seed_instructions),
+            read("queries", cfg.run.queries_path, load_queries))
 
 
 def preflight(cfg: Config, run_dir: Path) -> tuple[list[Instruction], list[Query]]:
     """Everything that can be refused before any work: inputs, Parquet, the output directory.
     Returns (seeds, queries)."""
     seeds, queries = load_inputs(cfg)
-    if cfg.parquet and not pyarrow_available():
+    if cfg.export.parquet and not pyarrow_available():
         raise RefusedError("Parquet exports need pyarrow (pip install pyarrow); "
                            "or write JSONL only with --no-parquet")
     check_output_dir(run_dir)

@@ -49,11 +49,11 @@ class Stored:
         self.store.put_results([record])
 
     def query_budget(self, cfg: Config) -> QueryBudget:
-        """config.max_queries with the grants this run directory already made, kept in its store
+        """config.responses.max_queries with the grants this run directory already made, kept in its store
         as they are made: a rerun gives each instruction the same queries, and no more in all."""
         def keep(grants: dict) -> None:
             self.store.query_grants = grants
-        return QueryBudget(cfg.max_queries, self.store.query_grants, on_grant=keep)
+        return QueryBudget(cfg.responses.max_queries, self.store.query_grants, on_grant=keep)
 
 
 class Streamed(Stored):
@@ -92,7 +92,7 @@ class RoundStored:
         self.store.put_round_results(self.round, [record])
 
     def query_budget(self, cfg: Config) -> QueryBudget:
-        return QueryBudget(cfg.max_queries)
+        return QueryBudget(cfg.responses.max_queries)
 
 
 class Recorded:

@@ -32,7 +32,7 @@ def build_stages(spec: RunSpec, recorder: Recorder | None) -> list:
         stages = default_stages(cfg, spec.seeds, spec.queries, names=spec.stages,
                                 on_sampled=recorder.sampled if recorder else None,
                                 query_budget=(recorder.query_budget(cfg) if recorder
-                                              else QueryBudget(cfg.max_queries)))
+                                              else QueryBudget(cfg.responses.max_queries)))
     except (OSError, ValueError) as exc:
         raise JobError(f"stages: {exc}") from None
     if recorder is None:
@@ -69,8 +69,8 @@ async def run_shard(spec: RunSpec, engine: Engine, source: Iterable | AsyncItera
             recorder.result(result)
         return sink(result) if sink is not None else None
 
-    runner = StreamRunner([StageSpec(s, cfg.stage_concurrency) for s in stages], engine.ctx,
-                          queue_size=max(8, cfg.stage_concurrency), sink=final, metrics=metrics)
+    runner = StreamRunner([StageSpec(s, cfg.run.stage_concurrency) for s in stages], engine.ctx,
+                          queue_size=max(8, cfg.run.stage_concurrency), sink=final, metrics=metrics)
     runner.install_signal_handlers()
     metrics.attach(LiveCollector(stats=lambda: {**engine.client_stats(), **engine.counters()},
                                  point=lambda: series.points[-1] if series.points else {},

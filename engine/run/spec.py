@@ -14,7 +14,7 @@ from engine.stages import CHAIN
 @dataclass(frozen=True)
 class RunSpec:
     """`stages`: names from engine.stages.CHAIN, in order; `seeds`: the instructions augment
-    indexes; `queries`: the query pool (None: read from config.queries_path); `run_dir`: where
+    indexes; `queries`: the query pool (None: read from config.run.queries_path); `run_dir`: where
     the run's logs and servers live; `progress`: the live progress line on stderr."""
 
     config: Config

@@ -111,9 +111,9 @@ class RunStore:
 
     def model_name(self, cfg: Config) -> str:
         """The model of the run's provenance: as given, else as the server named it."""
-        if cfg.model not in ("", "default"):
-            return cfg.model
-        return self.served_model or cfg.model
+        if cfg.run.model not in ("", "default"):
+            return cfg.run.model
+        return self.served_model or cfg.run.model
 
     @property
     def query_grants(self) -> dict | None:

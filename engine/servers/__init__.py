@@ -8,7 +8,7 @@ from engine.servers.llamacpp import (EmbeddedUnavailable, LlamaCppServer, defaul
                                      default_model_path,
                                      embedded_available, find_llama_server, llamacpp_command,
                                      llamacpp_server)
-from engine.servers.manager import (ManagedServer, ServerError, ServerGroup, ServerStartError,
+from engine.servers.manager import (ManagedServer, ServerConfig, ServerError, ServerGroup, ServerStartError,
                                     free_port, kill_all_servers)
 from engine.servers.sglang import require_sglang, sglang_available, sglang_command, sglang_server
 from engine.servers.backend import open_backend
@@ -17,8 +17,8 @@ from engine.servers.sim import sim_command, sim_server
 BACKENDS = ("llamacpp", "sglang", "sim")
 
 __all__ = [
-    "BACKENDS", "EmbeddedUnavailable", "LlamaCppServer", "ManagedServer", "ServerError", "ServerGroup",
-    "ServerStartError", "build_group", "build_server", "default_embedded_server",
+    "BACKENDS", "EmbeddedUnavailable", "LlamaCppServer", "ManagedServer", "ServerConfig", "ServerError",
+    "ServerGroup", "ServerStartError", "build_group", "build_server", "default_embedded_server",
     "default_model_path", "embedded_available", "find_llama_server", "free_port",
     "kill_all_servers", "llamacpp_command", "open_backend", "llamacpp_server", "require_sglang",
     "sglang_available", "sglang_command", "sglang_server", "sim_command", "sim_server",

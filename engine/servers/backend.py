@@ -16,8 +16,8 @@ log = logging.getLogger("autoif.job")
 @contextlib.asynccontextmanager
 async def open_backend(cfg: Config, backend: str, run_dir: Path) -> AsyncIterator[tuple[list[str], str]]:
     """Yields (server URLs, api) for the job, starting a server when none is configured."""
-    if cfg.servers:
-        yield list(cfg.servers), cfg.api
+    if cfg.run.servers:
+        yield list(cfg.run.servers), cfg.run.api
         return
     if backend == "sim":
         from engine.servers.sim import in_process_sim

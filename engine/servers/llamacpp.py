@@ -23,7 +23,7 @@ from typing import Sequence
 import aiohttp
 
 from engine.servers.embedded_model import ModelError, assemble
-from engine.servers.manager import ManagedServer, ServerError, ServerStartError
+from engine.servers.manager import ManagedServer, ServerConfig, ServerError, ServerStartError
 
 log = logging.getLogger("autoif.servers")
 
@@ -114,12 +114,12 @@ _FAULTS = (-signal.SIGILL, -signal.SIGSEGV, -signal.SIGBUS)
 class LlamaCppServer(ManagedServer):
     """ManagedServer for llama-server, retrying once with --no-repack after a CPU fault at startup."""
 
-    def __init__(self, run_dir, model_path: Path, *, binary: str, parallel: int, ctx_per_slot: int,
-                 threads: int | None, extra: Sequence[str], **kw) -> None:
+    def __init__(self, model_path: Path, config: ServerConfig, *, binary: str, parallel: int,
+                 ctx_per_slot: int, threads: int | None, extra: Sequence[str]) -> None:
         self.model_path, self.binary, self.parallel = model_path, binary, parallel
         self.ctx_per_slot, self.threads, self.extra = ctx_per_slot, threads, list(extra)
         self.repack = _repack_ok
-        super().__init__(self._command_for, run_dir=run_dir, **kw)
+        super().__init__(self._command_for, config)
 
     def _command_for(self, port: int) -> list[str]:
         return llamacpp_command(port, self.model_path, binary=self.binary, parallel=self.parallel,
@@ -157,7 +157,8 @@ def llamacpp_server(run_dir, model: str | os.PathLike | None = None, *, parallel
                     ctx_per_slot: int = DEFAULT_CTX_PER_SLOT, threads: int | None = None,
                     port: int | None = None, replica: int | None = None, extra: Sequence[str] = (),
                     startup_timeout: float = 120.0, **kw) -> LlamaCppServer:
-    """A ManagedServer running llama-server (OpenAI-compatible API; the client uses api="openai")."""
+    """A ManagedServer running llama-server (OpenAI-compatible API; the client uses api="openai").
+    `kw`: more ServerConfig fields."""
     binary = find_llama_server()
     model_path = Path(model) if model else default_model_path()
     if not model_path.is_file():
@@ -167,10 +168,10 @@ def llamacpp_server(run_dir, model: str | os.PathLike | None = None, *, parallel
     # on 2 cores, 8 slots x 96 tokens: default 42.5 tok/s, active 45.0, passive 20.9 (sleeping
     # between ops halves throughput); beside a process taking ~70% of a core, active 34.5,
     # default 31.6. So no policy is set here; one in the environment is inherited.
-    return LlamaCppServer(run_dir, model_path, binary=binary, parallel=parallel,
-                          ctx_per_slot=ctx_per_slot, threads=threads, extra=extra, name=name,
-                          port=port, health_path="/health", startup_timeout=startup_timeout,
-                          api="openai", model=model_path.stem, **kw)
+    config = ServerConfig(run_dir, name=name, port=port, health_path="/health",
+                          startup_timeout=startup_timeout, api="openai", model=model_path.stem, **kw)
+    return LlamaCppServer(model_path, config, binary=binary, parallel=parallel,
+                          ctx_per_slot=ctx_per_slot, threads=threads, extra=extra)
 
 
 def default_embedded_server(run_dir, parallel: int = DEFAULT_PARALLEL, **kw) -> LlamaCppServer:

@@ -1,10 +1,11 @@
 """A managed LLM server process: start, wait until healthy, watch, restart, stop -- never orphan.
 
 `ManagedServer` runs one server command (llama-server, SGLang, the simulator) on a local port,
-with its stdout/stderr appended to `<run_dir>/<name>.log`. It is async first
-(`async with ManagedServer(...) as srv: srv.url`) and has a sync face for CLIs
-(`srv.start_sync()` / `srv.stop_sync()`, or `with srv:`), which hosts the same async code on a
-private event-loop thread.
+with its stdout/stderr appended to `<run_dir>/<name>.log`; a `ServerConfig` holds where it runs
+and how it is kept up. It is async first
+(`async with ManagedServer(command, ServerConfig(run_dir)) as srv: srv.url`) and has a sync face
+for CLIs (`srv.start_sync()` / `srv.stop_sync()`, or `with srv:`), which hosts the same async
+code on a private event-loop thread.
 
 No orphans: each server runs in its own session / process group, and stop() signals the whole
 group (SIGTERM, then SIGKILL after a grace period), so workers the server forked die with it.
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Coroutine, Iterable, Sequence, TextIO, TypeVar
 
@@ -32,8 +34,8 @@ from engine.errors import ServerError, ServerStartError
 from engine.servers import orphans
 from engine.servers.orphans import kill_all_servers
 
-__all__ = ["ServerError", "ServerStartError", "ManagedServer", "ServerGroup", "free_port", "port_free",
-           "kill_all_servers"]
+__all__ = ["ServerError", "ServerStartError", "ManagedServer", "ServerConfig", "ServerGroup", "free_port",
+           "port_free", "kill_all_servers"]
 
 T = TypeVar("T")
 
@@ -162,50 +164,60 @@ class _SyncLifecycle:
         self.stop_sync()
 
 
-class ManagedServer(_SyncLifecycle):
-    """One server process on 127.0.0.1, kept healthy.
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where a managed server runs and how it is kept up.
 
-    command: argv, or a function port -> argv (a plain argv may use "{port}" placeholders).
-    port: fixed port, or None for a free one (kept across restarts, so the URL is stable).
-    health_path: polled with GET until it answers 200 (llama-server answers 503 while loading).
+    run_dir: holds `<name>.log`. port: fixed port, or None for a free one (kept across
+    restarts, so the URL is stable). health_path: polled with GET until it answers 200
+    (llama-server answers 503 while loading). env: added to the environment.
     max_restarts: restarts allowed within restart_window seconds after crashes; past that the
         server is marked failed (`failed`, `error`). Backoff doubles from restart_backoff.
     hang_timeout: if set, a running server whose health check has failed for this long is
-        treated as hung, killed and restarted.
+        treated as hung, killed and restarted; health_interval: seconds between those checks.
+    stop_grace: seconds between SIGTERM and SIGKILL on stop.
     stream_log: True (stderr) or a text stream to copy the log to, each line prefixed by name.
     api / model: carried for the client ("openai" for llama-server, "sglang" for SGLang).
     """
 
-    def __init__(self, command: Command, *, run_dir: str | os.PathLike, name: str = "server",
-                 host: str = "127.0.0.1", port: int | None = None, health_path: str = "/health",
-                 env: dict[str, str] | None = None, cwd: str | None = None,
-                 startup_timeout: float = 120.0, max_restarts: int = 3,
-                 restart_backoff: float = 1.0, restart_backoff_max: float = 30.0,
-                 restart_window: float = 600.0, stop_grace: float = 10.0,
-                 hang_timeout: float | None = None, health_interval: float = 2.0,
-                 stream_log: bool | TextIO = False, api: str = "sglang", model: str = "default") -> None:
+    run_dir: str | os.PathLike
+    name: str = "server"
+    host: str = "127.0.0.1"
+    port: int | None = None
+    health_path: str = "/health"
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    startup_timeout: float = 120.0
+    max_restarts: int = 3
+    restart_backoff: float = 1.0
+    restart_backoff_max: float = 30.0
+    restart_window: float = 600.0
+    stop_grace: float = 10.0
+    hang_timeout: float | None = None
+    health_interval: float = 2.0
+    stream_log: bool | TextIO = False
+    api: str = "sglang"
+    model: str = "default"
+
+
+class ManagedServer(_SyncLifecycle):
+    """One server process on 127.0.0.1, kept healthy as `config` says.
+
+    command: argv, or a function port -> argv (a plain argv may use "{port}" placeholders).
+    """
+
+    def __init__(self, command: Command, config: ServerConfig) -> None:
         self._command = command
-        self.run_dir = Path(run_dir)
-        self.name = name
-        self._bg_name = f"server-{name}"
-        self.host = host
-        self._fixed_port = port
-        self.port: int | None = port
-        self.health_path = health_path
-        self.env = env
-        self.cwd = cwd
-        self.startup_timeout = startup_timeout
-        self.max_restarts = max_restarts
-        self.restart_backoff = restart_backoff
-        self.restart_backoff_max = restart_backoff_max
-        self.restart_window = restart_window
-        self.stop_grace = stop_grace
-        self.hang_timeout = hang_timeout
-        self.health_interval = health_interval
-        self.stream_log = stream_log
-        self.api = api
-        self.model = model
-        self.log_path = self.run_dir / f"{name}.log"
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.name = config.name
+        self._bg_name = f"server-{config.name}"
+        self.host = config.host
+        self._fixed_port = config.port
+        self.port: int | None = config.port
+        self.api = config.api
+        self.model = config.model
+        self.log_path = self.run_dir / f"{config.name}.log"
 
         self.state = "new"          # new | starting | running | restarting | failed | stopped
         self.restarts = 0
@@ -276,7 +288,7 @@ class ManagedServer(_SyncLifecycle):
         self._stopping = False
         self.state, self.error, self.restarts = "starting", None, 0
         self._restart_times.clear()
-        if self.stream_log:
+        if self.config.stream_log:
             self._tail_task = asyncio.create_task(self._tail_log())
         try:
             # An auto-picked port can be taken between picking and binding: retry on a new one.
@@ -311,7 +323,7 @@ class ManagedServer(_SyncLifecycle):
             except (asyncio.CancelledError, Exception):
                 pass
             self._monitor_task = None
-        await self._shutdown_process(grace=self.stop_grace)
+        await self._shutdown_process(grace=self.config.stop_grace)
         if self.state != "failed":
             self.state = "stopped"
         await self._close_resources()
@@ -324,14 +336,14 @@ class ManagedServer(_SyncLifecycle):
     def _spawn(self) -> None:
         assert self.port is not None and self._log is not None
         argv = self.argv(self.port)
-        env = None if self.env is None else {**os.environ, **self.env}
+        env = None if self.config.env is None else {**os.environ, **self.config.env}
         self._log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {self.name} start "
                         f"(restart {self.restarts}): {' '.join(argv)}\n".encode())
         self._spawn_offset = os.fstat(self._log.fileno()).st_size
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                env=env, cwd=self.cwd, close_fds=True, start_new_session=True,
+                env=env, cwd=self.config.cwd, close_fds=True, start_new_session=True,
                 preexec_fn=orphans.child_preexec(os.getpid()))
         except OSError as exc:
             raise ServerStartError(f"{self.name}: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
@@ -342,7 +354,7 @@ class ManagedServer(_SyncLifecycle):
     async def _health_ok(self) -> bool:
         assert self._session is not None
         try:
-            async with self._session.get(self.url + self.health_path,
+            async with self._session.get(self.url + self.config.health_path,
                                          timeout=aiohttp.ClientTimeout(total=3)) as r:
                 await r.read()
                 return r.status == 200
@@ -369,10 +381,10 @@ class ManagedServer(_SyncLifecycle):
             if await self._health_ok():
                 self._healthy.set()
                 return
-            if time.monotonic() - t0 > self.startup_timeout:
+            if time.monotonic() - t0 > self.config.startup_timeout:
                 await self._shutdown_process(grace=2.0)
                 raise ServerStartError(
-                    f"{self.name} not healthy after {self.startup_timeout:g}s at {self.url}{self.health_path} "
+                    f"{self.name} not healthy after {self.config.startup_timeout:g}s at {self.url}{self.config.health_path} "
                     f"(log {self.log_path}): {_log_tail(self.log_path, self._spawn_offset) or 'no output'}")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
@@ -380,22 +392,22 @@ class ManagedServer(_SyncLifecycle):
     async def _monitor(self) -> None:
         """Watch the process; on exit (or hang) restart it per the policy."""
         last_ok = time.monotonic()
-        next_check = last_ok + self.health_interval
+        next_check = last_ok + self.config.health_interval
         while not self._stopping:
             await asyncio.sleep(0.1)
             proc = self._proc
             assert proc is not None
             rc = proc.poll()
             if rc is None:
-                if self.hang_timeout is None or time.monotonic() < next_check:
+                if self.config.hang_timeout is None or time.monotonic() < next_check:
                     continue
-                next_check = time.monotonic() + self.health_interval
+                next_check = time.monotonic() + self.config.health_interval
                 if await self._health_ok():
                     last_ok = time.monotonic()
                     continue
-                if time.monotonic() - last_ok < self.hang_timeout:
+                if time.monotonic() - last_ok < self.config.hang_timeout:
                     continue
-                reason = f"unresponsive for {self.hang_timeout:g}s"
+                reason = f"unresponsive for {self.config.hang_timeout:g}s"
             else:
                 reason = f"exited with code {rc}"
             if self._stopping:
@@ -407,20 +419,21 @@ class ManagedServer(_SyncLifecycle):
             if not await self._restart(reason):
                 return
             last_ok = time.monotonic()
-            next_check = last_ok + self.health_interval
+            next_check = last_ok + self.config.health_interval
 
     async def _restart(self, reason: str) -> bool:
         while True:
             now = time.monotonic()
-            while self._restart_times and now - self._restart_times[0] > self.restart_window:
+            while self._restart_times and now - self._restart_times[0] > self.config.restart_window:
                 self._restart_times.popleft()
-            if len(self._restart_times) >= self.max_restarts:
+            if len(self._restart_times) >= self.config.max_restarts:
                 self.state = "failed"
-                self.error = (f"{self.name} {reason}; gave up after {self.max_restarts} restart(s) "
+                self.error = (f"{self.name} {reason}; gave up after {self.config.max_restarts} restart(s) "
                               f"(log {self.log_path}): {_log_tail(self.log_path, self._spawn_offset) or 'no output'}")
                 self._note(self.error)
                 return False
-            delay = min(self.restart_backoff * 2 ** len(self._restart_times), self.restart_backoff_max)
+            delay = min(self.config.restart_backoff * 2 ** len(self._restart_times),
+                        self.config.restart_backoff_max)
             await asyncio.sleep(delay)
             self._restart_times.append(time.monotonic())
             self.restarts += 1
@@ -453,11 +466,11 @@ class ManagedServer(_SyncLifecycle):
     def _note(self, line: str) -> None:
         if self._log is not None and not self._log.closed:
             self._log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n".encode())
-        if self.stream_log:
+        if self.config.stream_log:
             print(f"[{self.name}] {line}", file=self._stream(), flush=True)
 
     def _stream(self) -> TextIO:
-        return sys.stderr if self.stream_log is True else self.stream_log  # type: ignore[return-value]
+        return sys.stderr if self.config.stream_log is True else self.config.stream_log  # type: ignore[return-value]
 
     async def _tail_log(self) -> None:
         """Copy new log lines to the stream, prefixed by the server name."""

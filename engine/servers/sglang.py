@@ -5,7 +5,7 @@ import importlib.util
 import sys
 from typing import Sequence
 
-from engine.servers.manager import ManagedServer, ServerError
+from engine.servers.manager import ManagedServer, ServerConfig, ServerError
 
 INSTALL_HINT = "SGLang is not installed: pip install 'autoif-engine[sglang]'"
 
@@ -40,7 +40,7 @@ def sglang_server(run_dir, model: str, *, tp: int = 1, mem_fraction: float | Non
                   check_installed: bool = True, **kw) -> ManagedServer:
     """A ManagedServer running SGLang. With `replica` (and no explicit `gpus`), the server is
     pinned to its own GPU set through CUDA_VISIBLE_DEVICES. Loading big models takes minutes,
-    hence the long startup timeout."""
+    hence the long startup timeout. `kw`: more ServerConfig fields."""
     if check_installed:
         require_sglang()
     if not model:
@@ -53,5 +53,5 @@ def sglang_server(run_dir, model: str, *, tp: int = 1, mem_fraction: float | Non
     name = kw.pop("name", "sglang" if replica is None else f"sglang-{replica}")
     return ManagedServer(
         lambda p: sglang_command(p, model, tp=tp, mem_fraction=mem_fraction, extra=extra),
-        run_dir=run_dir, name=name, port=port, health_path="/health", env=env or None,
-        startup_timeout=startup_timeout, api="sglang", model=model, **kw)
+        ServerConfig(run_dir, name=name, port=port, health_path="/health", env=env or None,
+                     startup_timeout=startup_timeout, api="sglang", model=model, **kw))

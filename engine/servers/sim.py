@@ -6,7 +6,7 @@ import contextlib
 import sys
 from typing import AsyncIterator, Sequence
 
-from engine.servers.manager import ManagedServer
+from engine.servers.manager import ManagedServer, ServerConfig
 
 
 def sim_command(port: int, *, host: str = "127.0.0.1", extra: Sequence[str] = (),
@@ -16,10 +16,12 @@ def sim_command(port: int, *, host: str = "127.0.0.1", extra: Sequence[str] = ()
 
 def sim_server(run_dir, *, port: int | None = None, replica: int | None = None,
                extra: Sequence[str] = (), startup_timeout: float = 30.0, **kw) -> ManagedServer:
+    """A ManagedServer running the simulator; `kw`: more ServerConfig fields."""
     name = kw.pop("name", "sim" if replica is None else f"sim-{replica}")
-    return ManagedServer(lambda p: sim_command(p, extra=extra), run_dir=run_dir, name=name,
-                         port=port, health_path="/health", startup_timeout=startup_timeout,
-                         api="sglang", model=kw.pop("model", "sim"), **kw)
+    return ManagedServer(lambda p: sim_command(p, extra=extra),
+                         ServerConfig(run_dir, name=name, port=port, health_path="/health",
+                                      startup_timeout=startup_timeout, api="sglang",
+                                      model=kw.pop("model", "sim"), **kw))
 
 
 @contextlib.asynccontextmanager

@@ -22,9 +22,11 @@ from collections import Counter
 from dataclasses import replace
 from typing import Sequence
 
+from engine.config import Config
 from engine.records import Instruction, Query, VerifiedInstruction, VerifierAudit
 from engine.stage import Context
 from engine.stages.base import outcome_bool
+from engine.stages.queries import run_queries
 
 # the funnel reason for flagged functions, per audit_action
 FLAG_REASONS = {"flag": "flagged", "downweight": "flagged_downweighted", "drop": "flagged_dropped"}
@@ -76,6 +78,12 @@ class AuditStage:
     `weight`: a flagged function's reward weight when the action is downweight."""
 
     name = "audit"
+
+    @classmethod
+    def from_config(cls, cfg: Config, queries: Sequence[Query] | None = None) -> AuditStage:
+        a = cfg.audit
+        return cls(run_queries(cfg, queries), enabled=a.enabled, action=a.action,
+                   max_accepted=a.max_accepted, weight=a.weight)
 
     def __init__(self, queries: Sequence[Query], *, enabled: bool, action: str, max_accepted: int,
                  weight: float) -> None:

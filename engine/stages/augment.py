@@ -13,13 +13,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+from engine.config import Config
 from engine.dedup import Deduper
 from engine.jsonl import read_texts
 from engine.parsing import parse_instruction_list, parse_yes_no
 from engine.prompting import packaged_file, render
 from engine.records import Instruction, SeedBatch, normalize_instruction
 from engine.stage import Context
-from engine.stages.base import Sampling, ask, complete, tally
+from engine.stages.base import Sampling, ask, complete, judge_sampling, tally
 
 
 def _seed_text(row: object) -> str | None:
@@ -103,6 +104,14 @@ class AugmentStage:
     """
 
     name = "augment"
+
+    @classmethod
+    def from_config(cls, cfg: Config, seeds: Sequence[Instruction] = ()) -> AugmentStage:
+        a = cfg.augment
+        return cls(seeds, deduper=Deduper(threshold=a.dedup_threshold, ngram=a.dedup_ngram),
+                   per_prompt=a.per_prompt, style=a.style,
+                   sampling=Sampling(a.samples, a.temperature, a.max_tokens),
+                   checkable=judge_sampling(cfg) if a.checkable_filter else None, max_new=a.max_new)
 
     def __init__(self, seeds: Sequence[Instruction], *, deduper: Deduper, per_prompt: int,
                  sampling: Sampling, checkable: Sampling | None, style: str = "chat",

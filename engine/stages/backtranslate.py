@@ -9,12 +9,13 @@ import asyncio
 from collections import Counter
 from dataclasses import replace
 
+from engine.config import Config
 from engine.parsing import parse_back_translation
 from engine.prompting import render
 from engine.records import BackTranslation, Verifier, VerifiedInstruction
 from engine.stage import Context
-from engine.stages.base import Sampling, ask, tally
-from engine.stages.nli import NLIJudge
+from engine.stages.base import Sampling, ask, judge_sampling, tally
+from engine.stages.nli import LLMJudge, NLIJudge, TransformersNLI
 
 
 class BackTranslateStage:
@@ -25,6 +26,15 @@ class BackTranslateStage:
     """
 
     name = "backtranslate"
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> BackTranslateStage:
+        """The NLI judge is a local model when nli_model_path names one, else the pipeline's LLM."""
+        b, judge = cfg.backtranslate, judge_sampling(cfg)
+        if not b.enabled:           # no judge is loaded for a stage that passes through
+            return cls(nli=LLMJudge(judge), sampling=judge, enabled=False)
+        nli = TransformersNLI(b.nli_model_path, b.nli_device) if b.nli_model_path else LLMJudge(judge)
+        return cls(nli=nli, sampling=judge)
 
     def __init__(self, *, nli: NLIJudge, sampling: Sampling, enabled: bool = True) -> None:
         self.nli = nli

@@ -6,6 +6,7 @@ import ast
 from collections import Counter
 from dataclasses import dataclass
 
+from engine.config import Config
 from engine.llm import Completion, SamplingParams
 from engine.prompting import render, user_message
 from engine.stage import Context
@@ -20,6 +21,11 @@ class Sampling:
     n: int
     temperature: float
     max_tokens: int
+
+
+def judge_sampling(cfg: Config) -> Sampling:
+    """The request of every judge call: checkable, back-translation, NLI, score."""
+    return Sampling(1, cfg.backtranslate.judge_temperature, cfg.backtranslate.judge_max_tokens)
 
 
 async def ask(ctx: Context, prompt: str, sampling: Sampling, *, json_schema: str | None = None) -> list[Completion]:

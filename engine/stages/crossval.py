@@ -17,13 +17,17 @@ reads the verdicts from the record. They take no part in the judgement.
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from engine.records import Case, Instruction, Verifier, VerifiedInstruction, VerifierDraft
+from engine.config import Config
+from engine.records import Case, Instruction, Query, Verifier, VerifiedInstruction, VerifierDraft
 from engine.stage import Context
+from engine.stages.audit import probe_inputs
 from engine.stages.base import code_key, outcome_bool, tally
+from engine.stages.queries import run_queries
 from sandbox_pool import Outcome
 from sandbox_pool.outcome import REJECTED
 
@@ -101,6 +105,15 @@ class CrossValStage:
     The thresholds are the rules of the module docstring."""
 
     name = "crossval"
+
+    @classmethod
+    def from_config(cls, cfg: Config, queries: Sequence[Query] | None = None) -> CrossValStage:
+        c = cfg.crossval
+        # the audit's probes, run in the same fork as the cases
+        probes = functools.partial(probe_inputs, queries=run_queries(cfg, queries)) if cfg.audit.enabled else None
+        return cls(case_agreement=c.case_agreement, function_accuracy=c.function_accuracy,
+                   min_functions=c.min_functions, min_cases=c.min_cases, two_sided=c.two_sided,
+                   probes=probes)
 
     def __init__(self, *, case_agreement: float, function_accuracy: float, min_functions: int = 1,
                  min_cases: int = 1, two_sided: bool = True,

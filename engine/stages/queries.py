@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from engine.config import Config
 from engine.jsonl import read_texts
 from engine.prompting import packaged_file, render
 from engine.records import Query, QueryTask, VerifiedInstruction
@@ -48,6 +49,11 @@ def load_queries(path: str | Path | None = None, on_error: Callable[[str], None]
     return queries
 
 
+def run_queries(cfg: Config, queries: Sequence[Query] | None = None) -> list[Query]:
+    """`queries`, or when None the run's query pool: the queries_path file, or the built-in set."""
+    return list(queries) if queries is not None else load_queries(cfg.run.queries_path or None)
+
+
 class QueryBudget:
     """How many queries each instruction gets under a cap on the run's total (0: no cap).
 
@@ -81,6 +87,14 @@ class QueryJoinStage:
     counted as dropped for `query_budget`) once it has run out."""
 
     name = "queries"
+
+    @classmethod
+    def from_config(cls, cfg: Config, queries: Sequence[Query] | None = None,
+                    budget: QueryBudget | None = None) -> QueryJoinStage:
+        """`budget`: the grants of max_queries so far (a resumed run's, from its store; None: a
+        fresh one)."""
+        return cls(run_queries(cfg, queries), per_instruction=cfg.responses.queries_per_instruction,
+                   seed=cfg.run.seed, budget=budget or QueryBudget(cfg.responses.max_queries))
 
     def __init__(self, queries: Sequence[Query], *, per_instruction: int, seed: int,
                  budget: QueryBudget | None = None) -> None:

@@ -14,6 +14,7 @@ import asyncio
 from collections import Counter
 from typing import Callable, Sequence
 
+from engine.config import Config
 from engine.llm import Completion
 from engine.records import (FunctionResult, QueryResult, QueryTask, ResponseRecord, SampledPrompt,
                             Verifier, plain_reject_flaw)
@@ -62,6 +63,15 @@ class ResponseStage:
     plain reply's request (module docstring); None: none is asked for."""
 
     name = "responses"
+
+    @classmethod
+    def from_config(cls, cfg: Config,
+                    on_sampled: Callable[[SampledPrompt], None] | None = None) -> ResponseStage:
+        r, v = cfg.responses, cfg.verifiers
+        return cls(sampling=Sampling(r.k, r.temperature, r.max_tokens), pass_threshold=r.pass_threshold,
+                   on_sampled=on_sampled,
+                   # the verifier stage's plain case reply, so both share one answer
+                   plain=Sampling(1, v.temperature, v.case_max_tokens) if r.plain_rejects else None)
 
     def __init__(self, *, sampling: Sampling, pass_threshold: float,
                  on_sampled: Callable[[SampledPrompt], None] | None = None,

@@ -8,11 +8,12 @@ import asyncio
 from collections import Counter
 from dataclasses import replace
 
+from engine.config import Config
 from engine.parsing import parse_score
 from engine.prompting import render
 from engine.records import QueryResult, QueryTask, ResponseRecord
 from engine.stage import Context
-from engine.stages.base import Sampling, ask, tally
+from engine.stages.base import Sampling, ask, judge_sampling, tally
 
 UNSCORED = 0   # stored score when the judge's answer had no readable score, or was not asked
 NOT_NEEDED = object()   # `until` responses were kept already: this one is not judged
@@ -29,6 +30,11 @@ class ScoreStage:
     other passed samples would be spent for nothing; 0 judges every one (the paper)."""
 
     name = "scoring"
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ScoreStage:
+        s = cfg.scoring
+        return cls(sampling=judge_sampling(cfg), score_min=s.min, enabled=s.enabled, until=s.until)
 
     def __init__(self, *, sampling: Sampling, score_min: int, enabled: bool = True, until: int = 0) -> None:
         self.sampling = sampling

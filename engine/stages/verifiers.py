@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 
 import orjson
 
+from engine.config import Config
 from engine.llm import Completion
 from engine.parsing import (ParseError, ParsedVerifier, parse_case_answer,
                             parse_code_completion, parse_verifier_answer, prompt_examples)
@@ -36,6 +37,7 @@ from engine.prompting import render, template
 from engine.records import Case, Instruction, Query, Verifier, VerifierDraft, normalize_instruction
 from engine.stage import Context
 from engine.stages.base import Sampling, ask, ask_plain, code_key, complete, tally
+from engine.stages.queries import run_queries
 
 # where a completed function ends: the next few-shot entry, a second definition, test code
 CODE_STOPS = ("\n# Constraint", "\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "```")
@@ -145,6 +147,14 @@ class VerifierStage:
     for "replies" one reply per query of the first n of `case_queries`."""
 
     name = "verifiers"
+
+    @classmethod
+    def from_config(cls, cfg: Config, queries: Sequence[Query] | None = None) -> VerifierStage:
+        v = cfg.verifiers
+        return cls(sampling=Sampling(v.k, v.temperature, v.max_tokens), style=v.style,
+                   cases=Sampling(v.case_samples, v.temperature, v.case_max_tokens),
+                   cases_per_side=v.cases_per_side, case_style=v.case_style,
+                   case_queries=run_queries(cfg, queries))
 
     def __init__(self, *, sampling: Sampling, style: str = "code", cases: Sampling | None = None,
                  cases_per_side: int = 3, case_style: str = "lists",
