@@ -210,9 +210,10 @@ class StreamRunner:
             except Exception as exc:  # one bad item never stops the run; it is a counted drop
                 if is_storage_failure(exc):
                     self._fail(exc)       # every later item would fail the same way
+                else:                     # a storage failure is the run's, not this item's
+                    self._log_error(name, exc)
                 funnel.drop(name, error_reason(exc))
                 items.labels(name, "error").inc()
-                self._log_error(name, exc)
                 outs = []
             finally:
                 self.in_flight[i] -= 1
@@ -252,7 +253,8 @@ class StreamRunner:
         """Storage cannot take more (disk full, read-only): stop at once, keep what is stored."""
         if self.failure is None:
             self.failure = exc
-            log.error("stopping: %s", exc)
+            # the caller says it once, in its own words (`autoif run`: "cannot write to ...")
+            log.debug("stopping: %s", exc)
             self.stop(abort=True)
 
     def _log_error(self, stage: str, exc: BaseException) -> None:
