@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import sys
@@ -34,7 +33,7 @@ from engine.errors import JobError, RefusedError
 from engine.export import ExportOptions, export, pyarrow_available, warm_up_parquet
 from engine.grpo import GrpoOptions, GrpoSummary, export_grpo
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
-from engine.outcome import is_storage_failure
+from engine.outcome import is_bind_failure, is_storage_failure
 from engine.prompting import packaged_file
 from engine.progress import Progress, print_funnel
 from engine.records import QueryResult, SampledPrompt, VerifiedInstruction
@@ -383,17 +382,19 @@ async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full",
     metrics = RunMetrics()
     try:
         if metrics_port:
-            metrics.serve(metrics_port, metrics_host)
+            try:
+                metrics.serve(metrics_port, metrics_host)
+            except OSError as exc:
+                if not is_bind_failure(exc):
+                    raise
+                raise RefusedError(f"--metrics-port {metrics_port}: cannot listen on "
+                                   f"{metrics_host}:{metrics_port} ({os.strerror(exc.errno)})") from None
             log.info("metrics at http://%s:%d/metrics", metrics_host, metrics_port)
         with storage_errors(run_dir):
             summary = await _run_mode(cfg, backend, mode, rounds, seeds, queries, store, run_dir,
                                       metrics, progress)
         await metrics.linger(metrics_keep_s)
         return summary
-    except OSError as exc:
-        if metrics_port and exc.errno == errno.EADDRINUSE:
-            raise RefusedError(f"--metrics-port {metrics_port}: {exc.strerror}") from None
-        raise
     finally:
         metrics.close()
         store.close()

@@ -16,6 +16,7 @@ import sys
 from dataclasses import replace
 
 from engine.aio import install_uvloop, tune_gc
+from engine.commands import flags
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.distributed import add_arguments as add_ray_arguments, run_ray
 from engine.job import DEMO, JobError, run_job
@@ -31,18 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a small job: a few seed instructions and queries, small K and N")
     parser.add_argument("--mode", choices=("full", "online-dpo"), default="full",
                         help="online-dpo: repeat responses/scoring/export against the policy server")
-    parser.add_argument("--rounds", type=int, default=1, help="online-dpo rounds (default: 1)")
+    parser.add_argument("--rounds", type=flags.positive_int, default=1, help="online-dpo rounds (default: 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--metrics-port", type=int, default=None,
+    parser.add_argument("--metrics-port", type=flags.port, default=None,
                         help="serve Prometheus metrics on --metrics-host:PORT while running (default: off)")
-    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+    parser.add_argument("--metrics-host", type=flags.host, default="127.0.0.1", metavar="HOST",
                         help="address the metrics server binds (default: 127.0.0.1; 0.0.0.0: every interface)")
-    parser.add_argument("--metrics-keep", type=float, default=0.0, metavar="SECONDS",
+    parser.add_argument("--metrics-keep", type=flags.number, default=0.0, metavar="SECONDS",
                         help="after the run, keep serving its final metrics this long; -1: until "
                              "Ctrl-C (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     add_ray_arguments(parser)                 # --ray [ADDRESS], --shards, ...: engine/distributed
     add_config_arguments(parser)
+    flags.check_with(parser, "servers", flags.url)
 
 
 def resolve_config(args: argparse.Namespace) -> Config:

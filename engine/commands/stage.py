@@ -29,6 +29,7 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 
+from engine.commands import flags
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.export import ExportOptions, export
 from engine.job import make_client, make_pool
@@ -54,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, metavar="PATH",
                         help="output JSONL (for export: a directory)")
     add_config_arguments(parser)             # --server URL (repeatable) among them
+    flags.check_with(parser, "servers", flags.url)
 
 
 def _err(message: str) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import shlex
 import sys
 
+from engine.commands import flags
 from engine.distributed.driver import run_sharded
 from engine.job import JobError
 from engine.outcome import finish
@@ -23,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run sharded on a Ray cluster: ADDRESS (e.g. HEAD:6379), or none for "
                         "RAY_ADDRESS / the cluster `ray start` made here / a new local one")
-    g.add_argument("--shards", type=int, default=None,
+    g.add_argument("--shards", type=flags.positive_int, default=None,
                    help="shards (one engine actor each); default: one per Ray node. Resume with the same number")
     g.add_argument("--shard-cpus", type=float, default=1.0, help="Ray CPUs reserved per shard actor")
     g.add_argument("--shard-gpus", type=float, default=0.0, help="Ray GPUs reserved per shard actor")
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(with the node's GPUs), and use it there")
     g.add_argument("--node-serve-args", default="", metavar="'ARGS'",
                    help="more `autoif serve` arguments, one string (e.g. \"--model M --tp 2\")")
-    g.add_argument("--max-shard-restarts", type=int, default=3,
+    g.add_argument("--max-shard-restarts", type=flags.non_negative_int, default=3,
                    help="times a shard is started again on a new actor after its actor died")
 
 
