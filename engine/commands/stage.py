@@ -6,7 +6,7 @@ the stage classes `autoif run` uses, run by the same StreamRunner, and a writer 
 
   augment        seeds (JSONL {"instruction"}, or a .txt file, one a line) -> AugmentStage   [LLM]
   crossval       K verifier answers per instruction -> VerifierStage, CrossValStage
-  verify         responses per (instruction, query) -> ResponseStage
+  verify         responses per (instruction, query) -> ResponseStage (a row for every response)
   backtranslate  crossval output -> BackTranslateStage                                         [LLM]
   score          verify output -> ScoreStage (scores already in the file are used, not asked again) [LLM]
   export         score or verify output, plus crossval rows -> SFT / DPO files in the --output directory
@@ -33,7 +33,7 @@ from engine.commands import flags
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.export import ExportOptions, export
 from engine.job import make_client, make_pool
-from engine.records import QueryResult, VerifiedInstruction
+from engine.records import QueryResult, ResponseRecord, VerifiedInstruction
 from engine.reference import (BadRecord, FileAnswers, count_lines, dpo_side_rows, grouped, instruction_row,
                               read_crossval, read_rows, read_verify, response_row, score_prompt, score_rows,
                               verified, verified_row, verify_rows)
@@ -93,6 +93,7 @@ class Plan:
         self.answers = FileAnswers(model=model)
         self.needs_llm = False
         self.seeds: list = []
+        self.graded: list[QueryResult] | None = None   # verify: every graded result, kept or not
 
 
 def _each(inp: Input, plan: Plan, read: Callable[[dict], Any]) -> None:
@@ -115,6 +116,7 @@ def plan_for(name: str, inp: Input, cfg: Config) -> Plan:
         _each(inp, plan, lambda row: read_crossval(row, plan.answers))
     elif name == "verify":
         _each(inp, plan, lambda row: read_verify(row, plan.answers))
+        plan.graded = []
     elif name == "backtranslate":
         _each(inp, plan, verified)
         plan.needs_llm = True
@@ -163,6 +165,18 @@ def writer_for(name: str, cfg: Config) -> tuple[Callable[[Any], list[dict]], Cal
     return (lambda r: score_rows(r, cfg.score_min, UNSCORED)), lambda r: r.task.id
 
 
+def every_response(plan: Plan) -> list[QueryResult]:
+    """verify: every graded result, passing or not, and the responses of tasks without a
+    function to check them (pass rate 0, not kept): a row for each response read."""
+    graded = plan.graded or []
+    seen = {r.task.id for r in graded}
+    unchecked = [QueryResult(task=t, model=plan.answers.model,
+                             responses=tuple(ResponseRecord(text=a, pass_rate=0.0)
+                                             for a in plan.answers.answers.get(t.prompt, ())))
+                 for t in plan.items if not t.instruction.verifiers and t.id not in seen]
+    return graded + unchecked
+
+
 def input_id(item: Any) -> str:
     if isinstance(item, VerifiedInstruction):
         return item.instruction.id
@@ -202,7 +216,9 @@ async def run_stage(name: str, plan: Plan, cfg: Config) -> tuple[list, Funnel]:
             plan.answers.llm = await stack.enter_async_context(open_llm(cfg))
             plan.answers.model = plan.answers.model or getattr(plan.answers.llm, "model", "")
         ctx = Context(llm=plan.answers, executor=pool, funnel=funnel)  # type: ignore[arg-type]
-        stages = [StageSpec(build_stage(n, cfg, seeds=plan.seeds), cfg.stage_concurrency) for n in chain]
+        on_graded = plan.graded.append if plan.graded is not None else None
+        stages = [StageSpec(build_stage(n, cfg, seeds=plan.seeds, on_graded=on_graded), cfg.stage_concurrency)
+                  for n in chain]
         runner = StreamRunner(stages, ctx, queue_size=max(8, cfg.stage_concurrency), sink=outputs.append)
         await runner.run(plan.items)
     return outputs, funnel
@@ -250,6 +266,8 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         cfg = dataclasses.replace(cfg, verifier_style="json")
     plan = plan_for(name, inp, cfg)
     outputs, funnel = await run_stage(name, plan, cfg)
+    if plan.graded is not None:             # verify writes every response, not only kept ones
+        outputs = every_response(plan)
     to_rows, origin = writer_for(name, cfg)
     if origin is not None:                  # in input order, whatever order they finished in
         order = {}

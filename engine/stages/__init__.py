@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 from engine.config import Config
 from engine.dedup import Deduper
-from engine.records import Instruction, Query, SampledPrompt
+from engine.records import Instruction, Query, QueryResult, SampledPrompt
 from engine.stages.audit import AuditStage, probe_inputs
 from engine.stages.augment import AugmentStage, load_seed_instructions, make_seed_batches
 from engine.stages.backtranslate import BackTranslateStage
@@ -43,13 +43,15 @@ def nli_judge(cfg: Config) -> NLIJudge:
 def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
                 queries: Sequence[Query] | None = None,
                 on_sampled: Callable[[SampledPrompt], None] | None = None,
-                query_budget: QueryBudget | None = None) -> object:
+                query_budget: QueryBudget | None = None,
+                on_graded: Callable[[QueryResult], None] | None = None) -> object:
     """The stage called `name` with its settings from `cfg`.
 
     `seeds`: indexed by augment's deduper up front; `queries`: the query pool (None: read from
     config.queries_path, or the built-in set); `on_sampled`: given every graded prompt (the
     responses stage), kept or not, for the GRPO prompt set; `query_budget`: the grants of
-    config.max_queries so far (a resumed run's, from its store; None: a fresh one).
+    config.max_queries so far (a resumed run's, from its store; None: a fresh one);
+    `on_graded`: given the whole result of every graded prompt (the responses stage), kept or not.
     """
     judge = Sampling(1, cfg.judge_temperature, cfg.judge_max_tokens)
     if name in ("queries", "audit", "verifiers", "crossval") and queries is None:
@@ -90,6 +92,7 @@ def build_stage(name: str, cfg: Config, *, seeds: Sequence[Instruction] = (),
         return ResponseStage(sampling=Sampling(cfg.responses_k, cfg.response_temperature,
                                                cfg.response_max_tokens),
                              pass_threshold=cfg.pass_threshold, on_sampled=on_sampled,
+                             on_graded=on_graded,
                              # the verifier stage's plain case reply, so both share one answer
                              plain=(Sampling(1, cfg.verifier_temperature, cfg.verifier_case_max_tokens)
                                     if cfg.plain_rejects else None))

@@ -58,17 +58,20 @@ class ResponseStage:
 
     `sampling`: the response request (its n is K); `pass_threshold`: see the module docstring;
     `on_sampled`: given every graded task's pass rates, the ones where no response passed too
-    (a GRPO prompt set needs the too-hard prompts); None: nothing is recorded. `plain`: the
-    plain reply's request (module docstring); None: none is asked for."""
+    (a GRPO prompt set needs the too-hard prompts); None: nothing is recorded. `on_graded`:
+    given every graded task's whole result, kept or not (a verdict for each response read).
+    `plain`: the plain reply's request (module docstring); None: none is asked for."""
 
     name = "responses"
 
     def __init__(self, *, sampling: Sampling, pass_threshold: float,
                  on_sampled: Callable[[SampledPrompt], None] | None = None,
+                 on_graded: Callable[[QueryResult], None] | None = None,
                  plain: Sampling | None = None) -> None:
         self.sampling = sampling
         self.pass_threshold = pass_threshold
         self.on_sampled = on_sampled
+        self.on_graded = on_graded
         self.plain = plain
         # queries of each instruction still generating: while others are, this one's checks tell
         # the pool more of the same functions are coming, so they can share a fork
@@ -105,6 +108,8 @@ class ResponseStage:
         if self.on_sampled is not None:          # kept or not: the GRPO estimates
             self.on_sampled(SampledPrompt(item, tuple(r.pass_rate for r in records), model))
         result = QueryResult(task=item, responses=tuple(records), model=model, plain=tuple(plain_records))
+        if self.on_graded is not None:
+            self.on_graded(result)
         if not kept:
             ctx.funnel.drop(self.name, "no_response_passed")
             return []
