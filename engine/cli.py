@@ -6,6 +6,8 @@ import importlib
 import importlib.metadata
 import sys
 
+from engine.commands.flags import Parser
+
 # subcommand -> (module, one-line help). Each module defines
 #   add_arguments(parser: argparse.ArgumentParser) -> None
 #   run(args: argparse.Namespace) -> int
@@ -28,7 +30,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoif", description=__doc__)
+    parser = Parser(prog="autoif", description=__doc__)   # a bad flag: one line, exit 2
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():

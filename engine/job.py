@@ -9,8 +9,8 @@ answered request, duplicates nothing, and ends with the same exports.
 """
 from __future__ import annotations
 
-import errno
 import logging
+import os
 import sqlite3
 import threading
 from dataclasses import replace
@@ -22,6 +22,7 @@ from engine.demo import DEMO_SEEDS
 from engine.errors import JobError, RefusedError
 from engine.export import export, warm_up_parquet
 from engine.metrics import RunMetrics
+from engine.outcome import is_bind_failure
 from engine.records import QueryResult
 from engine.run import (Engine, RoundStored, RunSpec, RunStore, Stored, export_grpo_run, export_options,
                         export_run, open_engine, preflight, run_shard, stopped_by_storage, storage_errors,
@@ -51,7 +52,13 @@ async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full",
     try:
         store.claim("single-node", f"--output-dir {run_dir}")
         if metrics_port:
-            metrics.serve(metrics_port, metrics_host)
+            try:
+                metrics.serve(metrics_port, metrics_host)
+            except OSError as exc:
+                if not is_bind_failure(exc):
+                    raise
+                raise RefusedError(f"--metrics-port {metrics_port}: cannot listen on "
+                                   f"{metrics_host}:{metrics_port} ({os.strerror(exc.errno)})") from None
             log.info("metrics at http://%s:%d/metrics", metrics_host, metrics_port)
         spec = RunSpec(cfg, run_dir, seeds=seeds, queries=queries, progress=progress)
         with storage_errors(run_dir):
@@ -62,10 +69,6 @@ async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full",
                     summary = await run_full(spec, engine, store, metrics)
         await metrics.linger(metrics_keep_s)
         return summary
-    except OSError as exc:
-        if metrics_port and exc.errno == errno.EADDRINUSE:
-            raise RefusedError(f"--metrics-port {metrics_port}: {exc.strerror}") from None
-        raise
     finally:
         metrics.close()
         store.close()

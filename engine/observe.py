@@ -6,7 +6,7 @@ dropped by its stage, and a histogram of the survivors alone would hide exactly 
 the distribution that tells how to set `pass_threshold` and `score_min`.
 
 Two thin wrappers see those numbers without changing the stages:
-- ResponseStage: the pass rates it reports to its `on_sampled` hook for every graded task;
+- ResponseStage: the pass rates of the results it gives its `on_graded` hook for every graded task;
 - ScoreStage: a subclass whose `score()` records what the judge said (0: unreadable).
 Counts are fixed bins, so memory does not grow with the run.
 """
@@ -73,22 +73,22 @@ class Distributions:
 
 class ObservedResponses:
     """Wraps a ResponseStage; its outputs and funnel counts are the stage's own. The pass rates
-    come through the stage's `on_sampled` hook (chained: whoever else listens still hears),
+    come through the stage's `on_graded` hook (chained: whoever else listens still hears),
     which gets the K samples of every graded task, kept or not, and nothing else that rode
     in the same sandbox batch (the plain replies of plain_rejects)."""
 
     def __init__(self, stage: Any, dists: Distributions) -> None:
         self.inner, self.dists, self.name = stage, dists, stage.name
         target = getattr(stage, "inner", stage)
-        listener = target.on_sampled
+        listener = target.on_graded
 
-        def on_sampled(sampled: Any) -> None:
-            for rate in sampled.pass_rates:
-                dists.add_pass_rate(rate)
+        def on_graded(result: Any) -> None:
+            for response in result.responses:
+                dists.add_pass_rate(response.pass_rate)
             if listener is not None:
-                listener(sampled)
+                listener(result)
 
-        target.on_sampled = on_sampled
+        target.on_graded = on_graded
 
     async def process(self, item: Any, ctx: Context) -> list:
         return await self.inner.process(item, ctx)

@@ -57,6 +57,15 @@ def is_storage_failure(exc: BaseException) -> bool:
     return False
 
 
+_BIND_ERRNOS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
+
+
+def is_bind_failure(exc: BaseException) -> bool:
+    """A listening socket cannot have its address: in use, not this machine's, or privileged.
+    The flags that name it are at fault, so the command is refused (EXIT_USAGE)."""
+    return isinstance(exc, OSError) and exc.errno in _BIND_ERRNOS
+
+
 def lost_items(funnel: Mapping[str, Mapping]) -> dict[str, dict[str, int]]:
     """{stage: {reason: n}} of items lost to errors (main stages; sub-item rows excluded)."""
     out: dict[str, dict[str, int]] = {}

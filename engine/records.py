@@ -392,6 +392,11 @@ class SampledPrompt:
     pass_rates: tuple[float, ...]
     model: str = ""
 
+    @classmethod
+    def of(cls, result: "QueryResult") -> "SampledPrompt":
+        """The prompt of a graded result, with its K responses' pass rates."""
+        return cls(result.task, tuple(r.pass_rate for r in result.responses), result.model)
+
     @property
     def id(self) -> str:
         return content_id("sampled", self.task.id, list(self.pass_rates))

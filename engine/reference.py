@@ -6,7 +6,9 @@ real stage on them, and writes its outputs back in the same formats:
   crossval   {"instruction", "gpt-answer": [K raw verifier answers]}
              -> {"instruction", "eval_func": [[code, accuracy], ...], "cases": [[input, bool], ...]}
   verify     {"instruction", "prompt": "... [Query] q", "eval_func": [[code, acc], ...], "gpt-answer": [responses]}
-             -> one {"instruction", "query", "response", "pass_rate", "kept"} per response.
+             -> one {"instruction", "query", "response", "pass_rate", "kept", "verdicts"} per
+             response read, passing or not; "verdicts": each function's {"status", "value"}, in
+             the order of "eval_func".
              The DPO-side file (dpo_query_w_funcs) has no "instruction": its "prompt" is the whole
              user turn (instruction and query), and the rows it gives have no "instruction" either.
   score      verify output (a "score", or the reference's judge answers in "gen", is used as is)
@@ -251,9 +253,11 @@ def _head(result: QueryResult) -> dict:
 
 
 def verify_rows(result: QueryResult) -> list[dict]:
-    """One row per response, kept or not."""
+    """One row per response, kept or not, with each function's verdict on it."""
     head = _head(result)
-    return [{**head, "response": r.text, "pass_rate": r.pass_rate, "kept": r.passed} for r in result.responses]
+    return [{**head, "response": r.text, "pass_rate": r.pass_rate, "kept": r.passed,
+             "verdicts": [{"status": v.status, "value": v.value} for v in r.results]}
+            for r in result.responses]
 
 
 def score_rows(result: QueryResult, score_min: int, unscored: int) -> list[dict]:

@@ -247,9 +247,10 @@ class StreamRunner:
                 raise
             except Exception as exc:  # one bad item never stops the run; it is a counted drop
                 if is_storage_failure(exc):
-                    self._fail(exc)       # every later item would fail the same way
+                    self._fail(exc)       # the run's failure, not this item's: every later item would fail
+                else:
+                    self._log_error(spec.stage.name, exc)
                 error = error_reason(exc)
-                self._log_error(spec.stage.name, exc)
                 outs = []
             observer.ended(i, time.perf_counter() - t, len(outs), error)
             for out in outs:
@@ -277,7 +278,8 @@ class StreamRunner:
         """Storage cannot take more (disk full, read-only): stop at once, keep what is stored."""
         if self.failure is None:
             self.failure = exc
-            log.error("stopping: %s", exc)
+            # the caller says it once, in its own words (`autoif run`: "cannot write to ...")
+            log.debug("stopping: %s", exc)
             self.stop(abort=True)
 
     def _log_error(self, stage: str, exc: BaseException) -> None:

@@ -108,7 +108,10 @@ class StateStore:
                 added = self._db.total_changes - before
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A COMMIT that fails on a full disk has rolled back already; a second ROLLBACK
+                # would raise "no transaction is active" and hide the storage error.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
         return added
 

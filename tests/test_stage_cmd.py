@@ -250,8 +250,10 @@ def test_dpo_side_reference_files(tmp_path, capsys):
                 {"prompt": prompt, "eval_func": [[NO_COMMA, 0.9]], "gpt-answer": ["tea is warm", "tea, warm"]})
     out = tmp_path / "ver.jsonl"
     assert main(["stage", "verify", "--input", str(src), "--output", str(out)]) == 0
-    assert read(out) == [{"query": prompt, "response": "tea is warm", "pass_rate": 1.0, "kept": True},
-                         {"query": prompt, "response": "tea, warm", "pass_rate": 0.0, "kept": False}]
+    assert read(out) == [{"query": prompt, "response": "tea is warm", "pass_rate": 1.0, "kept": True,
+                          "verdicts": [{"status": "ok", "value": True}]},
+                         {"query": prompt, "response": "tea, warm", "pass_rate": 0.0, "kept": False,
+                          "verdicts": [{"status": "ok", "value": False}]}]
     scores = write(tmp_path / "dpo_query_eval_score_results.jsonl",
                    {"query": "Use lowercase. Name a bird.", "response": [["a robin", 1.0], ["A Robin", 0.0]]})
     for src in (out, scores):

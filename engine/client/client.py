@@ -143,10 +143,12 @@ class LLMClient:
         self._n_native = True       # False once a server refused n > 1 (llama-server)
         self._admin: ServerAdmin | None = None
         self._background: set[asyncio.Task] = set()
+        self._closing = False       # close() cuts what is still in flight: no server's fault
         self._stats = ClientStats()
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> "LLMClient":
+        self._closing = False
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self.max_in_flight + 16, limit_per_host=0,
                                              ttl_dns_cache=300, keepalive_timeout=30)
@@ -155,6 +157,7 @@ class LLMClient:
         return self
 
     async def close(self) -> None:
+        self._closing = True
         for task in list(self._background):
             task.cancel()
         if self._background:
@@ -465,7 +468,9 @@ class LLMClient:
     def _attempt_failed(self, server: Server, err: AttemptError) -> None:
         self._stats.attempt_errors[err.kind] += 1
         server.errors[err.kind] += 1
-        if err.server_fault and self.balancer.record_failure(server):
+        # A request cut by this client's own close (a run that stopped early, on a full disk
+        # or an abort, leaves some in flight) says nothing about the server.
+        if err.server_fault and not self._closing and self.balancer.record_failure(server):
             log.warning("server %s out of rotation after %d failures (%s)",
                         server.url, server.consecutive_failures, err.reason)
             self._start_probe(server)

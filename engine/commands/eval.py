@@ -6,7 +6,8 @@ instruction-level, strict and loose. With no --server it starts the embedded ser
     autoif eval --limit 20                          # the embedded model, first 20 prompts
 
 The summary goes to stdout; --output writes it as JSON, --responses every answer and verdict
-as JSONL. Exit status 1 when a request failed (the summary line says how many).
+as JSONL. Exit status: 1 when no server answers (one line names them) or a request failed
+(the summary line says how many); 2 for a bad flag (one line), before anything is asked.
 """
 from __future__ import annotations
 
@@ -18,27 +19,28 @@ from pathlib import Path
 import orjson
 
 from engine.aio import run as run_async
+from engine.commands import flags
 from engine.config import Config
 from engine.evaluation import Checkers, EvalUnavailable, evaluate, load_ifbench, summarize
 from engine.export import write_jsonl
 from engine.errors import JobError
-from engine.run import make_client
+from engine.run import check_reachable, make_client
 from engine.servers import open_backend
 from engine.llm import SamplingParams
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", action="append", default=[], metavar="URL",
+    parser.add_argument("--server", action="append", default=[], metavar="URL", type=flags.url,
                         help="the model's server (repeatable); none: start the embedded one")
     parser.add_argument("--api", choices=("auto", "sglang", "openai"), default="auto")
     parser.add_argument("--model", default="default", help="model name sent to the server")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    parser.add_argument("--limit", type=flags.positive_int, default=None, help="only the first N prompts")
     parser.add_argument("--keys", default=None, metavar="K1,K2",
                         help="only the prompts with these keys (IFBench's 'key' field)")
-    parser.add_argument("--max-tokens", type=int, default=1024, help="max new tokens per answer")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
-    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
-    parser.add_argument("--request-timeout", type=float, default=600.0)
+    parser.add_argument("--max-tokens", type=flags.positive_int, default=1024, help="max new tokens per answer")
+    parser.add_argument("--temperature", type=flags.number, default=0.0, help="sampling temperature (0: greedy)")
+    parser.add_argument("--concurrency", type=flags.positive_int, default=32, help="requests in flight")
+    parser.add_argument("--request-timeout", type=flags.positive_number, default=600.0)
     parser.add_argument("--output", type=Path, help="write the summary JSON here")
     parser.add_argument("--responses", type=Path, help="write every answer and its verdicts (JSONL)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/eval"),
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         verdicts = []
         async with open_backend(cfg, "embedded", args.run_dir) as (urls, api):
             async with make_client(cfg, urls, api) as client:
+                await check_reachable(client, urls)     # a dead server: one line, not 0 judged
                 async for v in evaluate(client, prompts, checkers, params):
                     verdicts.append(v)
                     print(f"\r{len(verdicts)}/{len(prompts)} answered", end="", file=sys.stderr, flush=True)

@@ -17,6 +17,7 @@ import sys
 from typing import Any, Coroutine
 
 from engine.aio import install_uvloop, tune_gc
+from engine.commands import flags
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.demo import DEMO
 from engine.errors import JobError
@@ -33,18 +34,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a small job: a few seed instructions and queries, small K and N")
     parser.add_argument("--mode", choices=("full", "online-dpo"), default="full",
                         help="online-dpo: repeat responses/scoring/export against the policy server")
-    parser.add_argument("--rounds", type=int, default=1, help="online-dpo rounds (default: 1)")
+    parser.add_argument("--rounds", type=flags.positive_int, default=1, help="online-dpo rounds (default: 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--metrics-port", type=int, default=None,
+    parser.add_argument("--metrics-port", type=flags.port, default=None,
                         help="serve Prometheus metrics on --metrics-host:PORT while running (default: off)")
-    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+    parser.add_argument("--metrics-host", type=flags.host, default="127.0.0.1", metavar="HOST",
                         help="address the metrics server binds (default: 127.0.0.1; 0.0.0.0: every interface)")
-    parser.add_argument("--metrics-keep", type=float, default=0.0, metavar="SECONDS",
+    parser.add_argument("--metrics-keep", type=flags.number, default=0.0, metavar="SECONDS",
                         help="after the run, keep serving its final metrics this long; -1: until "
                              "Ctrl-C (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     add_ray_arguments(parser)
     add_config_arguments(parser)
+    flags.check_with(parser, "servers", flags.url)
 
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +55,7 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run sharded on a Ray cluster: ADDRESS (e.g. HEAD:6379), or none for "
                         "RAY_ADDRESS / the cluster `ray start` made here / a new local one")
-    g.add_argument("--shards", type=int, default=None,
+    g.add_argument("--shards", type=flags.positive_int, default=None,
                    help="shards (one engine actor each); default: one per Ray node. Resume with the same number")
     g.add_argument("--shard-cpus", type=float, default=1.0, help="Ray CPUs reserved per shard actor")
     g.add_argument("--shard-gpus", type=float, default=0.0, help="Ray GPUs reserved per shard actor")
@@ -62,7 +64,7 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
                         "(with the node's GPUs), and use it there")
     g.add_argument("--node-serve-args", default="", metavar="'ARGS'",
                    help="more `autoif serve` arguments, one string (e.g. \"--model M --tp 2\")")
-    g.add_argument("--max-shard-restarts", type=int, default=3,
+    g.add_argument("--max-shard-restarts", type=flags.non_negative_int, default=3,
                    help="times a shard is started again on a new actor after its actor died")
 
 

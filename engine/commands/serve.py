@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from engine.commands import flags
 from engine.servers import BACKENDS, ServerError, build_group
 
 
@@ -22,14 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="llamacpp (embedded CPU default), sglang (GPU), sim (protocol simulator)")
     parser.add_argument("--model", help="model path (GGUF for llamacpp, HF id or path for sglang); "
                         "llamacpp defaults to the embedded Qwen2.5-Coder-0.5B-Instruct")
-    parser.add_argument("--parallel", type=int, default=8, help="llama.cpp parallel slots (default 8)")
-    parser.add_argument("--tp", type=int, default=1, help="SGLang tensor parallelism (GPUs per replica)")
-    parser.add_argument("--port", type=int, help="port of the first replica (default: free ports)")
-    parser.add_argument("--mem-fraction", type=float, help="SGLang --mem-fraction-static")
-    parser.add_argument("--replicas", type=int, default=1, help="number of servers (ports port..port+R-1)")
+    parser.add_argument("--parallel", type=flags.positive_int, default=8, help="llama.cpp parallel slots (default 8)")
+    parser.add_argument("--tp", type=flags.positive_int, default=1, help="SGLang tensor parallelism (GPUs per replica)")
+    parser.add_argument("--port", type=flags.port, help="port of the first replica (default: free ports)")
+    parser.add_argument("--mem-fraction", type=flags.positive_number, help="SGLang --mem-fraction-static")
+    parser.add_argument("--replicas", type=flags.positive_int, default=1, help="number of servers (ports port..port+R-1)")
     parser.add_argument("--run-dir", default=None, help="where server logs go (default runs/serve-<time>)")
-    parser.add_argument("--max-restarts", type=int, default=3, help="restarts after crashes before giving up")
-    parser.add_argument("--startup-timeout", type=float, default=None, help="seconds to wait for health")
+    parser.add_argument("--max-restarts", type=flags.non_negative_int, default=3, help="restarts after crashes before giving up")
+    parser.add_argument("--startup-timeout", type=flags.positive_number, default=None, help="seconds to wait for health")
     parser.add_argument("--stream-log", action="store_true", help="copy server logs to stderr")
     parser.add_argument("extra", nargs="*", metavar="-- EXTRA",
                         help="extra arguments passed to the server, after --")
@@ -40,6 +41,10 @@ def _interrupt(signum, frame):  # noqa: ARG001 -- SIGTERM stops as cleanly as Ct
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.port is not None and args.port + args.replicas - 1 > flags.PORT_MAX:
+        return flags.fail("serve", "--port", args.port,
+                          f"{args.replicas} replicas need ports up to {args.port + args.replicas - 1}, "
+                          f"past {flags.PORT_MAX}")
     extra = list(args.extra or [])
     if extra and extra[0] == "--":
         extra = extra[1:]

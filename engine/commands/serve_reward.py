@@ -12,6 +12,8 @@ import os
 import sys
 
 from engine.aio import run as run_async
+from engine.commands import flags
+from engine.outcome import is_bind_failure
 from engine.reward.adapters import ENV_KEY
 from engine.reward.scorer import REWARD_MODES, RewardSettings, RewardTable, table_summary
 from engine.reward.service import ServiceOptions, serve
@@ -20,22 +22,22 @@ from sandbox_pool import Limits, PoolConfig, SandboxPool
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of `autoif run`")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")
+    parser.add_argument("--host", type=flags.host, default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=flags.port_or_free, default=8000, help="port (default 8000; 0: a free one)")
     parser.add_argument("--api-key", default=os.environ.get(ENV_KEY),
                         help=f"require this key (Bearer header or ?api_key=); default ${ENV_KEY}")
     parser.add_argument("--reward", choices=REWARD_MODES, default="rate",
                         help="rate: weighted pass rate over the functions; binary: 1 above --threshold")
-    parser.add_argument("--threshold", type=float, default=0.5,
+    parser.add_argument("--threshold", type=flags.number, default=0.5,
                         help="binary reward: 1.0 when the pass rate is MORE than this (default 0.5)")
-    parser.add_argument("--max-batch", type=int, default=1024, help="completions per request (default 1024)")
-    parser.add_argument("--max-chars", type=int, default=262_144,
+    parser.add_argument("--max-batch", type=flags.positive_int, default=1024, help="completions per request (default 1024)")
+    parser.add_argument("--max-chars", type=flags.positive_int, default=262_144,
                         help="characters per completion (default 262144)")
-    parser.add_argument("--max-body-mb", type=float, default=64.0, help="request body limit (default 64)")
-    parser.add_argument("--pool-workers", type=int, default=0, help="sandbox workers (0: one per core)")
-    parser.add_argument("--pool-timeout", type=float, default=2.0,
+    parser.add_argument("--max-body-mb", type=flags.positive_number, default=64.0, help="request body limit (default 64)")
+    parser.add_argument("--pool-workers", type=flags.non_negative_int, default=0, help="sandbox workers (0: one per core)")
+    parser.add_argument("--pool-timeout", type=flags.positive_number, default=2.0,
                         help="seconds one function may take over one request's completions (default 2)")
-    parser.add_argument("--pool-memory-mb", type=int, default=512, help="memory limit of a sandbox worker")
+    parser.add_argument("--pool-memory-mb", type=flags.positive_int, default=512, help="memory limit of a sandbox worker")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,5 +68,11 @@ def run(args: argparse.Namespace) -> int:
                                                         memory_mb=args.pool_memory_mb))) as pool:
             await serve(table, pool, settings, options, ready)
 
-    run_async(main())
+    try:
+        run_async(main())
+    except OSError as exc:
+        if not is_bind_failure(exc):
+            raise
+        return flags.fail("serve-reward", "--host/--port", f"{args.host}:{args.port}",
+                          f"cannot listen ({os.strerror(exc.errno)})")
     return 0

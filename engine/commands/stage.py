@@ -6,7 +6,7 @@ the stage classes `autoif run` uses, run by the same StreamRunner, and a writer 
 
   augment        seeds (JSONL {"instruction"}, or a .txt file, one a line) -> AugmentStage   [LLM]
   crossval       K verifier answers per instruction -> VerifierStage, CrossValStage
-  verify         responses per (instruction, query) -> ResponseStage
+  verify         responses per (instruction, query) -> ResponseStage (a row for every response)
   backtranslate  crossval output -> BackTranslateStage                                         [LLM]
   score          verify output -> ScoreStage (scores already in the file are used, not asked again) [LLM]
   export         score or verify output, plus crossval rows -> SFT / DPO files in the --output directory
@@ -28,15 +28,16 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 
+from engine.commands import flags
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.export import ExportOptions, export
 from engine.run import Engine, RunSpec, make_client, make_pool, run_shard
-from engine.records import QueryResult, VerifiedInstruction
+from engine.records import QueryResult, ResponseRecord, VerifiedInstruction
 from engine.reference import (BadRecord, FileAnswers, count_lines, dpo_side_rows, grouped, instruction_row,
                               read_crossval, read_rows, read_verify, response_row, score_prompt, score_rows,
                               verified, verified_row, verify_rows)
 from engine.stage import Context, Funnel
-from engine.stages import load_seed_instructions, make_seed_batches
+from engine.stages import QueryBudget, load_seed_instructions, make_seed_batches
 from engine.stages.scoring import UNSCORED
 
 NAMES = ("augment", "crossval", "verify", "backtranslate", "score", "export")
@@ -52,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, metavar="PATH",
                         help="output JSONL (for export: a directory)")
     add_config_arguments(parser)             # --server URL (repeatable) among them
+    flags.check_with(parser, "servers", flags.url)
 
 
 def _err(message: str) -> None:
@@ -89,6 +91,7 @@ class Plan:
         self.answers = FileAnswers(model=model)
         self.needs_llm = False
         self.seeds: list = []
+        self.graded: list[QueryResult] | None = None   # verify: every graded result, kept or not
 
 
 def _each(inp: Input, plan: Plan, read: Callable[[dict], Any]) -> None:
@@ -111,6 +114,7 @@ def plan_for(name: str, inp: Input, cfg: Config) -> Plan:
         _each(inp, plan, lambda row: read_crossval(row, plan.answers))
     elif name == "verify":
         _each(inp, plan, lambda row: read_verify(row, plan.answers))
+        plan.graded = []
     elif name == "backtranslate":
         _each(inp, plan, verified)
         plan.needs_llm = True
@@ -159,6 +163,37 @@ def writer_for(name: str, cfg: Config) -> tuple[Callable[[Any], list[dict]], Cal
     return (lambda r: score_rows(r, cfg.scoring.min, UNSCORED)), lambda r: r.task.id
 
 
+def every_response(plan: Plan) -> list[QueryResult]:
+    """verify: every graded result, passing or not, and the responses of tasks without a
+    function to check them (pass rate 0, not kept): a row for each response read."""
+    graded = plan.graded or []
+    seen = {r.task.id for r in graded}
+    unchecked = [QueryResult(task=t, model=plan.answers.model,
+                             responses=tuple(ResponseRecord(text=a, pass_rate=0.0)
+                                             for a in plan.answers.answers.get(t.prompt, ())))
+                 for t in plan.items if not t.instruction.verifiers and t.id not in seen]
+    return graded + unchecked
+
+
+class Graded:
+    """The recorder of `autoif stage`: keeps nothing but every graded result, for verify."""
+
+    def __init__(self, graded: list[QueryResult]) -> None:
+        self.graded = graded.append
+
+    def augmented(self, records: list) -> None:
+        pass
+
+    def verified(self, records: list) -> None:
+        pass
+
+    def result(self, record: QueryResult) -> None:
+        pass
+
+    def query_budget(self, cfg: Config) -> QueryBudget:
+        return QueryBudget(cfg.responses.max_queries)
+
+
 def input_id(item: Any) -> str:
     if isinstance(item, VerifiedInstruction):
         return item.instruction.id
@@ -199,6 +234,7 @@ async def run_stage(name: str, plan: Plan, cfg: Config, out_dir: Path) -> tuple[
             plan.answers.model = plan.answers.model or getattr(plan.answers.llm, "model", "")
         engine = Engine(Context(llm=plan.answers, executor=pool, funnel=funnel), pool=pool)  # type: ignore[arg-type]
         await run_shard(RunSpec(cfg, out_dir, stages=chain, seeds=plan.seeds), engine, plan.items,
+                        recorder=Graded(plan.graded) if plan.graded is not None else None,
                         sink=outputs.append)
     return outputs, funnel
 
@@ -245,6 +281,8 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         cfg = cfg.replace_flat(verifier_style="json")
     plan = plan_for(name, inp, cfg)
     outputs, funnel = await run_stage(name, plan, cfg, out_path.parent)
+    if plan.graded is not None:             # verify writes every response, not only kept ones
+        outputs = every_response(plan)
     to_rows, origin = writer_for(name, cfg)
     if origin is not None:                  # in input order, whatever order they finished in
         order = {}

@@ -7,7 +7,8 @@
 - typed events a Ray shard streams to its driver;
 - the run's end: exports, summary, storage failures as one line.
 """
-from engine.run.engine import Client, Engine, NoPool, Pool, make_client, make_pool, open_engine
+from engine.run.engine import (Client, Engine, NoPool, Pool, check_reachable, make_client, make_pool,
+                               open_engine)
 from engine.run.events import Done, EventQueue, Results, Sampled, ShardEvent, Tick, Verified
 from engine.run.finish import (export_grpo_run, export_options, export_run, stopped_by_storage,
                                storage_errors, write_summary)
@@ -18,7 +19,7 @@ from engine.run.spec import RunSpec
 from engine.run.store import RunStore, input_hash
 
 __all__ = [
-    "Client", "Done", "Engine", "EventQueue", "NoPool", "Pool", "Recorded", "Recorder", "Results",
+    "Client", "Done", "check_reachable", "Engine", "EventQueue", "NoPool", "Pool", "Recorded", "Recorder", "Results",
     "RoundStored", "RunSpec", "RunStore", "Sampled", "ShardEvent", "Stored", "Streamed", "Tick",
     "Verified", "build_stages", "check_output_dir", "export_grpo_run", "export_options", "export_run",
     "input_hash", "load_inputs", "make_client", "make_pool", "open_engine", "preflight", "run_shard",

@@ -1,7 +1,7 @@
 """Where a run's records go as the stages make them.
 
 A Recorder is told of each augmented instruction, each verified one (as the audit leaves it),
-each graded prompt and each final result. A single-node run and a Ray shard store them in
+each graded prompt's result and each final result. A single-node run and a Ray shard store them in
 their run directory (`Stored`); a shard also streams them to the driver (`Streamed`); an
 online-DPO round stores only its results, under its round (`RoundStored`); `autoif stage`
 stores nothing (None).
@@ -23,7 +23,8 @@ class Recorder(Protocol):
 
     def verified(self, records: list[VerifiedInstruction]) -> None: ...
 
-    def sampled(self, record: SampledPrompt) -> None: ...
+    def graded(self, result: QueryResult) -> None:
+        """Every graded prompt's result, kept or not."""
 
     def result(self, record: QueryResult) -> None: ...
 
@@ -42,8 +43,8 @@ class Stored:
     def verified(self, records: list[VerifiedInstruction]) -> None:
         self.store.put_verified(records)
 
-    def sampled(self, record: SampledPrompt) -> None:
-        self.store.put_sampled([record])
+    def graded(self, result: QueryResult) -> None:
+        self.store.put_sampled([SampledPrompt.of(result)])
 
     def result(self, record: QueryResult) -> None:
         self.store.put_results([record])
@@ -85,7 +86,7 @@ class RoundStored:
     def verified(self, records: list[VerifiedInstruction]) -> None:
         pass
 
-    def sampled(self, record: SampledPrompt) -> None:
+    def graded(self, result: QueryResult) -> None:
         pass
 
     def result(self, record: QueryResult) -> None:

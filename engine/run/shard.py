@@ -30,7 +30,7 @@ def build_stages(spec: RunSpec, recorder: Recorder | None) -> list:
     cfg = spec.config
     try:
         stages = default_stages(cfg, spec.seeds, spec.queries, names=spec.stages,
-                                on_sampled=recorder.sampled if recorder else None,
+                                on_graded=recorder.graded if recorder else None,
                                 query_budget=(recorder.query_budget(cfg) if recorder
                                               else QueryBudget(cfg.responses.max_queries)))
     except (OSError, ValueError) as exc:

@@ -7,13 +7,14 @@ import logging
 import sys
 
 from engine.aio import run as aio_run
+from engine.commands import flags
 from engine.sim.config import FaultConfig, LatencyModel, SimConfig
 from engine.sim.server import SimServer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=30000, help="0 picks a free port")
+    parser.add_argument("--host", type=flags.host, default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=flags.port_or_free, default=30000, help="0 picks a free port")
     parser.add_argument("--model", default="sim-model", help="served model name")
     parser.add_argument("--responder", default="echo",
                         help="echo | random[:SEED] | autoif | FILE.jsonl | MODULE:FUNC")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from engine.config import Config
-from engine.records import Instruction, Query, SampledPrompt
+from engine.records import Instruction, Query, QueryResult
 from engine.stages.audit import AuditStage
 from engine.stages.augment import AugmentStage, load_seed_instructions, make_seed_batches
 from engine.stages.backtranslate import BackTranslateStage
@@ -33,14 +33,14 @@ _NEED_QUERIES = ("verifiers", "crossval", "audit", "queries")
 
 def default_stages(cfg: Config, seeds: Sequence[Instruction] | None = None,
                    queries: Sequence[Query] | None = None, names: Sequence[str] = CHAIN,
-                   on_sampled: Callable[[SampledPrompt], None] | None = None,
+                   on_graded: Callable[[QueryResult], None] | None = None,
                    query_budget: QueryBudget | None = None) -> list:
     """The stages `names` (default: the whole chain) with their settings from `cfg`.
 
     `seeds`: the run's seed instructions, indexed by augment's deduper up front (None: read from
     config.seeds_path); `queries`: the query pool (None: read from config.queries_path). A file
-    is read only when a stage needs it. `on_sampled`: given every graded prompt (the responses
-    stage), kept or not, for the GRPO prompt set; `query_budget`: the grants of
+    is read only when a stage needs it. `on_graded`: given every graded prompt's result (the
+    responses stage), kept or not, for the GRPO prompt set; `query_budget`: the grants of
     config.max_queries so far (a resumed run's, from its store; None: a fresh one).
     """
     unknown = [n for n in names if n not in CHAIN]
@@ -57,7 +57,7 @@ def default_stages(cfg: Config, seeds: Sequence[Instruction] | None = None,
         "backtranslate": lambda: BackTranslateStage.from_config(cfg),
         "audit": lambda: AuditStage.from_config(cfg, queries),
         "queries": lambda: QueryJoinStage.from_config(cfg, queries, query_budget),
-        "responses": lambda: ResponseStage.from_config(cfg, on_sampled),
+        "responses": lambda: ResponseStage.from_config(cfg, on_graded),
         "scoring": lambda: ScoreStage.from_config(cfg),
     }
     return [build[n]() for n in names]

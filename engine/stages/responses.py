@@ -16,13 +16,13 @@ from typing import Callable, Sequence
 
 from engine.config import Config
 from engine.llm import Completion
-from engine.records import (FunctionResult, QueryResult, QueryTask, ResponseRecord, SampledPrompt,
+from engine.records import (FunctionResult, QueryResult, QueryTask, ResponseRecord,
                             Verifier, plain_reject_flaw)
 from engine.stage import Context
 from engine.stages.base import Sampling, ask, ask_plain, outcome_bool, tally
 from sandbox_pool import Outcome
 
-SAMPLED = "sampled"     # the state-store label of every graded task (see ResponseStage.on_sampled)
+SAMPLED = "sampled"     # the state-store label of every graded task (see ResponseStage.on_graded)
 
 
 def grade(completions: Sequence[Completion], functions: Sequence[Verifier], results: Sequence[Sequence[Outcome]],
@@ -58,27 +58,27 @@ class ResponseStage:
     """QueryTask -> QueryResult with all K responses; dropped when none passes.
 
     `sampling`: the response request (its n is K); `pass_threshold`: see the module docstring;
-    `on_sampled`: given every graded task's pass rates, the ones where no response passed too
-    (a GRPO prompt set needs the too-hard prompts); None: nothing is recorded. `plain`: the
-    plain reply's request (module docstring); None: none is asked for."""
+    `on_graded`: given every graded task's whole result, kept or not: the GRPO prompt set needs
+    the too-hard prompts, and `autoif stage verify` a verdict for each response read.
+    `plain`: the plain reply's request (module docstring); None: none is asked for."""
 
     name = "responses"
 
     @classmethod
     def from_config(cls, cfg: Config,
-                    on_sampled: Callable[[SampledPrompt], None] | None = None) -> ResponseStage:
+                    on_graded: Callable[[QueryResult], None] | None = None) -> ResponseStage:
         r, v = cfg.responses, cfg.verifiers
         return cls(sampling=Sampling(r.k, r.temperature, r.max_tokens), pass_threshold=r.pass_threshold,
-                   on_sampled=on_sampled,
+                   on_graded=on_graded,
                    # the verifier stage's plain case reply, so both share one answer
                    plain=Sampling(1, v.temperature, v.case_max_tokens) if r.plain_rejects else None)
 
     def __init__(self, *, sampling: Sampling, pass_threshold: float,
-                 on_sampled: Callable[[SampledPrompt], None] | None = None,
+                 on_graded: Callable[[QueryResult], None] | None = None,
                  plain: Sampling | None = None) -> None:
         self.sampling = sampling
         self.pass_threshold = pass_threshold
-        self.on_sampled = on_sampled
+        self.on_graded = on_graded
         self.plain = plain
         # queries of each instruction still generating: while others are, this one's checks tell
         # the pool more of the same functions are coming, so they can share a fork
@@ -112,9 +112,9 @@ class ResponseStage:
             plain_records, plain_dropped = grade_plain(plain, functions, [r[k:] for r in results])
             tally(ctx, f"{self.name}.plain", len(plain_records) - sum(plain_dropped.values()), plain_dropped)
         model = getattr(ctx.llm, "model", "")
-        if self.on_sampled is not None:          # kept or not: the GRPO estimates
-            self.on_sampled(SampledPrompt(item, tuple(r.pass_rate for r in records), model))
         result = QueryResult(task=item, responses=tuple(records), model=model, plain=tuple(plain_records))
+        if self.on_graded is not None:          # kept or not
+            self.on_graded(result)
         if not kept:
             ctx.funnel.drop(self.name, "no_response_passed")
             return []
