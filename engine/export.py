@@ -263,6 +263,10 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 class ParquetUnavailable(RuntimeError):
     """Parquet asked for and pyarrow cannot be imported."""
 
+    @classmethod
+    def because(cls, exc: ImportError) -> ParquetUnavailable:
+        return cls(f"Parquet needs pyarrow ({exc}): pip install pyarrow, or turn it off with --no-parquet")
+
 
 def pyarrow_available() -> bool:
     try:
@@ -297,30 +301,33 @@ def _has_timestamp(t) -> bool:
     return any(_has_timestamp(t.field(i).type) for i in range(t.num_fields))
 
 
-def write_parquet(path: Path, rows: Sequence[dict], jsonl: Path | None = None) -> None:
+def write_parquet(path: Path, rows: Sequence[dict], jsonl: Path | None = None, schema: Any = None) -> None:
     """`rows` as Parquet. With `jsonl` (the same rows, just written) Arrow's own JSON reader
     parses that file instead: converting Python objects (Table.from_pylist) imports pandas on
     first use, 0.4 s here, most of the export at the end of a run. Both give the same schema and
     values (tests/test_export.py). The reader types a column of ISO-date-like strings as
-    timestamps; such a table, or one it cannot type in one pass, is converted from `rows`."""
+    timestamps; such a table, or one it cannot type in one pass, is converted from `rows`.
+    `schema` (a pyarrow.Schema) fixes the columns and their types instead of inferring them, so
+    files with no rows, or with only whole-number rates, still have the one schema."""
     try:
         import pyarrow as pa
         import pyarrow.json as pa_json
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise ParquetUnavailable(f"Parquet needs pyarrow ({exc}): pip install pyarrow, "
-                                 "or turn it off with --no-parquet") from None
+        raise ParquetUnavailable.because(exc) from None
     table = None
     if jsonl is not None:
         try:  # one block: types inferred over every row, as from_pylist does
             size = max(1 << 20, jsonl.stat().st_size + 1)
-            table = pa_json.read_json(jsonl, read_options=pa_json.ReadOptions(block_size=size))
+            parse = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+            table = pa_json.read_json(jsonl, read_options=pa_json.ReadOptions(block_size=size),
+                                      parse_options=parse if schema is not None else None)
         except (pa.ArrowInvalid, OSError):
             table = None
         if table is not None and any(_has_timestamp(f.type) for f in table.schema):
             table = None
     if table is None:
-        table = pa.Table.from_pylist(list(rows))
+        table = pa.Table.from_pylist(list(rows), schema=schema)
     _atomic(path, lambda fh: pq.write_table(table, fh))
 
 

@@ -8,8 +8,13 @@ MORE than `pass_threshold` (the binary reward `autoif serve-reward` gives). A pr
 when that share lies strictly inside (grpo_band_low, grpo_band_high).
 
 Rows are chat-format prompts plus the columns trainers read: `instruction_id` (TRL passes
-dataset columns to reward functions; OpenRLHF's --label_key), and verl's `data_source` and
-`reward_model.ground_truth`.
+dataset columns to reward functions; OpenRLHF's label key), and verl's `data_source` and
+`reward_model.ground_truth`. Each file is written as JSONL and, with the `parquet` setting, as
+Parquet with the same rows under one fixed schema (GRPO_SCHEMA): verl's RLHFDataset loads only
+`.parquet` and `.json` files (volcengine/verl b178a3cd56f58b2d502255daba591e92833930a7,
+verl/utils/dataset/rl_dataset.py, `_read_files_and_tokenize`). It reads the chat messages from
+`prompt` (data.prompt_key), the reward function's key from `data_source`, the ground truth
+from `reward_model["ground_truth"]`, and fills `extra_info` with {} where a row has none.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from engine.export import write_jsonl
+from engine.export import ParquetUnavailable, write_jsonl, write_parquet
 from engine.records import SampledPrompt
 from engine.stage import Funnel
 
@@ -32,11 +37,29 @@ class GrpoOptions:
     band_high: float = 1.0
     config_hash: str = ""
     model: str = ""          # the model the server names, for prompts sampled as "default"
+    parquet: bool = True     # a Parquet copy beside each JSONL file
 
     @classmethod
     def from_config(cls, cfg: Any) -> GrpoOptions:
         return cls(pass_threshold=cfg.responses.pass_threshold, band_low=cfg.export.grpo_band_low,
-                   band_high=cfg.export.grpo_band_high, config_hash=cfg.config_hash())
+                   band_high=cfg.export.grpo_band_high, config_hash=cfg.config_hash(),
+                   parquet=cfg.export.parquet)
+
+
+def grpo_schema():
+    """The Arrow schema of a prompt row (prompt_row), in its key order."""
+    try:
+        import pyarrow as pa
+    except ImportError as exc:
+        raise ParquetUnavailable.because(exc) from None
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    return pa.schema([
+        ("prompt", pa.list_(message)), ("instruction_id", pa.string()), ("pass_rate", pa.float64()),
+        ("k", pa.int64()), ("mean_function_pass_rate", pa.float64()), ("data_source", pa.string()),
+        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+        ("provenance", pa.struct([("instruction_id", pa.string()), ("query_id", pa.string()),
+                                  ("function_ids", pa.list_(pa.string())), ("model", pa.string()),
+                                  ("config_hash", pa.string())]))])
 
 
 @dataclass
@@ -83,7 +106,8 @@ def prompt_row(sampled: SampledPrompt, opts: GrpoOptions) -> dict:
 
 
 def export_grpo(out_dir: str | Path, sampled: Iterable[SampledPrompt], opts: GrpoOptions) -> GrpoSummary:
-    """Write grpo_prompts.jsonl (every sampled prompt) and grpo_prompts_mixed.jsonl (the band)."""
+    """Write grpo_prompts.jsonl (every sampled prompt) and grpo_prompts_mixed.jsonl (the band),
+    each with its .parquet copy when `opts.parquet`."""
     rows: dict[str, dict] = {}
     for s in sampled:                             # one row per (instruction, query), first wins
         if s.pass_rates and s.task.id not in rows:
@@ -101,7 +125,11 @@ def export_grpo(out_dir: str | Path, sampled: Iterable[SampledPrompt], opts: Grp
             mixed.append(row)
     summary.mixed = len(mixed)
     out_dir = Path(out_dir)
+    schema = grpo_schema() if opts.parquet else None
     for stem, data in (("grpo_prompts", every), ("grpo_prompts_mixed", mixed)):
         summary.files[stem] = out_dir / f"{stem}.jsonl"
         write_jsonl(summary.files[stem], data)
+        if opts.parquet:
+            summary.files[f"{stem}.parquet"] = out_dir / f"{stem}.parquet"
+            write_parquet(summary.files[f"{stem}.parquet"], data, summary.files[stem], schema)
     return summary

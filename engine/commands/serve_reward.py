@@ -1,6 +1,7 @@
 """`autoif serve-reward RUN_DIR`: a run's verified instructions as a reward service for RL
 trainers (OpenRLHF /get_reward, NeMo Gym /verify, the native /score that the TRL and verl
-adapters use), verifying every completion in the sandbox pool.
+adapters use), verifying every completion in the sandbox pool. GET /health and GET /metrics
+(Prometheus) count what it scored and what it refused, by reason.
 
 The URL goes to stdout once the socket listens (for scripts); logs go to stderr.
 """
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         facts = table_summary(table)
         print(f"serving rewards for {facts['instructions']} instructions ({facts['functions']} "
               f"functions, {facts['flagged']} flagged by the audit) at {url}: POST /score, "
-              "/get_reward (OpenRLHF), /verify (NeMo Gym)", file=sys.stderr, flush=True)
+              "/get_reward (OpenRLHF), /verify (NeMo Gym); GET /health, /metrics",
+              file=sys.stderr, flush=True)
 
     async def main() -> None:
         async with SandboxPool(PoolConfig(workers=args.pool_workers or None,

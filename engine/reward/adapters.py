@@ -3,17 +3,25 @@ to a running `autoif serve-reward` (its native POST /score), so the trainer proc
 sandbox and the verifiers run where the service runs.
 
 TRL (GRPOTrainer(reward_funcs=[...])): TRL calls a reward function as
-`f(prompts=..., completions=..., completion_ids=..., **dataset_columns)` and awaits it when it is
-a coroutine function (huggingface/trl trl/trainer/grpo_trainer.py, `_calculate_rewards`);
+`f(prompts=..., completions=..., completion_ids=..., **dataset_columns)` (plus trainer_state,
+log_extra, log_metric) and awaits it when it is a coroutine function (huggingface/trl
+f2cd57710ae345ea6428ae95363267fcf38a3dc8, trl/trainer/grpo_trainer.py, `_calculate_rewards`);
 completions are strings, or lists of messages for chat datasets. `trl_reward_func(url)` returns
 such an `async def`; the dataset's `instruction_id` column (grpo_prompts.jsonl has it) says which
 instruction each completion answers.
 
-verl (custom_reward_function.path / .name): verl's reward managers call
-`compute_score(data_source, solution_str, ground_truth, extra_info)` per sample (volcengine/verl
-verl/workers/reward_manager/naive.py) and a batch variant with lists (batch.py); here
-ground_truth is the instruction id (grpo_prompts.jsonl's reward_model.ground_truth). The
-service URL comes from custom_reward_function.reward_kwargs (`url=`) or AUTOIF_REWARD_URL.
+verl (custom_reward_function.path / .name), read at volcengine/verl
+b178a3cd56f58b2d502255daba591e92833930a7: its reward-loop managers
+(verl/experimental/reward_loop/reward_manager/naive.py, dapo.py, limited.py, remote.py) call
+`compute_score(data_source=, solution_str=, ground_truth=, extra_info=)` per sample, adding
+`reward_router_address=` and `reward_model_tokenizer=` when a reward-model router is configured;
+verl/trainer/ppo/reward.py (`get_custom_reward_fn`) merges custom_reward_function.reward_kwargs
+into every call. The legacy batch manager (verl/workers/reward_manager/batch.py, with
+reward_model.use_reward_loop=False) calls `compute_score(data_sources=, solution_strs=,
+ground_truths=, extra_infos=, **reward_kwargs)`. Keyword arguments neither function knows are
+accepted and ignored, so a newer verl that passes more still gets a reward. ground_truth is the
+instruction id (the GRPO files' reward_model.ground_truth). The service URL comes from
+reward_kwargs (`url=`) or AUTOIF_REWARD_URL.
 """
 from __future__ import annotations
 
@@ -98,8 +106,10 @@ def _where(url: str | None, api_key: str | None) -> tuple[str, str | None]:
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: Any = None, *,
-                  url: str | None = None, api_key: str | None = None, timeout_s: float = 600.0) -> float:
-    """verl's per-sample reward: `ground_truth` is the instruction id."""
+                  url: str | None = None, api_key: str | None = None, timeout_s: float = 600.0,
+                  **ignored: Any) -> float:
+    """verl's per-sample reward: `ground_truth` is the instruction id. `ignored` takes what else
+    verl passes (reward_router_address, reward_model_tokenizer): the service needs none of it."""
     url, api_key = _where(url, api_key)
     return float(_post(url, _request([ground_truth], [solution_str]), api_key, timeout_s)["rewards"][0])
 
@@ -107,7 +117,8 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_
 def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str],
                         ground_truths: Sequence[str], extra_infos: Sequence[Any] | None = None, *,
                         url: str | None = None, api_key: str | None = None,
-                        timeout_s: float = 600.0) -> list[float]:
-    """verl's batch reward manager form: one request for the whole batch."""
+                        timeout_s: float = 600.0, **ignored: Any) -> list[float]:
+    """verl's batch reward manager form: one request for the whole batch; `ignored` as in
+    compute_score."""
     url, api_key = _where(url, api_key)
     return [float(r) for r in _post(url, _request(ground_truths, solution_strs), api_key, timeout_s)["rewards"]]

@@ -6,13 +6,16 @@ scorer's. A malformed body raises RequestError with one line naming the field at
 
 - native `POST /score`: {"items": [{"instruction_id", "completion"}]}
   -> {"rewards": [...], "results": [{"reward", "pass_rate", "functions": [{"id", "passed", "status"}]}]}
-- OpenRLHF `POST /get_reward` (its --remote_rm_url; the request its RemoteRewardModel sends, see
-  OpenRLHF/OpenRLHF openrlhf/utils/remote_rm_utils.py: {"query", "prompts", "labels"}, where a
-  query is prompt + response as the policy saw it and a label is the dataset's --label_key)
-  -> {"rewards", "scores", "extra_logs"} (the keys its experience maker reads)
+- OpenRLHF `POST /get_reward` (its --reward.remote_url, --remote_rm_url before v0.10.2; the
+  request SingleTurnAgentExecutor sends, OpenRLHF/OpenRLHF
+  3c3be6234e0cb353e76bb8019947db9dfe99fca7 openrlhf/utils/agent.py: {"query", "prompts",
+  "labels"}, where a query is prompt + response decoded from the policy's tokens and a label is
+  the dataset's label-key column; engine.reward.split finds where the response starts)
+  -> {"rewards", "scores", "extra_logs"} (the keys that executor reads)
 - NeMo Gym `POST /verify` (a resources server's verify, see NVIDIA-NeMo/Gym
-  resources_servers/instruction_following/app.py: the Responses API `response` whose last
-  output message holds the text) -> the body plus "reward", "follow_all_instructions" and
+  07d6b0d07b22fcf530b4c211dae2ee23100428e4 resources_servers/instruction_following/app.py: the
+  agent posts its dataset row plus the Responses API `response`, whose last output message
+  holds the text; responses_api_agents/simple_agent/app.py) -> the body plus "reward", "follow_all_instructions" and
   "follow_instruction_list" (one bool per function)
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from engine.reward.scorer import RequestError, Score
+from engine.reward.split import response_of
 
 Items = list[tuple[Any, Any]]
 
@@ -79,10 +83,7 @@ def openrlhf_items(body: Any) -> Items:
     for i, (q, p, label) in enumerate(zip(queries, prompts, labels)):
         if not isinstance(q, str) or not isinstance(p, str):
             raise RequestError(400, f"query[{i}] and prompts[{i}] must be strings")
-        if not q.startswith(p):
-            raise RequestError(400, f"query[{i}] does not start with prompts[{i}] "
-                                    "(a query is the prompt followed by the response)")
-        items.append((label, strip_eos(q[len(p):])))
+        items.append((label, strip_eos(response_of(q, p, i))))
     return items
 
 

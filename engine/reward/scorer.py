@@ -30,11 +30,19 @@ RERUN_STATUSES = frozenset({"timeout", "memory", "crashed"})   # a whole job can
 
 
 class RequestError(ValueError):
-    """A bad request: the HTTP status and a one-line reason."""
+    """A bad request: the HTTP status, a one-line message, and `reason`, one of a few fixed
+    words the service counts refusals by (REFUSAL_REASONS)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, reason: str | None = None) -> None:
         super().__init__(" ".join(message.split()))
         self.status = status
+        self.reason = reason or ("too_large" if status == 413 else "malformed")
+
+
+# malformed: not JSON, a missing or mistyped field; too_large: over a size limit;
+# unknown_instruction: an id the run does not have; unsplit_query: an OpenRLHF query the
+# service cannot split into prompt and response; unauthorized: a missing or wrong API key
+REFUSAL_REASONS = ("malformed", "too_large", "unknown_instruction", "unsplit_query", "unauthorized")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +157,7 @@ class Scorer:
                 raise RequestError(413, f"item {i}: completion of {len(text)} characters; "
                                         f"the limit is {s.max_chars}")
             if iid not in self.table.entries:
-                raise RequestError(400, f"item {i}: unknown instruction id {iid[:80]!r}")
+                raise RequestError(400, f"item {i}: unknown instruction id {iid[:80]!r}", "unknown_instruction")
 
     async def score(self, items: Sequence[tuple[str, str]]) -> list[Score]:
         """Scores in item order; call check() first."""

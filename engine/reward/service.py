@@ -1,10 +1,11 @@
 """The reward service: an aiohttp app over one Scorer (a run's verified instructions + the
 sandbox pool), answering every dialect of engine.reward.dialects.
 
-Every error is a 4xx with a one-line JSON body {"error": "..."}; a request is scored in its
-own sandbox jobs, so a hostile completion can cost its own request time, never another's
-reward. `--api-key` is checked on every scoring route, as `Authorization: Bearer KEY` or as
-`?api_key=KEY` (OpenRLHF's client sends no headers of its own, only the URL).
+Every error is a 4xx with a one-line JSON body {"error": "..."}, logged at warning level and
+counted by reason in GET /health and GET /metrics (engine.reward.metrics); a request is scored
+in its own sandbox jobs, so a hostile completion can cost its own request time, never
+another's reward. `--api-key` is checked on every scoring route, as `Authorization: Bearer
+KEY` or as `?api_key=KEY` (OpenRLHF's client sends no headers of its own, only the URL).
 """
 from __future__ import annotations
 
@@ -19,14 +20,17 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.reward import dialects
+from engine.reward.metrics import ServiceMetrics
 from engine.reward.scorer import RequestError, RewardSettings, RewardTable, Scorer, table_summary
 
 log = logging.getLogger("autoif.reward")
 
 SCORER: web.AppKey[Scorer] = web.AppKey("scorer", Scorer)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+METRICS: web.AppKey[ServiceMetrics] = web.AppKey("metrics", ServiceMetrics)
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,12 @@ async def _body(request: web.Request) -> Any:
 Handler = Callable[[web.Request, Any, Scorer], Awaitable[web.Response]]
 
 
-def _route(handler: Handler, api_key: str | None):
+def _route(path: str, handler: Handler, api_key: str | None, metrics: ServiceMetrics):
+    def refuse(exc: RequestError) -> web.Response:
+        metrics.count(path, exc.status, exc.reason)
+        log.warning("%s refused (%d, %s): %s", path, exc.status, exc.reason, exc)
+        return _error(exc.status, str(exc))
+
     async def wrapped(request: web.Request) -> web.Response:
         if api_key is not None:
             given = request.query.get("api_key", "")
@@ -68,11 +77,13 @@ def _route(handler: Handler, api_key: str | None):
             if auth.startswith("Bearer "):
                 given = auth[len("Bearer "):]
             if not hmac.compare_digest(given.encode(), api_key.encode()):
-                return _error(401, "missing or wrong API key")
+                return refuse(RequestError(401, "missing or wrong API key", "unauthorized"))
         try:
-            return await handler(request, await _body(request), request.app[SCORER])
+            response = await handler(request, await _body(request), request.app[SCORER])
         except RequestError as exc:
-            return _error(exc.status, str(exc))
+            return refuse(exc)
+        metrics.count(path, response.status)
+        return response
     return wrapped
 
 
@@ -101,14 +112,22 @@ def make_app(scorer: Scorer, options: ServiceOptions | None = None) -> web.Appli
     app[SCORER] = scorer
     app[MAX_BODY] = max_body
     started = time.time()
+    routes = {"/score": score, "/get_reward": get_reward, "/verify": verify}
+    metrics = app[METRICS] = ServiceMetrics(routes, lambda: scorer.scored)
 
     async def health(request: web.Request) -> web.Response:
+        refused = metrics.refused()
         return _json({"status": "ok", **table_summary(scorer.table), "scored": scorer.scored,
+                      "refused": refused, "refused_total": sum(refused.values()),
                       "mode": scorer.settings.mode, "uptime_s": round(time.time() - started, 1)})
 
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     app.router.add_get("/health", health)
-    for path, handler in (("/score", score), ("/get_reward", get_reward), ("/verify", verify)):
-        app.router.add_post(path, _route(handler, options.api_key))
+    app.router.add_get("/metrics", prometheus)
+    for path, handler in routes.items():
+        app.router.add_post(path, _route(path, handler, options.api_key, metrics))
     return app
 
 
