@@ -12,9 +12,8 @@ hide behind generation. The simulator's verifier answers include one infinite lo
 instruction, as LLM-written code does.
 
 The funnel must be the same in every repeat and as recorded in bench/results/pipeline_funnel.json
-for this many instructions (recorded 2026-11-28 with reply-style test cases, at the 50 ms
-CPU budget and before urgent cross-validation jobs; `--record-funnel` rewrites it): a faster
-pool must not change the data. One more run at a tight pool timeout
+for this many instructions (`--record-funnel` rewrites it, for a change that is meant to
+change the data): a faster pool must not change the data. One more run at a tight pool timeout
 (0.25 s: `wall_over_gen_only_tight_timeout`) shows what a short wall clock buys; a funnel it
 changes (honest checks cut on a loaded machine) is reported, not failed.
 

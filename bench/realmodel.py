@@ -1,4 +1,4 @@
-"""Real-model benchmark on the embedded llama-server (Gemma 3 270M, CPU).
+"""Real-model benchmark on the embedded llama-server and its default model (CPU).
 
     python -m bench.realmodel [--quick]
 
@@ -16,12 +16,12 @@ Each comparison is made two ways, medians of several rounds:
       (client_cpu_s per run, sandbox_cpu_share);
   sequential (*_sequential): the sides one after the other at full concurrency, alternating
       order. On a quiet machine this is the plain definition; on a busy shared one other jobs'
-      load swings it by +-30% per round (seen here), so it is kept as a secondary figure.
+      load swings it from round to round, so it is kept as a secondary figure.
 Every request asks for exactly max_tokens (ignore_eos), so both sides generate the same text length.
 The servers run with OMP_WAIT_POLICY=passive (unless --spin): llama.cpp's OpenMP threads then
 sleep instead of spinning between ops, which costs some tok/s on an idle machine but keeps
 the numbers steady when other jobs share the cores (spinning threads that get preempted
-stall the whole batch: 6..42 tok/s at 1 slot, against 24..25 passive, measured here).
+stall the whole batch, so spinning figures swing widely from round to round).
 Writes bench/results/realmodel.json (top-level "ratios") and, if matplotlib is installed,
 bench/results/realmodel_slots.png.
 """

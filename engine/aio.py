@@ -18,10 +18,10 @@ def install_uvloop() -> bool:
     return True
 
 
-# A run allocates mostly acyclic records (refcounting frees them); at CPython's default
-# threshold (a collection every 700 net allocations) the collector took 0.6-0.7 s of the
-# engine's 5 s of CPU in bench.pipeline --quick, and every pass stalls the event loop that
-# feeds the server. At 50,000 it took under 0.1 s; cycles (tasks, exceptions) still go.
+# A run allocates mostly acyclic records, which refcounting frees. At CPython's default
+# threshold (a collection every 700 net allocations) the collector runs constantly for little
+# to free, and every pass stalls the event loop that feeds the server; at 50,000 it runs
+# rarely, and cycles (tasks, exceptions) are still collected.
 GC_THRESHOLDS = (50_000, 20, 10)
 
 

@@ -281,8 +281,8 @@ def pyarrow_available() -> bool:
 def warm_up_parquet() -> None:
     """Import Arrow and run its JSON reader and Parquet writer once, on a one-row table.
 
-    Their first use costs ~0.3 s (imports, Arrow's thread pool and allocator), which a run
-    would otherwise spend after its last request; run_full calls this in a thread while the
+    Their first use is slow (imports, Arrow's thread pool and allocator), and a run would
+    otherwise pay for it after its last request; run_full calls this in a thread while the
     server generates. Any failure is left for the real export to report."""
     try:
         import io
@@ -304,7 +304,7 @@ def _has_timestamp(t) -> bool:
 def write_parquet(path: Path, rows: Sequence[dict], jsonl: Path | None = None, schema: Any = None) -> None:
     """`rows` as Parquet. With `jsonl` (the same rows, just written) Arrow's own JSON reader
     parses that file instead: converting Python objects (Table.from_pylist) imports pandas on
-    first use, 0.4 s here, most of the export at the end of a run. Both give the same schema and
+    first use, which would be most of the export's time at the end of a run. Both give the same schema and
     values (tests/test_export.py). The reader types a column of ISO-date-like strings as
     timestamps; such a table, or one it cannot type in one pass, is converted from `rows`.
     `schema` (a pyarrow.Schema) fixes the columns and their types instead of inferring them, so

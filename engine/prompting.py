@@ -4,9 +4,8 @@
 braces. Templates are read through importlib.resources so they work from an installed wheel.
 
 The judge templates (score, backtranslate, nli) state their task before the variables: the
-server's prefix cache then reuses the shared text across calls. In the demo, with the task
-after the variables, 14% of the prompt tokens sent were reused; with it first, 45% (2 cores
-evaluate ~110 prompt tokens/s, so that is ~70 s of a ~240 s run).
+server's prefix cache then reuses the shared text across calls, and on a CPU server prompt
+evaluation is a large share of a run's time.
 """
 from __future__ import annotations
 

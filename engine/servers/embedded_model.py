@@ -10,8 +10,8 @@ are the pinned ones and its GGUF metadata says it is a Qwen2 instruct model with
 template. Anything else is refused in one line.
 
 An instruct model is the default because a base model repeats its prompt instead of following
-it (the previous default, Gemma 3 270M base, could not write a working verifier), and a code
-model because verifiers are Python.
+it (and a small base model does not write working verifiers), and a code model because
+verifiers are Python.
 """
 from __future__ import annotations
 

@@ -164,10 +164,9 @@ def llamacpp_server(run_dir, model: str | os.PathLike | None = None, *, parallel
     if not model_path.is_file():
         raise ServerError(f"llama.cpp model not found: {model_path}")
     name = kw.pop("name", "llamacpp" if replica is None else f"llamacpp-{replica}")
-    # OpenMP's default wait policy (spin a little, then sleep; less when oversubscribed). Measured
-    # on 2 cores, 8 slots x 96 tokens: default 42.5 tok/s, active 45.0, passive 20.9 (sleeping
-    # between ops halves throughput); beside a process taking ~70% of a core, active 34.5,
-    # default 31.6. So no policy is set here; one in the environment is inherited.
+    # OpenMP's default wait policy (spin a little, then sleep; less when oversubscribed) is
+    # kept: "passive" sleeps between ops and costs a CPU server much of its throughput, and the
+    # default already backs off when the cores are shared. One in the environment is inherited.
     config = ServerConfig(run_dir, name=name, port=port, health_path="/health",
                           startup_timeout=startup_timeout, api="openai", model=model_path.stem, **kw)
     return LlamaCppServer(model_path, config, binary=binary, parallel=parallel,
