@@ -169,10 +169,9 @@ class PoolSettings:
     timeout_s: float = _f(2.0, "pool_timeout_s", "time limit of one sandbox job: one function over all its inputs", lo=0.001)
     memory_mb: int = _f(512, "pool_memory_mb", "memory limit of a sandbox worker", lo=16)
     # A looping verifier costs its job's CPU budget, not the wall-clock timeout. An honest check
-    # of a pipeline response takes tens of microseconds (the slowest of bench.workload's 35 over
-    # a 10,000-word text: 2.1 ms), so 10 ms + 2 ms per input leaves one such check 5x and a
-    # coalesced batch ~60x. At 50 ms, cross-validation's looping verifiers cost the simulator
-    # run ~1 s of wall time (bench.pipeline).
+    # takes tens of microseconds, milliseconds on a 10,000-word text, so 10 ms + 2 ms per input
+    # leaves it a wide margin while a looping verifier is cut quickly (bench.workload holds the
+    # checks this is sized against).
     cpu_base_s: float = _f(0.01, "pool_cpu_base_s", "CPU-time budget of one sandbox job: this much, plus pool_cpu_per_input_s per input", lo=0.001)
     cpu_per_input_s: float = _f(0.002, "pool_cpu_per_input_s", "CPU-time budget per input of a sandbox job (checks it cuts are timeouts)", lo=0)
     coalesce_window_s: float = _f(0.05, "pool_coalesce_window_s", "how long a response check waits, while other queries of its instruction are generating, for their checks of the same functions to share its fork", lo=0)

@@ -12,8 +12,9 @@ from dataclasses import dataclass, fields
 
 
 # Checks built on the allowed third-party modules cost milliseconds, not microseconds
-# (langdetect: 6.6 ms for a 280-word reply, against tens of us for a string check), so jobs of
-# the zygote that has them get this many times the CPU budget; the wall clock stays the same.
+# (langdetect takes milliseconds on a reply of a few hundred words; a string check, tens of
+# microseconds), so jobs of the zygote that has them get this many times the CPU budget; the
+# wall clock stays the same.
 THIRD_PARTY_BUDGET_FACTOR = 10.0
 
 # Modules LLM-written AutoIF verifiers commonly need. Third-party ones are only

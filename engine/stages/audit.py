@@ -11,10 +11,9 @@ The verdicts travel on the record (`VerifiedInstruction.audits`), so the exports
 reward service see them; the funnel counts them in rows `audit.function` and `audit.probe`.
 
 Cross-validation runs these probes in the same job as the cases (`probe_inputs`), and passes
-what each function returned on the record (`probe_verdicts`): a second fork per function,
-queued behind every other instruction's cross-validation jobs, held each instruction's
-queries back (bench.pipeline: the first responses started 0.9 s later). Only functions
-without such verdicts (a resumed run) are run here.
+what each function returned on the record (`probe_verdicts`), so the audit needs no second
+fork per function, which would queue behind other instructions' cross-validation jobs and
+hold queries back. Only functions without such verdicts (a resumed run's) are run here.
 """
 from __future__ import annotations
 

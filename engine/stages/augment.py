@@ -97,8 +97,8 @@ class AugmentStage:
     `checkable`: the judge request asking whether code can check a proposal (None: no such filter);
     `style`: "chat" asks for a numbered list in a chat message; "list" sends the shown seeds as
     the start of a numbered list for the model to continue as raw text, stopping after
-    `per_prompt` more items (a 0.5B chat model obeyed the shown constraints instead: 0 of 2
-    answers were lists in a demo run; continued lists parsed 8 of 8). `max_new`: at most this
+    `per_prompt` more items (a small chat model obeys the shown constraints instead of listing
+    new ones; it continues a list reliably). `max_new`: at most this
     many new instructions kept per prompt over all its samples, the first in answer order
     (0: all): more samples make it likelier that a prompt yields some, without yielding more.
     """
@@ -152,9 +152,9 @@ class AugmentStage:
             if not proposed:
                 unreadable["no_list"] += 1
             for i, text in enumerate(proposed):
-                if i >= self.per_prompt:    # asked for per_prompt: a longer list runs on (a small
-                    dropped["beyond_count"] += 1  # model gave 9 for 3), and each one costs a run
-                    continue                # K verifiers and all its queries
+                if i >= self.per_prompt:    # asked for per_prompt: small models often write
+                    dropped["beyond_count"] += 1  # more, and each one costs a run K verifiers
+                    continue                # and all its queries
                 reason = self.deduper.check(text)
                 if reason:
                     dropped[reason] += 1

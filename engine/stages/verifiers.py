@@ -247,10 +247,9 @@ class VerifierStage:
 
     def start(self, ctx: Context) -> None:
         """Before the first instruction: ask the shared plain replies. Every instruction's
-        cross-validation waits for them; asked by the first instruction, they queued (in the
-        client's in-flight places, then at a first-come-first-served server) behind the
-        function requests of every instruction started with it: at 200 instructions they
-        came back 1.7 s into bench.pipeline's run instead of 0.9 s."""
+        cross-validation waits for them; asked by the first instruction, they would queue (in
+        the client's in-flight places, then at a first-come-first-served server) behind the
+        function requests of every instruction started with it."""
         if self.style != "code" or self.case_style != "replies":
             return
         for q in self.case_queries:

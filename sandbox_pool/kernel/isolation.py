@@ -102,7 +102,7 @@ def fork_bare() -> int:
 
     os.fork() runs every registered at-fork hook in the child (threading's bookkeeping,
     random's reseed, logging's lock reinit...), which executes Python code that dirties
-    hundreds of copy-on-write pages: about 0.4 ms of CPU per job here. A job process
+    hundreds of copy-on-write pages, a cost every job would pay. A job process
     needs none of it; the caller reseeds `random` itself.
     """
     pid = _py_libc.fork()

@@ -7,10 +7,10 @@ the supervisor writes the inputs into a memfd, hands the zygote a small request,
 reads back how the job ended, parses the job's verdicts from shared memory and
 answers the pool. Untrusted code never runs in this process or in a zygote.
 
-Allowed third-party modules (nltk pulls in numpy: ~100 MB) live in a second zygote,
-forked after they are imported, in a PID namespace of its own. Fork and exit cost
-grows with the forking image (measured on a 2-core VM: 4.5 ms of CPU per job from a
-14 MB zygote, 16 ms from a 90 MB one), so only code that names such a module pays it.
+Allowed third-party modules (nltk pulls in numpy) live in a second zygote, forked after
+they are imported, in a PID namespace of its own. Fork and exit cost grows with the
+forking image, several-fold from the lean zygote to one holding numpy, so only code that
+names such a module pays it.
 Jobs still run one at a time per worker, whichever zygote forks them.
 """
 

@@ -4,7 +4,7 @@ It is forked once from the fully warmed-up supervisor and then does as little as
 possible between forks. Every fork write-protects the forking process' memory, so
 each page the forker dirties afterwards costs a copy-on-write fault; with the pool
 protocol, decoding, parsing and compiling left to the supervisor (which never forks
-again), that tax drops from ~470 faults per job to under 200. Every page present here is
+again), the zygote dirties few pages between forks. Every page present here is
 also copied into each job's page tables at fork and torn down at its exit, which is why
 the supervisor boots without the pool's package __init__ (entry.py).
 
