@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("engine.commands.serve", "start an LLM server (llama.cpp or SGLang) and keep it up"),
     "serve-reward": ("engine.commands.serve_reward", "serve a run's verified instructions as an RL reward (OpenRLHF, NeMo Gym, TRL, verl)"),
     "eval": ("engine.commands.eval", "a model's instruction-following score on IFBench's test prompts (official checkers)"),
-    "sim": ("engine.sim.cli", "start the SGLang protocol simulator (a test double of SGLang's HTTP server)"),
+    "sim": ("engine.commands.sim", "start the SGLang protocol simulator (a test double of SGLang's HTTP server)"),
 }
 
 
