@@ -6,7 +6,9 @@ flat name, unique over all sections, which the file, the flags and the hash use:
 may list settings flat (`verifier_k = 8`) or under their section table (`[verifiers]` then
 `verifier_k = 8`; `[pool]` then `workers = 3`, the flat name less its section prefix). Settings
 marked volatile (where and how fast to run) are left out of `config_hash()`: changing them does
-not change the data.
+not change the data. Settings marked `omit_default` are left out of it while at their default,
+which reproduces the behaviour of a config that does not have them: the run directories of
+such configs keep their hash and stay resumable.
 """
 from __future__ import annotations
 
@@ -30,12 +32,12 @@ except ModuleNotFoundError:  # Python 3.10
 
 def _f(default: Any, flat: str, help: str, *, volatile: bool = False,
        lo: float | None = None, hi: float | None = None, choices: tuple = (),
-       flags: tuple[str, ...] = (), secret: bool = False) -> Any:
+       flags: tuple[str, ...] = (), secret: bool = False, omit_default: bool = False) -> Any:
     """A setting; `flat`: its name in files, flags and the hash; `flags`: its command-line
     spellings when not just --flat-name (the first is the main one); `secret`: never printed nor
-    written to summaries."""
+    written to summaries; `omit_default`: hashed only when set to another value than `default`."""
     meta = {"flat": flat, "help": help, "volatile": volatile, "lo": lo, "hi": hi,
-            "choices": choices, "flags": flags, "secret": secret}
+            "choices": choices, "flags": flags, "secret": secret, "omit_default": omit_default}
     if isinstance(default, list):
         return field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -249,7 +251,8 @@ class Config:
     def config_hash(self) -> str:
         """Hash of the settings that shape the data (volatile ones excluded), keyed by flat name
         (run directories store it); 12 hex digits."""
-        stable = {k: v for k, v in self.flat().items() if not FIELDS[k].metadata["volatile"]}
+        stable = {k: v for k, v in self.flat().items() if not FIELDS[k].metadata["volatile"]
+                  and not (FIELDS[k].metadata["omit_default"] and v == FIELDS[k].default)}
         return hashlib.sha256(orjson.dumps(stable, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
     def dump(self) -> str:
