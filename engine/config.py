@@ -103,6 +103,17 @@ class VerifierSettings:
     case_samples: int = _f(2, "verifier_case_samples", "code style: test-case answers (lists) or queries replied to (replies) per instruction", lo=1)
     cases_per_side: int = _f(3, "verifier_cases_per_side", "code style: passing and failing cases asked for in each answer", lo=1)
     case_max_tokens: int = _f(768, "verifier_case_max_tokens", "code style: max new tokens of a test-case answer", lo=1)
+    case_temperature_spread: float = _f(0.0, "verifier_case_temperature_spread", "replies case style: the replies to "
+                                        "the case queries sample at temperatures spread evenly over "
+                                        "verifier_temperature plus or minus this (first query lowest), so that cases "
+                                        "differ in more than the constraint", lo=0, omit_default=True)
+    minimal_pairs: bool = _f(False, "minimal_pairs", "for each case, ask the LLM to edit it as little as it can to the "
+                             "other side of the constraint (a reply that obeys it: break it; one that does not: "
+                             "obey it); both sides enter cross-validation, and a function wrong on a kept pair "
+                             "is dropped", omit_default=True)
+    minimal_pair_max_change: float = _f(0.5, "minimal_pair_max_change", "a minimal pair is rejected when its edit "
+                                        "changes MORE than this share of the text (1 - difflib's character "
+                                        "ratio)", lo=0, hi=1, omit_default=True)
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,7 @@ class BackTranslateSettings:
     enabled: bool = _f(True, "backtranslate", "back-translate functions and drop contradicted ones")
     nli_model_path: str = _f("", "nli_model_path", "local NLI model directory (transformers); empty: the LLM judges")
     nli_device: str = _f("cpu", "nli_device", "device of the local NLI model", volatile=True)
-    judge_temperature: float = _f(0.0, "judge_temperature", "temperature of judge calls (checkable, back-translation, NLI, score)", lo=0)
+    judge_temperature: float = _f(0.0, "judge_temperature", "temperature of judge calls (checkable, back-translation, NLI, score) and of minimal-pair edits", lo=0)
     judge_max_tokens: int = _f(512, "judge_max_tokens", "max new tokens of a judge answer", lo=1)
 
 
