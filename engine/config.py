@@ -203,6 +203,9 @@ class ExportSettings:
     parquet: bool = _f(True, "parquet", "also write Parquet (pyarrow)", volatile=True)
     grpo_band_low: float = _f(0.0, "grpo_band_low", "GRPO difficulty band: a prompt is mixed when its K-sample pass rate is MORE than this", lo=0, hi=1)
     grpo_band_high: float = _f(1.0, "grpo_band_high", "... and LESS than this", lo=0, hi=1)
+    precision: bool = _f(False, "precision_export", "SFT answers and DPO chosen replies only from responses that "
+                         "EVERY kept function the audit did not flag passes (not just more than pass_threshold "
+                         "of them)", omit_default=True)
 
     def __post_init__(self) -> None:
         # an empty band has no mixed prompts: the GRPO export would be empty without a word
