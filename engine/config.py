@@ -136,6 +136,10 @@ class BackTranslateSettings:
     nli_device: str = _f("cpu", "nli_device", "device of the local NLI model", volatile=True)
     judge_temperature: float = _f(0.0, "judge_temperature", "temperature of judge calls (checkable, back-translation, NLI, score) and of minimal-pair edits", lo=0)
     judge_max_tokens: int = _f(512, "judge_max_tokens", "max new tokens of a judge answer", lo=1)
+    rule: str = _f("contradiction", "backtranslate_rule", "which functions back-translation drops: contradiction: "
+                   "those whose back-translation contradicts the instruction; equivalence: those whose "
+                   "back-translation and instruction do not entail each other both ways",
+                   choices=("contradiction", "equivalence"), omit_default=True)
 
 
 @dataclass(frozen=True)
