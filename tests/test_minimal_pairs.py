@@ -4,11 +4,12 @@ cross-validation on the REAL sandbox pool, each failure with the mechanism off a
 import re
 from collections import Counter
 
+import orjson
 import pytest
 
 from engine.config import Config
 from engine.llm import Completion
-from engine.records import Case, Instruction, Query, Verifier
+from engine.records import Case, Instruction, Query, Verifier, VerifierDraft
 from engine.stage import Context, Funnel
 from engine.stages import CrossValStage, VerifierStage
 from engine.stages.crossval import judge
@@ -226,3 +227,38 @@ async def test_reply_cases_sample_at_the_spread_temperatures():
     assert temps == pytest.approx({("case_follow", f"Message: {QUERIES[0].text}"): 0.4,
                                    ("case_follow", f"Message: {QUERIES[1].text}"): 1.0,
                                    ("case_plain", QUERIES[0].text): 0.4, ("case_plain", QUERIES[1].text): 1.0})
+
+
+# ---------------------------------------------------------------- other case styles
+
+COMMA_EDITS = {"no commas here": "no, commas here", "a, b": "a b"}
+
+
+@pytest.mark.parametrize("style", ["lists", "json"])
+async def test_cases_of_every_style_are_paired(style):
+    body = "\n    return ',' not in response\n"
+    code = HEADER + body.strip("\n") + "\n"
+
+    def script(name, prompt, n):
+        if name == "verifier_code":
+            return [body] * n
+        if name == "verifier_cases":
+            return ['{"follow": ["no commas here"], "break": ["a, b"]}'] * n
+        if name == "verifier":
+            cases = [{"input": "no commas here", "output": True}, {"input": "a, b", "output": False}]
+            return [orjson.dumps({"func": code, "cases": cases}).decode()] * n
+        return [COMMA_EDITS[edited_reply(prompt)]]
+    llm = ScriptedLLM(script)
+    ctx = Context(llm=llm, executor=None, funnel=Funnel())
+    cfg = Config.from_flat(verifier_k=2, verifier_case_samples=2, verifier_cases_per_side=1, minimal_pairs=True,
+                           verifier_style="code" if style == "lists" else "json", verifier_case_style="lists")
+    [draft] = await VerifierStage.from_config(cfg, QUERIES).process(Instruction("Use no commas."), ctx)
+    # two answers gave the same two cases: each is edited once
+    assert llm.count("pair_break") == llm.count("pair_meet") == 1
+    assert [(c.input, c.expected) for c in draft.cases] == [
+        ("no commas here", True), ("no, commas here", False), ("a, b", False), ("a b", True)]
+    assert draft.cases[0].pair == draft.cases[1].pair != draft.cases[2].pair == draft.cases[3].pair
+    assert ctx.funnel.to_dict()["verifiers.minimal_pair"]["kept"] == 2
+    # stored and read back with its tags; a case in no pair is stored as before
+    assert VerifierDraft.from_dict(orjson.loads(orjson.dumps(draft.to_dict()))) == draft
+    assert Case("a", True).to_dict() == {"input": "a", "expected": True}
