@@ -6,7 +6,9 @@ flat name, unique over all sections, which the file, the flags and the hash use:
 may list settings flat (`verifier_k = 8`) or under their section table (`[verifiers]` then
 `verifier_k = 8`; `[pool]` then `workers = 3`, the flat name less its section prefix). Settings
 marked volatile (where and how fast to run) are left out of `config_hash()`: changing them does
-not change the data.
+not change the data. Settings marked `omit_default` are left out of it while at their default,
+which reproduces the behaviour of a config that does not have them: the run directories of
+such configs keep their hash and stay resumable.
 """
 from __future__ import annotations
 
@@ -30,12 +32,12 @@ except ModuleNotFoundError:  # Python 3.10
 
 def _f(default: Any, flat: str, help: str, *, volatile: bool = False,
        lo: float | None = None, hi: float | None = None, choices: tuple = (),
-       flags: tuple[str, ...] = (), secret: bool = False) -> Any:
+       flags: tuple[str, ...] = (), secret: bool = False, omit_default: bool = False) -> Any:
     """A setting; `flat`: its name in files, flags and the hash; `flags`: its command-line
     spellings when not just --flat-name (the first is the main one); `secret`: never printed nor
-    written to summaries."""
+    written to summaries; `omit_default`: hashed only when set to another value than `default`."""
     meta = {"flat": flat, "help": help, "volatile": volatile, "lo": lo, "hi": hi,
-            "choices": choices, "flags": flags, "secret": secret}
+            "choices": choices, "flags": flags, "secret": secret, "omit_default": omit_default}
     if isinstance(default, list):
         return field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -101,6 +103,17 @@ class VerifierSettings:
     case_samples: int = _f(2, "verifier_case_samples", "code style: test-case answers (lists) or queries replied to (replies) per instruction", lo=1)
     cases_per_side: int = _f(3, "verifier_cases_per_side", "code style: passing and failing cases asked for in each answer", lo=1)
     case_max_tokens: int = _f(768, "verifier_case_max_tokens", "code style: max new tokens of a test-case answer", lo=1)
+    case_temperature_spread: float = _f(0.0, "verifier_case_temperature_spread", "replies case style: the replies to "
+                                        "the case queries sample at temperatures spread evenly over "
+                                        "verifier_temperature plus or minus this (first query lowest), so that cases "
+                                        "differ in more than the constraint", lo=0, omit_default=True)
+    minimal_pairs: bool = _f(False, "minimal_pairs", "for each case, ask the LLM to edit it as little as it can to the "
+                             "other side of the constraint (a reply that obeys it: break it; one that does not: "
+                             "obey it); both sides enter cross-validation, and a function wrong on a kept pair "
+                             "is dropped", omit_default=True)
+    minimal_pair_max_change: float = _f(0.5, "minimal_pair_max_change", "a minimal pair is rejected when its edit "
+                                        "changes MORE than this share of the text (1 - difflib's character "
+                                        "ratio)", lo=0, hi=1, omit_default=True)
 
 
 @dataclass(frozen=True)
@@ -121,8 +134,12 @@ class BackTranslateSettings:
     enabled: bool = _f(True, "backtranslate", "back-translate functions and drop contradicted ones")
     nli_model_path: str = _f("", "nli_model_path", "local NLI model directory (transformers); empty: the LLM judges")
     nli_device: str = _f("cpu", "nli_device", "device of the local NLI model", volatile=True)
-    judge_temperature: float = _f(0.0, "judge_temperature", "temperature of judge calls (checkable, back-translation, NLI, score)", lo=0)
+    judge_temperature: float = _f(0.0, "judge_temperature", "temperature of judge calls (checkable, back-translation, NLI, score) and of minimal-pair edits", lo=0)
     judge_max_tokens: int = _f(512, "judge_max_tokens", "max new tokens of a judge answer", lo=1)
+    rule: str = _f("contradiction", "backtranslate_rule", "which functions back-translation drops: contradiction: "
+                   "those whose back-translation contradicts the instruction; equivalence: those whose "
+                   "back-translation and instruction do not entail each other both ways",
+                   choices=("contradiction", "equivalence"), omit_default=True)
 
 
 @dataclass(frozen=True)
@@ -189,6 +206,9 @@ class ExportSettings:
     parquet: bool = _f(True, "parquet", "also write Parquet (pyarrow)", volatile=True)
     grpo_band_low: float = _f(0.0, "grpo_band_low", "GRPO difficulty band: a prompt is mixed when its K-sample pass rate is MORE than this", lo=0, hi=1)
     grpo_band_high: float = _f(1.0, "grpo_band_high", "... and LESS than this", lo=0, hi=1)
+    precision: bool = _f(False, "precision_export", "SFT answers and DPO chosen replies only from responses that "
+                         "EVERY kept function the audit did not flag passes (not just more than pass_threshold "
+                         "of them)", omit_default=True)
 
     def __post_init__(self) -> None:
         # an empty band has no mixed prompts: the GRPO export would be empty without a word
@@ -248,7 +268,8 @@ class Config:
     def config_hash(self) -> str:
         """Hash of the settings that shape the data (volatile ones excluded), keyed by flat name
         (run directories store it); 12 hex digits."""
-        stable = {k: v for k, v in self.flat().items() if not FIELDS[k].metadata["volatile"]}
+        stable = {k: v for k, v in self.flat().items() if not FIELDS[k].metadata["volatile"]
+                  and not (FIELDS[k].metadata["omit_default"] and v == FIELDS[k].default)}
         return hashlib.sha256(orjson.dumps(stable, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
     def dump(self) -> str:

@@ -1,7 +1,11 @@
 """Training files from the pipeline's records: SFT and DPO, for LLaMA-Factory and TRL.
 
 SFT: the best kept responses of each (instruction, query) — verified (pass rate above the
-threshold) and, when scored, scored at least `score_min`.
+threshold) and, when scored, scored at least `score_min`. In precision mode
+(config.precision_export) only responses that every kept function the audit did not flag
+passes: a majority of functions can share one wrong idea of the constraint, while a response
+that each of them passes is wrong only where all of them are. The DPO chosen replies follow the
+same rule; the funnel row `export.precision` counts the prompts it leaves without an answer.
 DPO, two levels, in two sets of files (each file is one table: every row has one schema,
 which `datasets.load_dataset("json")`, TRL and LLaMA-Factory need):
 - query level (`dpo_trl`, `dpo_llamafactory`): chosen = a response with pass rate >= 0.5,
@@ -30,9 +34,11 @@ from typing import Any, Iterable, Sequence
 import orjson
 
 from engine.records import QueryResult, ResponseRecord, VerifiedInstruction, plain_reject_flaw
+from engine.stage import Funnel
 
 SFT_FORMATS = ("alpaca", "sharegpt", "trl")
 DPO_CHOSEN_MIN_PASS = 0.5
+PRECISION_ROW = "export.precision"
 
 
 @dataclass(frozen=True)
@@ -45,12 +51,14 @@ class ExportOptions:
     sft_per_query: int = 1
     dpo_pairs_per_instruction: int = 2
     parquet: bool = True
+    precision: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> ExportOptions:
         return cls(model=cfg.run.model, config_hash=cfg.config_hash(), score_min=cfg.scoring.min,
                    formats=tuple(cfg.export.formats), dpo=cfg.export.dpo, sft_per_query=cfg.export.sft_per_query,
-                   dpo_pairs_per_instruction=cfg.export.dpo_pairs_per_instruction, parquet=cfg.export.parquet)
+                   dpo_pairs_per_instruction=cfg.export.dpo_pairs_per_instruction, parquet=cfg.export.parquet,
+                   precision=cfg.export.precision)
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,33 @@ class Example:
 def usable(r: ResponseRecord, score_min: int) -> bool:
     """Verified, and not scored below the bar (score None: scoring was off)."""
     return r.passed and (r.score is None or r.score >= score_min)
+
+
+def passed_by_every_function(r: ResponseRecord, inst: VerifiedInstruction) -> bool:
+    """Every kept function the audit did not flag passed `r` (and there is one such function)."""
+    flagged = {a.verifier_id for a in inst.audits if a.flagged}
+    wanted = {f.id for f, _ in inst.functions} - flagged
+    return bool(wanted) and wanted <= {res.verifier_id for res in r.results if res.passed}
+
+
+def exportable(r: ResponseRecord, result: QueryResult, opts: ExportOptions) -> bool:
+    """Usable, and in precision mode passed by every unflagged function."""
+    return usable(r, opts.score_min) and (not opts.precision
+                                          or passed_by_every_function(r, result.task.instruction))
+
+
+def count_precision(results: Iterable[QueryResult], opts: ExportOptions, funnel: Funnel) -> None:
+    """Precision mode's funnel row: in = prompts with a usable response, kept = those with an
+    exportable one, dropped (`not_every_function`) = those precision mode leaves without."""
+    if not opts.precision:
+        return
+    usable_prompts = [res for res in results if any(usable(r, opts.score_min) for r in res.responses)]
+    kept = sum(any(exportable(r, res, opts) for r in res.responses) for res in usable_prompts)
+    funnel.count_in(PRECISION_ROW, len(usable_prompts))
+    funnel.count_kept(PRECISION_ROW, kept)
+    funnel.count_out(PRECISION_ROW, kept)
+    if len(usable_prompts) > kept:
+        funnel.drop(PRECISION_ROW, "not_every_function", len(usable_prompts) - kept)
 
 
 def _rank(r: ResponseRecord) -> tuple:
@@ -90,7 +125,7 @@ def _provenance(result: QueryResult, level: str, opts: ExportOptions, **extra: A
 def sft_examples(results: Iterable[QueryResult], opts: ExportOptions) -> list[Example]:
     out = []
     for result in results:
-        best = sorted((r for r in result.responses if usable(r, opts.score_min)), key=_rank, reverse=True)
+        best = sorted((r for r in result.responses if exportable(r, result, opts)), key=_rank, reverse=True)
         for r in best[:opts.sft_per_query]:
             out.append(Example(result.task.prompt, r.text, None,
                                _provenance(result, "sft", opts, pass_rate=r.pass_rate, score=r.score,
@@ -102,7 +137,7 @@ def query_pairs(results: Iterable[QueryResult], opts: ExportOptions) -> list[Exa
     out = []
     for result in results:
         chosen = sorted((r for r in result.responses
-                         if r.pass_rate >= DPO_CHOSEN_MIN_PASS and usable(r, opts.score_min)),
+                         if r.pass_rate >= DPO_CHOSEN_MIN_PASS and exportable(r, result, opts)),
                         key=_rank, reverse=True)
         # the model's own failure under the instruction first: the sharper contrast
         rejected = [(r, "sample") for r in result.responses if r.pass_rate == 0 and r.text.strip()]

@@ -97,7 +97,7 @@ async def run_full(spec: RunSpec, engine: Engine, store: RunStore,
     summary.update(model=store.model_name(cfg), config_hash=cfg.config_hash(), config=cfg.public_dict())
     funnel = engine.ctx.funnel
     with storage_errors(run_dir):
-        files = export_run(cfg, store, run_dir / "exports", fresh)
+        files = export_run(cfg, store, run_dir / "exports", fresh, funnel)
         grpo = export_grpo_run(cfg, store, run_dir / "exports", funnel)
         summary["funnel"] = funnel.to_dict()     # with the GRPO rows
         summary["grpo"] = grpo.to_dict()

@@ -91,21 +91,29 @@ class Verifier:
 
 @dataclass(frozen=True, slots=True)
 class Case:
-    """A test case: a candidate response and whether it should satisfy the instruction."""
+    """A test case: a candidate response and whether it should satisfy the instruction.
+
+    `pair`: the tag both sides of a minimal pair share (engine.stages.pairs): two cases that
+    differ only in what the constraint is about; empty for a case in no pair. Not part of the
+    id: the same text with the same verdict is the same case."""
 
     input: str
     expected: bool
+    pair: str = ""
 
     @property
     def id(self) -> str:
         return content_id("case", self.input, self.expected)
 
     def to_dict(self) -> dict:
-        return {"input": self.input, "expected": self.expected}
+        d = {"input": self.input, "expected": self.expected}
+        if self.pair:
+            d["pair"] = self.pair
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Case:
-        return cls(input=d["input"], expected=bool(d["expected"]))
+        return cls(input=d["input"], expected=bool(d["expected"]), pair=d.get("pair", ""))
 
 
 @dataclass(frozen=True, slots=True)

@@ -410,6 +410,7 @@ class Driver:
         if served and not store.served_model:
             store.served_model = served                # the name the shards' servers reported
         grpo = export_grpo_run(self.cfg, store, self.run_dir / "exports", funnel)
+        files = export_run(self.cfg, store, self.run_dir / "exports", funnel=funnel)
         stopped = "completed" if all(s.get("stopped") == "completed" for s in shards) \
             and augment.get("stopped") == "completed" else "drained"
         summary = {
@@ -432,7 +433,6 @@ class Driver:
         }
         summary.update(model=store.model_name(self.cfg), config_hash=self.cfg.config_hash())
         store.save_funnel(summary["funnel"])
-        files = export_run(self.cfg, store, self.run_dir / "exports")
         summary["grpo"] = grpo.to_dict()
         summary["exports"] = {k: str(v) for k, v in {**files, **grpo.files}.items()}
         write_summary(self.run_dir, "summary.json", summary, funnel)

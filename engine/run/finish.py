@@ -11,7 +11,7 @@ import orjson
 
 from engine.config import Config
 from engine.errors import JobError
-from engine.export import ExportOptions, export
+from engine.export import ExportOptions, count_precision, export
 from engine.grpo import GrpoOptions, GrpoSummary, export_grpo
 from engine.outcome import is_storage_failure
 from engine.progress import print_funnel
@@ -24,12 +24,16 @@ def export_options(cfg: Config, store: RunStore) -> ExportOptions:
     return replace(ExportOptions.from_config(cfg), model=store.model_name(cfg))
 
 
-def export_run(cfg: Config, store: RunStore, out_dir: Path, results: list[QueryResult] | None = None) -> dict:
+def export_run(cfg: Config, store: RunStore, out_dir: Path, results: list[QueryResult] | None = None,
+               funnel: Funnel | None = None) -> dict:
     """The SFT and DPO files from the store's verified instructions and `results` (None: the
     store's final results), in id order: the same records give the same bytes, whatever order
-    the run finished them in (workers, timing, a resume)."""
+    the run finished them in (workers, timing, a resume). `funnel`: gets precision mode's row."""
     results = sorted(store.results() if results is None else results, key=_result_key)
-    return export(out_dir, sorted(store.verified(), key=lambda v: v.id), results, export_options(cfg, store))
+    opts = export_options(cfg, store)
+    if funnel is not None:
+        count_precision(results, opts, funnel)
+    return export(out_dir, sorted(store.verified(), key=lambda v: v.id), results, opts)
 
 
 def _result_key(result: QueryResult) -> str:

@@ -9,6 +9,11 @@ All functions x all cases of one instruction run in ONE executor batch. Then:
   once: agreement on one side alone is no evidence (a constant function passes it). For the
   same reason a function must then be right on at least one case of each side: with one
   passing and two failing cases kept, `return False` scores 0.67.
+- with minimal pairs (cases tagged `Case.pair`, engine.stages.pairs): a function wrong on
+  either side of a pair whose two sides were both kept is dropped, however accurate it is
+  overall. Such a pair differs only in the constraint, so a function that misses it is keyed
+  on something else: agreeing with the other cases is no evidence then, since those differ
+  in side features as well.
 An error, a timeout or a non-bool return counts as a wrong answer.
 
 With `probes` (the audit's degenerate texts, engine.stages.audit.probe_inputs) each function's
@@ -41,6 +46,20 @@ class CrossValVerdict:
     function_drops: Counter
     case_drops: Counter
     reason: str | None = None
+    pairs: int = 0                       # minimal pairs among the cases
+    pairs_kept: int = 0                  # ... with both sides kept
+
+
+def kept_pairs(cases: Sequence[Case], kept: Sequence[int]) -> tuple[int, list[tuple[int, int]]]:
+    """(minimal pairs among `cases`, index pairs of those whose two sides are both in `kept`)."""
+    sides: dict[str, list[int]] = {}
+    for j, case in enumerate(cases):
+        if case.pair:
+            sides.setdefault(case.pair, []).append(j)
+    whole = {tag: js for tag, js in sides.items()
+             if len(js) == 2 and cases[js[0]].expected != cases[js[1]].expected}
+    kept_set = set(kept)
+    return len(whole), [(a, b) for a, b in whole.values() if a in kept_set and b in kept_set]
 
 
 def _distinct(draft: VerifierDraft) -> tuple[list[Verifier], list[Case], int, int]:
@@ -68,7 +87,7 @@ def judge(functions: Sequence[Verifier], cases: Sequence[Case], results: Sequenc
             answers.append((f, [outcome_bool(o) for o in outcomes]))
     if not answers:
         cdrops["no_function_compiles"] += len(cases)
-        return CrossValVerdict([], [], fdrops, cdrops, "no_function_compiles")
+        return CrossValVerdict([], [], fdrops, cdrops, "no_function_compiles", kept_pairs(cases, [])[0])
 
     kept_cases: list[int] = []
     for j, case in enumerate(cases):
@@ -77,27 +96,31 @@ def judge(functions: Sequence[Verifier], cases: Sequence[Case], results: Sequenc
             kept_cases.append(j)
         else:
             cdrops["low_agreement"] += 1
+    n_pairs, pairs = kept_pairs(cases, kept_cases)
     if len(kept_cases) < min_cases:
         fdrops["no_kept_cases"] += len(answers)
-        return CrossValVerdict([], [], fdrops, cdrops, "no_case_agreed")
+        return CrossValVerdict([], [], fdrops, cdrops, "no_case_agreed", n_pairs, len(pairs))
     if two_sided and len({cases[j].expected for j in kept_cases}) < 2:
         fdrops["one_sided_cases"] += len(answers)
         cdrops["one_sided"] += len(kept_cases)
-        return CrossValVerdict([], [], fdrops, cdrops, "one_sided")
+        return CrossValVerdict([], [], fdrops, cdrops, "one_sided", n_pairs, len(pairs))
 
     kept_functions: list[tuple[Verifier, float]] = []
     for f, vals in answers:
         right_on = [cases[j].expected for j in kept_cases
                     if vals[j] is not None and vals[j] == cases[j].expected]  # sides it got right
         accuracy = len(right_on) / len(kept_cases)
-        if two_sided and accuracy > function_accuracy and len(set(right_on)) < 2:
-            fdrops["one_sided_function"] += 1
-        elif accuracy > function_accuracy:
-            kept_functions.append((f, accuracy))
-        else:
+        if accuracy <= function_accuracy:
             fdrops["low_accuracy"] += 1
+        elif two_sided and len(set(right_on)) < 2:
+            fdrops["one_sided_function"] += 1
+        elif any(vals[j] != cases[j].expected for pair in pairs for j in pair):
+            fdrops["missed_pair"] += 1
+        else:
+            kept_functions.append((f, accuracy))
     reason = "no_function_accurate" if len(kept_functions) < min_functions else None
-    return CrossValVerdict(kept_functions, [cases[j] for j in kept_cases], fdrops, cdrops, reason)
+    return CrossValVerdict(kept_functions, [cases[j] for j in kept_cases], fdrops, cdrops, reason,
+                           n_pairs, len(pairs))
 
 
 class CrossValStage:
@@ -141,6 +164,9 @@ class CrossValStage:
         verdict.case_drops["duplicate"] += dup_cases
         tally(ctx, f"{self.name}.function", len(verdict.functions), verdict.function_drops)
         tally(ctx, f"{self.name}.case", len(verdict.cases), verdict.case_drops)
+        if verdict.pairs:
+            tally(ctx, f"{self.name}.pair", verdict.pairs_kept,
+                  Counter(side_dropped=verdict.pairs - verdict.pairs_kept))
         if verdict.reason:
             ctx.funnel.drop(self.name, verdict.reason)
             return []

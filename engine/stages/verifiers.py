@@ -18,6 +18,11 @@ Two ways to ask (config.verifier_style):
 Either way, answers that only echo the prompt's templates are dropped (a body of `...`/`pass`,
 a few-shot example's function under another constraint, a case equal to a prompt example),
 and functions and cases from all answers are pooled (de-duplicated) for cross-validation.
+
+With `pairs` (config.minimal_pairs) every case is also edited to the other side of the
+constraint (engine.stages.pairs), in one more request per case. Each edit is asked as soon as
+its case is read (a reply case as soon as its reply is back), while the functions are still
+generating, so the round adds the latency of one edit, not a stage.
 """
 from __future__ import annotations
 
@@ -37,10 +42,26 @@ from engine.prompting import render, template
 from engine.records import Case, Instruction, Query, Verifier, VerifierDraft, normalize_instruction
 from engine.stage import Context
 from engine.stages.base import Sampling, ask, ask_plain, code_key, complete, tally
+from engine.stages.pairs import REJECT_REASONS, MinimalPairs
 from engine.stages.queries import run_queries
 
 # where a completed function ends: the next few-shot entry, a second definition, test code
 CODE_STOPS = ("\n# Constraint", "\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "```")
+
+
+def spread_temperatures(temperature: float, spread: float, n: int) -> list[float]:
+    """`n` temperatures spread evenly over temperature +/- spread, lowest first (none below 0)."""
+    if n < 2 or spread <= 0:
+        return [temperature] * n
+    return [max(0.0, temperature - spread + 2 * spread * i / (n - 1)) for i in range(n)]
+
+
+def distinct_cases(cases: Iterable[Case]) -> list[Case]:
+    """The first of each (text, verdict), in order."""
+    out: dict[tuple[str, bool], Case] = {}
+    for case in cases:
+        out.setdefault((case.input, case.expected), case)
+    return list(out.values())
 
 
 def cases_schema(per_side: int) -> str:
@@ -69,14 +90,11 @@ def example_cases(name: str) -> frozenset[str]:
 def pool_answers(instruction: Instruction, parsed: Iterable[ParsedVerifier]) -> VerifierDraft:
     """One draft from several parsed answers: distinct functions, distinct cases, first-seen order."""
     functions: dict[str, Verifier] = {}
-    cases: dict[tuple[str, bool], Case] = {}
     for p in parsed:
         if p.code:
             functions.setdefault(code_key(p.code), Verifier(code=p.code))
-        for case in p.cases:
-            cases.setdefault((case.input, case.expected), case)
     return VerifierDraft(instruction=instruction, functions=tuple(functions.values()),
-                         cases=tuple(cases.values()))
+                         cases=tuple(distinct_cases(c for p in parsed for c in p.cases)))
 
 
 def drop_echoed_cases(parsed: list[ParsedVerifier], examples: frozenset[str], case_counts: Counter) -> None:
@@ -144,21 +162,28 @@ class VerifierStage:
     `sampling`: the function request (its n is K, the functions per instruction); `style`:
     "code" or "json" (module docstring); `cases`: the code style's test-case request: for
     `case_style` "lists" n answers asking for `cases_per_side` passing and failing replies each;
-    for "replies" one reply per query of the first n of `case_queries`."""
+    for "replies" one reply per query of the first n of `case_queries`, the i-th query's at the
+    i-th of the temperatures `case_temperature_spread` spreads around the cases' temperature;
+    `pairs`: the minimal-pair edits of every case (None: none are asked)."""
 
     name = "verifiers"
 
     @classmethod
     def from_config(cls, cfg: Config, queries: Sequence[Query] | None = None) -> VerifierStage:
         v = cfg.verifiers
+        # an edit samples like a judge call: the likeliest small change, not a fresh reply
+        pairs = (MinimalPairs(sampling=Sampling(1, cfg.backtranslate.judge_temperature, v.case_max_tokens),
+                              max_change=v.minimal_pair_max_change) if v.minimal_pairs else None)
         return cls(sampling=Sampling(v.k, v.temperature, v.max_tokens), style=v.style,
                    cases=Sampling(v.case_samples, v.temperature, v.case_max_tokens),
                    cases_per_side=v.cases_per_side, case_style=v.case_style,
-                   case_queries=run_queries(cfg, queries))
+                   case_queries=run_queries(cfg, queries),
+                   case_temperature_spread=v.case_temperature_spread, pairs=pairs)
 
     def __init__(self, *, sampling: Sampling, style: str = "code", cases: Sampling | None = None,
                  cases_per_side: int = 3, case_style: str = "lists",
-                 case_queries: Sequence[Query] = ()) -> None:
+                 case_queries: Sequence[Query] = (), case_temperature_spread: float = 0.0,
+                 pairs: MinimalPairs | None = None) -> None:
         if style not in ("code", "json"):
             raise ValueError(f"verifier style {style!r}: expected 'code' or 'json'")
         if case_style not in ("replies", "lists"):
@@ -172,21 +197,33 @@ class VerifierStage:
         # A plain reply to a query does not depend on the instruction: asked once per run and
         # shared by every instruction's cases.
         self._plain: dict[str, asyncio.Future] = {}
-        self._one_reply = Sampling(1, self.cases.temperature, self.cases.max_tokens)  # per case query
+        self._one_reply = [Sampling(1, t, self.cases.max_tokens)      # per case query
+                           for t in spread_temperatures(self.cases.temperature, case_temperature_spread,
+                                                        len(self.case_queries))]
+        self.pairs = pairs
 
     async def process(self, item: Instruction, ctx: Context) -> list[VerifierDraft]:
         answer_drops: Counter[str] = Counter()
         case_counts: Counter[str] = Counter()
+        pair_counts: Counter[str] = Counter()
         if self.style == "json":
             answers = await ask(ctx, render("verifier", instruction=item.text), self.sampling)
             parsed = parse_answers(((a.text, a.finish_reason) for a in answers), answer_drops, case_counts)
             drop_echoed_cases(parsed, example_cases("verifier"), case_counts)
+            if self.pairs is not None:
+                cases = [c for p in parsed for c in p.cases]
+                for p in parsed:
+                    p.cases = []
+                parsed.append(ParsedVerifier(code="", cases=await self._paired(ctx, item, cases, pair_counts)))
         else:
-            parsed = await self._code_style(item, ctx, answer_drops, case_counts)
+            parsed = await self._code_style(item, ctx, answer_drops, case_counts, pair_counts)
         tally(ctx, f"{self.name}.answer", sum(1 for p in parsed if p.code), answer_drops)
         case_counts["kept"] -= case_counts["template_echo"]
         tally(ctx, f"{self.name}.case", case_counts["kept"],
               Counter(bad_case=case_counts["bad_case"], template_echo=case_counts["template_echo"]))
+        if self.pairs is not None:
+            tally(ctx, f"{self.name}.minimal_pair", pair_counts["made"],
+                  Counter({r: pair_counts[r] for r in REJECT_REASONS}))
         if not any(p.code for p in parsed):
             ctx.funnel.drop(self.name, "no_parsable_answer")
             return []
@@ -197,7 +234,7 @@ class VerifierStage:
         return [draft]
 
     async def _code_style(self, item: Instruction, ctx: Context, answer_drops: Counter,
-                          case_counts: Counter) -> list[ParsedVerifier]:
+                          case_counts: Counter, pair_counts: Counter) -> list[ParsedVerifier]:
         code_prompt = render("verifier_code", instruction=item.text)
         case_drops: Counter[str] = Counter()
 
@@ -209,32 +246,40 @@ class VerifierStage:
                                    answer_drops)
 
         if self.case_style == "replies":
-            functions, cases = await asyncio.gather(functions_parsed(), self._reply_cases(item, ctx, case_drops))
-            case_counts["kept"] += len(cases.cases)
+            functions, cases = await asyncio.gather(
+                functions_parsed(), self._reply_cases(item, ctx, case_drops, case_counts, pair_counts))
             n_answers = 2 * len(self.case_queries) - sum(case_drops.values())
             cases = [cases]
         else:
             cases_prompt = render("verifier_cases", instruction=item.text, n=self.cases_per_side)
-            functions, case_answers = await asyncio.gather(
-                functions_parsed(),
-                ask(ctx, cases_prompt, self.cases, json_schema=cases_schema(self.cases_per_side)))
-            cases = parse_case_answers(case_answers, case_drops, case_counts)
-            n_answers = len(cases)
-            drop_echoed_cases(cases, example_cases("verifier_cases"), case_counts)
+
+            async def cases_parsed() -> tuple[int, list[ParsedVerifier]]:
+                answers = await ask(ctx, cases_prompt, self.cases, json_schema=cases_schema(self.cases_per_side))
+                parsed = parse_case_answers(answers, case_drops, case_counts)
+                drop_echoed_cases(parsed, example_cases("verifier_cases"), case_counts)
+                if self.pairs is not None and parsed:
+                    cases = await self._paired(ctx, item, [c for p in parsed for c in p.cases], pair_counts)
+                    return len(parsed), [ParsedVerifier(code="", cases=cases)]
+                return len(parsed), parsed
+
+            functions, (n_answers, cases) = await asyncio.gather(functions_parsed(), cases_parsed())
         tally(ctx, f"{self.name}.case_answer", n_answers, case_drops)
         return functions + cases
 
-    async def _reply_cases(self, item: Instruction, ctx: Context, drops: Counter) -> ParsedVerifier:
+    async def _reply_cases(self, item: Instruction, ctx: Context, drops: Counter, case_counts: Counter,
+                           pair_counts: Counter) -> ParsedVerifier:
         """Cases of the "replies" style: per query, a reply told to obey the constraint
         (expected True; dropped when cut off by the token limit, since an unfinished reply
-        says nothing about e.g. how it ends) and the shared plain reply (expected False)."""
-        follow = [ask(ctx, render("case_follow", instruction=item.text, query=q), self._one_reply)
-                  for q in self.case_queries]
-        plain = [asyncio.shield(self._plain_task(ctx, q)) for q in self.case_queries]
-        answers = await asyncio.gather(*follow, *plain)
-        parsed = ParsedVerifier(code="")
-        for i, completions in enumerate(answers):
-            expected = i < len(follow)
+        says nothing about e.g. how it ends) and the shared plain reply (expected False).
+        With minimal pairs each is edited as soon as it is back."""
+
+        async def side(i: int, query: str, expected: bool) -> list[Case]:
+            if expected:
+                prompt = render("case_follow", instruction=item.text, query=query)
+                completions = await ask(ctx, prompt, self._one_reply[i])
+            else:
+                completions = await asyncio.shield(self._plain_task(ctx, i))
+            cases = []
             for c in completions:
                 text = c.text.strip()
                 if not text:
@@ -242,8 +287,23 @@ class VerifierStage:
                 elif expected and c.finish_reason == "length":
                     drops["truncated"] += 1
                 else:
-                    parsed.cases.append(Case(input=text, expected=expected))
-        return parsed
+                    cases.append(Case(input=text, expected=expected))
+            case_counts["kept"] += len(cases)
+            return await self._paired(ctx, item, cases, pair_counts)
+
+        answers = await asyncio.gather(*(side(i, q, True) for i, q in enumerate(self.case_queries)),
+                                       *(side(i, q, False) for i, q in enumerate(self.case_queries)))
+        return ParsedVerifier(code="", cases=[c for cases in answers for c in cases])
+
+    async def _paired(self, ctx: Context, item: Instruction, cases: list[Case], counts: Counter) -> list[Case]:
+        """`cases` (distinct), each followed by its minimal-pair edit where one is made; `counts`:
+        pairs made ("made") and edits rejected by reason."""
+        cases = distinct_cases(cases)
+        if self.pairs is None or not cases:
+            return cases
+        paired = await asyncio.gather(*(self.pairs.pair(ctx, item.text, c, counts) for c in cases))
+        counts["made"] += sum(len(p) == 2 for p in paired)
+        return [c for p in paired for c in p]
 
     def start(self, ctx: Context) -> None:
         """Before the first instruction: ask the shared plain replies. Every instruction's
@@ -252,13 +312,14 @@ class VerifierStage:
         function requests of every instruction started with it."""
         if self.style != "code" or self.case_style != "replies":
             return
-        for q in self.case_queries:
-            self._plain_task(ctx, q)
+        for i in range(len(self.case_queries)):
+            self._plain_task(ctx, i)
 
-    def _plain_task(self, ctx: Context, query: str) -> asyncio.Future:
-        """The run's one request for the plain reply to `query` (asked again only if it failed).
-        Callers await it shielded: one instruction cancelled must not cancel the others'."""
+    def _plain_task(self, ctx: Context, i: int) -> asyncio.Future:
+        """The run's one request for the plain reply to the i-th case query (asked again only if
+        it failed). Callers await it shielded: one instruction cancelled must not cancel the others'."""
+        query = self.case_queries[i]
         task = self._plain.get(query)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            task = self._plain[query] = asyncio.ensure_future(ask_plain(ctx, query, self._one_reply))
+            task = self._plain[query] = asyncio.ensure_future(ask_plain(ctx, query, self._one_reply[i]))
         return task
