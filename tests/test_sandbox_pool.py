@@ -449,3 +449,11 @@ async def test_a_loop_in_a_later_part_of_a_merged_job_is_cut_at_that_part_budget
     assert [o.status for o in res[1]] == ["ok", "timeout"] and res[1][0].value == "X"
     assert "CPU-time budget of 0.07 s" in res[1][1].detail, res[1][1].detail   # 0.05 + 2 x 0.01
     assert res[2][0].value == "C"
+
+
+async def test_workers_that_do_not_start_in_time_are_one_runtime_error():
+    # The job turns a RuntimeError from the pool into one line ("sandbox pool: ..."), not a traceback.
+    pool = SandboxPool(PoolConfig(workers=1, start_timeout_s=0.001))
+    with pytest.raises(RuntimeError, match="did not start within 0.001 s"):
+        await pool.start()
+    assert pool.stats()["pids"] == []          # the workers it started are gone with it

@@ -65,6 +65,10 @@ class SandboxPool:
         try:
             self._workers.start(self._loop)
             await asyncio.wait_for(asyncio.shield(self._ready_waiter), self.config.start_timeout_s)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise RuntimeError(f"workers did not start within {self.config.start_timeout_s:g} s "
+                               "(an overloaded machine, or raise start_timeout_s)") from None
         except BaseException:
             await self.close()
             raise
