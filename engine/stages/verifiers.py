@@ -35,6 +35,7 @@ from engine.parsing import (ParseError, ParsedVerifier, parse_case_answer,
                             parse_code_completion, parse_verifier_answer, prompt_examples)
 from engine.prompting import render, template
 from engine.records import Case, Instruction, Query, Verifier, VerifierDraft, normalize_instruction
+from engine.roles import CODER, RESPONDER
 from engine.stage import Context
 from engine.stages.base import Sampling, ask, ask_plain, code_key, complete, tally
 from engine.stages.queries import run_queries
@@ -178,7 +179,7 @@ class VerifierStage:
         answer_drops: Counter[str] = Counter()
         case_counts: Counter[str] = Counter()
         if self.style == "json":
-            answers = await ask(ctx, render("verifier", instruction=item.text), self.sampling)
+            answers = await ask(ctx, render("verifier", instruction=item.text), self.sampling, role=CODER)
             parsed = parse_answers(((a.text, a.finish_reason) for a in answers), answer_drops, case_counts)
             drop_echoed_cases(parsed, example_cases("verifier"), case_counts)
         else:
@@ -205,7 +206,7 @@ class VerifierStage:
             # Parsed as soon as they arrive, while the cases are still generating: parsing every
             # instruction's functions only once the shared plain replies come back would put
             # all of that work (ast.parse x K x instructions) in front of cross-validation.
-            return parse_functions(item, await complete(ctx, code_prompt, self.sampling, stop=CODE_STOPS),
+            return parse_functions(item, await complete(ctx, code_prompt, self.sampling, role=CODER, stop=CODE_STOPS),
                                    answer_drops)
 
         if self.case_style == "replies":
@@ -217,7 +218,7 @@ class VerifierStage:
             cases_prompt = render("verifier_cases", instruction=item.text, n=self.cases_per_side)
             functions, case_answers = await asyncio.gather(
                 functions_parsed(),
-                ask(ctx, cases_prompt, self.cases, json_schema=cases_schema(self.cases_per_side)))
+                ask(ctx, cases_prompt, self.cases, role=CODER, json_schema=cases_schema(self.cases_per_side)))
             cases = parse_case_answers(case_answers, case_drops, case_counts)
             n_answers = len(cases)
             drop_echoed_cases(cases, example_cases("verifier_cases"), case_counts)
@@ -228,7 +229,8 @@ class VerifierStage:
         """Cases of the "replies" style: per query, a reply told to obey the constraint
         (expected True; dropped when cut off by the token limit, since an unfinished reply
         says nothing about e.g. how it ends) and the shared plain reply (expected False)."""
-        follow = [ask(ctx, render("case_follow", instruction=item.text, query=q), self._one_reply)
+        # the pair of the plain reply (the responder's, see ask_plain): one model writes both sides
+        follow = [ask(ctx, render("case_follow", instruction=item.text, query=q), self._one_reply, role=RESPONDER)
                   for q in self.case_queries]
         plain = [asyncio.shield(self._plain_task(ctx, q)) for q in self.case_queries]
         answers = await asyncio.gather(*follow, *plain)
