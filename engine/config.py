@@ -92,14 +92,14 @@ _ROLES_HELP = ("roles: writer (new instructions), coder (verification functions,
 class RoleSettings:
     """A server and model per role (engine.roles); a role not named here uses the run's."""
 
-    servers: list[str] = _f([], "role_servers", "ROLE=URL: a server of that role (repeat for several servers "
-                            "or roles; a role without one uses --server or the started server); " + _ROLES_HELP,
+    servers: list[str] = _f([], "role_servers", "a server of ROLE (repeat for several servers or "
+                            "roles; a role without one uses --server or the started server); " + _ROLES_HELP,
                             volatile=True, flags=("--role-server",), metavar="ROLE=URL",
                             check=_role_servers)
     # A role's model shapes its answers, so it is hashed; left out while none is given, so run
     # directories keep their hash.
-    models: list[str] = _f([], "role_models", "ROLE=NAME: the model name that role's requests send and its "
-                           "provenance names (default: the role's server's own name, or --model where the "
+    models: list[str] = _f([], "role_models", "the model name ROLE's requests send and its provenance "
+                           "names (default: the role's server's own name, or --model where the "
                            "role uses the run's servers)", flags=("--role-model",), metavar="ROLE=NAME",
                            check=_role_models, hashed_at_default=False)
 

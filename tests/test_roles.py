@@ -209,3 +209,19 @@ async def test_ray_shard_phases_use_the_roles_servers(tmp_path):
         for ev in done:
             assert ev.summary["served_models"] == {WRITER: "policy-model", CODER: "policy-model",
                                                    RESPONDER: "policy-model", JUDGE: "judge-model"}
+
+
+async def test_an_unreachable_role_server_is_one_line_naming_the_role(tmp_path):
+    import socket
+
+    from engine.errors import JobError
+    with socket.socket() as s:                 # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    async with sim("policy-model") as policy:
+        cfg = Config.from_flat(**fx.JOB, **fx.write_inputs(tmp_path / "inputs"), servers=[policy.url],
+                               role_servers=[f"coder=http://127.0.0.1:{closed}"], output_dir=str(tmp_path / "run"))
+        with pytest.raises(JobError, match=r"^role coder: no LLM server answers: http://127\.0\.0\.1:") as err:
+            await run_job(cfg, progress=False)
+        assert "\n" not in str(err.value)
+        assert not sampling_requests(policy)   # refused before any work

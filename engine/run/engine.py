@@ -190,7 +190,13 @@ async def open_engine(cfg: Config, backend: str, run_dir: Path, store: RunStore,
             own_api = api if servers == main[0] else cfg.run.api
             client = clients[endpoint] = await stack.enter_async_context(
                 make_client(cfg, list(servers), own_api, model))
-            await check_reachable(client, list(servers))
+            try:
+                await check_reachable(client, list(servers))
+            except JobError as exc:       # say whose servers they are
+                if endpoint == main:
+                    raise
+                users = [role for role, e in endpoints.items() if e == endpoint]
+                raise JobError(f"role {', '.join(users)}: {exc}") from None
             if unnamed(model):            # provenance names the model the server serves
                 name = await served_model(client, list(servers))
                 if name:
