@@ -158,6 +158,12 @@ async def test_judge_on_its_own_server(tmp_path):
         assert again["funnel"] == summary["funnel"]
         assert (len(sampling_requests(policy)), len(sampling_requests(judge))) == (OTHER_REQUESTS, JUDGE_REQUESTS)
 
+        # an online-DPO round samples afresh: its scores go to the judge, its responses to the policy
+        await run_job(cfg, mode="online-dpo", rounds=1, progress=False)
+        new_policy, new_judge = sampling_requests(policy)[OTHER_REQUESTS:], sampling_requests(judge)[JUDGE_REQUESTS:]
+        assert new_policy and not any(is_judge(b) for b in new_policy)
+        assert new_judge and all(prompt_of(b).startswith("You are grading") for b in new_judge)
+
 
 async def test_a_role_model_is_sent_and_named(tmp_path):
     """A role with a model of its own on the run's servers: its requests name that model, the
