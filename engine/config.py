@@ -4,11 +4,12 @@ CLI flags, a stable hash, a pretty dump.
 Code reads settings by section (`cfg.verifiers.k`, `cfg.pool.workers`). Each setting also has a
 flat name, unique over all sections, which the file, the flags and the hash use: the TOML file
 may list settings flat (`verifier_k = 8`) or under their section table (`[verifiers]` then
-`verifier_k = 8`; `[pool]` then `workers = 3`, the flat name less its section prefix). Settings
-marked volatile (where and how fast to run) are left out of `config_hash()`: changing them does
-not change the data. Settings marked `omit_default` are left out of it while at their default,
-which reproduces the behaviour of a config that does not have them: the run directories of
-such configs keep their hash and stay resumable.
+`verifier_k = 8`; `[pool]` then `workers = 3`, the flat name less its section prefix). The
+`[roles]` table may also be keyed by role (`judge = "URL"`, or `[roles.judge]` with `servers` and
+`model`; docs/roles.md). Settings marked volatile (where and how fast to run) are left out of
+`config_hash()`: changing them does not change the data. Settings with `hashed_at_default`
+False are left out of it while at their default, which reproduces the behaviour of a config
+that does not have them: the run directories of such configs keep their hash and stay resumable.
 """
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ import hashlib
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import orjson
 
 from engine.errors import ConfigError
+from engine.roles import ROLES, parse_assignments
+from engine.urls import url_problem
 
 try:
     import tomllib
@@ -32,12 +35,16 @@ except ModuleNotFoundError:  # Python 3.10
 
 def _f(default: Any, flat: str, help: str, *, volatile: bool = False,
        lo: float | None = None, hi: float | None = None, choices: tuple = (),
-       flags: tuple[str, ...] = (), secret: bool = False, omit_default: bool = False) -> Any:
+       flags: tuple[str, ...] = (), secret: bool = False, metavar: str = "",
+       check: Callable[[Any], None] | None = None, hashed_at_default: bool = True) -> Any:
     """A setting; `flat`: its name in files, flags and the hash; `flags`: its command-line
     spellings when not just --flat-name (the first is the main one); `secret`: never printed nor
-    written to summaries; `omit_default`: hashed only when set to another value than `default`."""
+    written to summaries; `check(value)`: raises ValueError saying what is wrong with a value;
+    `hashed_at_default` False: left out of config_hash() while at its default, so run
+    directories made before the setting existed keep their hash."""
     meta = {"flat": flat, "help": help, "volatile": volatile, "lo": lo, "hi": hi,
-            "choices": choices, "flags": flags, "secret": secret, "omit_default": omit_default}
+            "choices": choices, "flags": flags, "secret": secret, "metavar": metavar,
+            "check": check, "hashed_at_default": hashed_at_default}
     if isinstance(default, list):
         return field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -64,6 +71,55 @@ class RunSettings:
     max_inflight_requests: int = _f(256, "max_inflight_requests", "LLM requests in flight at once", volatile=True, lo=1)
     stage_concurrency: int = _f(64, "stage_concurrency", "items each stage processes at once", volatile=True, lo=1)
     max_bad_input_share: float = _f(0.1, "max_bad_input_share", "bad lines skipped (with a warning) in a seeds or queries file, as a share of its lines; more refuses the run", volatile=True, lo=0, hi=1)
+
+
+def _role_servers(entries: list[str]) -> dict[str, list[str]]:
+    return parse_assignments(entries, url_problem)
+
+
+def _role_models(entries: list[str]) -> dict[str, str]:
+    models = parse_assignments(entries, lambda name: None)
+    for role, names in models.items():
+        if len(names) > 1:
+            raise ValueError(f"role {role!r} is given {len(names)} models ({', '.join(names)}); one per role")
+    return {role: names[0] for role, names in models.items()}
+
+
+_ROLES_HELP = ("roles: writer (new instructions), coder (verification functions, JSON test cases), "
+               "responder (responses, plain replies, reply test cases), judge (checkable filter, "
+               "back-translation, NLI, scoring)")
+
+
+@dataclass(frozen=True)
+class RoleSettings:
+    """A server and model per role (engine.roles); a role not named here uses the run's."""
+
+    servers: list[str] = _f([], "role_servers", "a server of ROLE (repeat for several servers or "
+                            "roles; a role without one uses --server or the started server); " + _ROLES_HELP,
+                            volatile=True, flags=("--role-server",), metavar="ROLE=URL",
+                            check=_role_servers)
+    # A role's model shapes its answers, so it is hashed; left out while none is given, so run
+    # directories keep their hash.
+    models: list[str] = _f([], "role_models", "the model name ROLE's requests send and its provenance "
+                           "names (default: the role's server's own name, or --model where the "
+                           "role uses the run's servers)", flags=("--role-model",), metavar="ROLE=NAME",
+                           check=_role_models, hashed_at_default=False)
+
+    def __post_init__(self) -> None:
+        for flag, entries, check in (("--role-server", self.servers, _role_servers),
+                                     ("--role-model", self.models, _role_models)):
+            try:
+                check(entries)
+            except ValueError as exc:
+                raise ConfigError(f"{flag}: {exc}") from None
+
+    def servers_for(self, role: str) -> list[str]:
+        """The role's own servers ([]: the run's)."""
+        return _role_servers(self.servers).get(role, [])
+
+    def model_for(self, role: str) -> str | None:
+        """The role's own model name (None: the run's, or its server's)."""
+        return _role_models(self.models).get(role)
 
 
 @dataclass(frozen=True)
@@ -106,14 +162,14 @@ class VerifierSettings:
     case_temperature_spread: float = _f(0.0, "verifier_case_temperature_spread", "replies case style: the replies to "
                                         "the case queries sample at temperatures spread evenly over "
                                         "verifier_temperature plus or minus this (first query lowest), so that cases "
-                                        "differ in more than the constraint", lo=0, omit_default=True)
+                                        "differ in more than the constraint", lo=0, hashed_at_default=False)
     minimal_pairs: bool = _f(False, "minimal_pairs", "for each case, ask the LLM to edit it as little as it can to the "
                              "other side of the constraint (a reply that obeys it: break it; one that does not: "
                              "obey it); both sides enter cross-validation, and a function wrong on a kept pair "
-                             "is dropped", omit_default=True)
+                             "is dropped", hashed_at_default=False)
     minimal_pair_max_change: float = _f(0.5, "minimal_pair_max_change", "a minimal pair is rejected when its edit "
                                         "changes MORE than this share of the text (1 - difflib's character "
-                                        "ratio)", lo=0, hi=1, omit_default=True)
+                                        "ratio)", lo=0, hi=1, hashed_at_default=False)
 
 
 @dataclass(frozen=True)
@@ -139,7 +195,7 @@ class BackTranslateSettings:
     rule: str = _f("contradiction", "backtranslate_rule", "which functions back-translation drops: contradiction: "
                    "those whose back-translation contradicts the instruction; equivalence: those whose "
                    "back-translation and instruction do not entail each other both ways",
-                   choices=("contradiction", "equivalence"), omit_default=True)
+                   choices=("contradiction", "equivalence"), hashed_at_default=False)
 
 
 @dataclass(frozen=True)
@@ -208,7 +264,7 @@ class ExportSettings:
     grpo_band_high: float = _f(1.0, "grpo_band_high", "... and LESS than this", lo=0, hi=1)
     precision: bool = _f(False, "precision_export", "SFT answers and DPO chosen replies only from responses that "
                          "EVERY kept function the audit did not flag passes (not just more than pass_threshold "
-                         "of them)", omit_default=True)
+                         "of them)", hashed_at_default=False)
 
     def __post_init__(self) -> None:
         # an empty band has no mixed prompts: the GRPO export would be empty without a word
@@ -226,6 +282,7 @@ class Config:
     """
 
     run: RunSettings = field(default_factory=RunSettings)
+    roles: RoleSettings = field(default_factory=RoleSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     verifiers: VerifierSettings = field(default_factory=VerifierSettings)
     crossval: CrossValSettings = field(default_factory=CrossValSettings)
@@ -269,7 +326,7 @@ class Config:
         """Hash of the settings that shape the data (volatile ones excluded), keyed by flat name
         (run directories store it); 12 hex digits."""
         stable = {k: v for k, v in self.flat().items() if not FIELDS[k].metadata["volatile"]
-                  and not (FIELDS[k].metadata["omit_default"] and v == FIELDS[k].default)}
+                  and (FIELDS[k].metadata["hashed_at_default"] or v != _DEFAULTS[k])}
         return hashlib.sha256(orjson.dumps(stable, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
     def dump(self) -> str:
@@ -295,6 +352,7 @@ WHERE: dict[str, tuple[str, str]] = {f.metadata["flat"]: (s, f.name) for s, kind
 FIELDS: dict[str, dataclasses.Field] = {f.metadata["flat"]: f for kind in SECTIONS.values()
                                         for f in fields(kind)}
 _TYPES = {name: type(f.default) if f.default is not dataclasses.MISSING else list for name, f in FIELDS.items()}
+_DEFAULTS = Config().flat()
 
 
 def _toml_value(v: Any) -> str:
@@ -339,6 +397,8 @@ def _check(name: str, value: Any) -> Any:
         bad = [x for x in (value if isinstance(value, list) else [value]) if x not in meta["choices"]]
         if bad:
             raise ValueError(f"{bad[0]!r} is not one of {', '.join(meta['choices'])}")
+    if meta["check"] is not None:
+        meta["check"](value)
     return value
 
 
@@ -346,6 +406,8 @@ def _flatten(data: Mapping[str, Any], where: str) -> dict[str, tuple[str, Any]]:
     """flat name -> (key as written, value); tables are sections of flat names."""
     flat: dict[str, tuple[str, Any]] = {}
     for key, value in data.items():
+        if key == "roles" and isinstance(value, dict):
+            value = _role_table(value, where, flat)
         if isinstance(value, dict):
             for sub, v in value.items():
                 name = sub if sub in FIELDS else f"{key}_{sub}"
@@ -357,6 +419,32 @@ def _flatten(data: Mapping[str, Any], where: str) -> dict[str, tuple[str, Any]]:
         else:
             raise ConfigError(f"{where}: unknown key '{key}'")
     return flat
+
+
+def _role_table(table: Mapping[str, Any], where: str, flat: dict[str, tuple[str, Any]]) -> dict:
+    """The `[roles]` table: `judge = "URL"` (or a list of URLs), or `[roles.judge]` with
+    `servers` (a URL or a list) and `model`, become role_servers / role_models entries in `flat`;
+    returns the rest of the table (settings by flat name)."""
+    servers: list[str] = []
+    models: list[str] = []
+    for role, spec in table.items():
+        if role not in ROLES:
+            continue
+        if not isinstance(spec, dict):
+            spec = {"servers": spec}
+        for sub, v in spec.items():
+            if sub not in ("servers", "model"):
+                raise ConfigError(f"{where}: unknown key 'roles.{role}.{sub}' (servers, model)")
+            values = v if sub == "servers" and isinstance(v, list) else [v]
+            if not all(isinstance(x, str) for x in values):
+                raise ConfigError(f"{where}: key 'roles.{role}.{sub}': expected "
+                                  f"{'a URL or a list of URLs' if sub == 'servers' else 'a string'}, got {v!r}")
+            (servers if sub == "servers" else models).extend(f"{role}={x}" for x in values)
+    if servers:
+        flat["role_servers"] = ("roles", servers)
+    if models:
+        flat["role_models"] = ("roles", models)
+    return {k: v for k, v in table.items() if k not in ROLES}
 
 
 def config_from_mapping(data: Mapping[str, Any], where: str = "config",
@@ -421,7 +509,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, config_flag: bool =
         if kind is bool:
             group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
         elif kind is list and meta["flags"]:          # a repeatable flag (--server A --server B)
-            group.add_argument(*flags, action="append", metavar="URL", type=str, **kw)
+            group.add_argument(*flags, action="append", metavar=meta["metavar"] or "URL", type=str, **kw)
         elif kind is list:
             group.add_argument(*flags, metavar="A,B", type=str, **kw)
         elif meta["choices"]:

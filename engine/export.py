@@ -17,9 +17,10 @@ which `datasets.load_dataset("json")`, TRL and LLaMA-Factory need):
   expected False.
 `verifiers.jsonl`: each kept instruction with its functions' code, accuracies and cases.
 `dataset_info.json`: LLaMA-Factory's dataset entries for the training files.
-Every record carries `provenance` (instruction id, function ids, model, config hash, and
-pass rate and score where there is one). JSONL, and Parquet unless turned off (pyarrow is a
-dependency). Files are written to a temp name and renamed, so a reader never sees half a
+Every record carries `provenance` (instruction id, function ids, model: the responder's, config
+hash, and pass rate and score where there is one); `verifiers.jsonl` rows also name each role's
+model (`models`: writer, coder, responder, judge: they wrote its instructions, code and cases).
+JSONL, and Parquet unless turned off (pyarrow is a dependency). Files are written to a temp name and renamed, so a reader never sees half a
 file; their mode follows the umask.
 """
 from __future__ import annotations
@@ -27,13 +28,14 @@ from __future__ import annotations
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import orjson
 
 from engine.records import QueryResult, ResponseRecord, VerifiedInstruction, plain_reject_flaw
+from engine.roles import ROLES
 from engine.stage import Funnel
 
 SFT_FORMATS = ("alpaca", "sharegpt", "trl")
@@ -43,7 +45,10 @@ PRECISION_ROW = "export.precision"
 
 @dataclass(frozen=True)
 class ExportOptions:
+    """`model`: the responder's, which wrote the responses; `models`: each role's (engine.roles)."""
+
     model: str = ""
+    models: Mapping[str, str] = field(default_factory=dict)
     config_hash: str = ""
     score_min: int = 8
     formats: tuple[str, ...] = SFT_FORMATS
@@ -52,6 +57,10 @@ class ExportOptions:
     dpo_pairs_per_instruction: int = 2
     parquet: bool = True
     precision: bool = False
+
+    def role_models(self) -> dict[str, str]:
+        """Each role's model; where none are given, `model` played every role."""
+        return dict(self.models) or {role: self.model for role in ROLES}
 
     @classmethod
     def from_config(cls, cfg: Any) -> ExportOptions:
@@ -183,7 +192,7 @@ def verifier_rows(instructions: Iterable[VerifiedInstruction], opts: ExportOptio
                            "nli_label": bt[f.id].label if f.id in bt else ""}
                           for f, acc in inst.functions],
             "cases": [{"input": c.input, "expected": c.expected} for c in inst.cases],
-            "model": opts.model, "config_hash": opts.config_hash})
+            "model": opts.model, "models": opts.role_models(), "config_hash": opts.config_hash})
     return rows
 
 

@@ -16,7 +16,6 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from engine.cache import CachedLLM
 from engine.config import Config
 from engine.demo import DEMO_SEEDS
 from engine.errors import JobError, RefusedError
@@ -27,7 +26,6 @@ from engine.records import QueryResult
 from engine.run import (Engine, RoundStored, RunSpec, RunStore, Stored, export_grpo_run, export_options,
                         export_run, open_engine, preflight, run_shard, stopped_by_storage, storage_errors,
                         write_summary)
-from engine.stage import Context, Funnel
 from engine.stages import make_seed_batches
 
 log = logging.getLogger("autoif.job")
@@ -94,7 +92,8 @@ async def run_full(spec: RunSpec, engine: Engine, store: RunStore,
 
     summary = await run_shard(spec, engine, source, recorder=Stored(store), sink=keep, metrics=metrics)
     stopped_by_storage(summary, run_dir)
-    summary.update(model=store.model_name(cfg), config_hash=cfg.config_hash(), config=cfg.public_dict())
+    summary.update(model=store.model_name(cfg), models=store.model_names(cfg), config_hash=cfg.config_hash(),
+                   config=cfg.public_dict())
     funnel = engine.ctx.funnel
     with storage_errors(run_dir):
         files = export_run(cfg, store, run_dir / "exports", fresh, funnel)
@@ -124,9 +123,7 @@ async def run_online_dpo(spec: RunSpec, engine: Engine, store: RunStore, rounds:
     last: dict = {}
     for r in range(1, max(1, rounds) + 1):
         # each round samples afresh (its own cache namespace), and is itself resumable
-        llm = CachedLLM(engine.client, store.state, namespace=f"online-dpo-round-{r}")
-        round_engine = Engine(Context(llm=llm, executor=engine.pool, funnel=Funnel()), engine.client,
-                              engine.pool)
+        round_engine = replace(engine, ctx=engine.context(store.state, namespace=f"online-dpo-round-{r}"))
         results: list[QueryResult] = []
         last = await run_shard(round_spec, round_engine, instructions, recorder=RoundStored(store, r),
                                sink=results.append, metrics=metrics)

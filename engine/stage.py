@@ -100,11 +100,18 @@ class Funnel:
 
 @dataclass
 class Context:
-    """What stages share at run time (their settings come through their constructors). Built once per run."""
+    """What stages share at run time (their settings come through their constructors). Built once per run.
+
+    `llm`: the run's LLM; `roles`: the LLM of each role (engine.roles) that has its own server
+    or model. Stages ask `llm_for(role)`."""
 
     llm: LLM
     executor: Executor
     funnel: Funnel = field(default_factory=Funnel)
+    roles: dict[str, LLM] = field(default_factory=dict)
+
+    def llm_for(self, role: str) -> LLM:
+        return self.roles.get(role, self.llm)
 
 
 class Stage(Protocol, Generic[In, Out]):

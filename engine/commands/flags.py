@@ -13,11 +13,9 @@ import re
 import socket
 import sys
 from typing import Any, Callable, NoReturn
-from urllib.parse import urlsplit
 
 from engine.outcome import EXIT_USAGE
-
-PORT_MAX = 65535
+from engine.urls import PORT_MAX, url_problem
 
 
 class Parser(argparse.ArgumentParser):
@@ -114,19 +112,9 @@ def url(text: str) -> str:
     """An http(s) base URL with a host (and a valid port when it has one); a value may hold
     several, comma-separated, as the repeatable --server flag allows."""
     for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        parts = urlsplit(part)
-        if parts.scheme not in ("http", "https"):
-            raise _bad(text, "not an http(s) URL (expected http://HOST:PORT)")
-        if not parts.hostname:
-            raise _bad(text, "the URL has no host (expected http://HOST:PORT)")
-        try:
-            given = parts.port
-        except ValueError:
-            given = -1
-        if given is not None and not 1 <= given <= PORT_MAX:
-            raise _bad(text, f"the URL's port is not 1-{PORT_MAX}")
+        problem = url_problem(part) if part else None
+        if problem:
+            raise _bad(text, problem)
     return text
 
 

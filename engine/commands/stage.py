@@ -214,6 +214,9 @@ async def open_pool(cfg: Config) -> AsyncIterator[Any]:
 async def open_llm(cfg: Config) -> AsyncIterator[Any]:
     if not cfg.run.servers:
         raise ConfigError("this stage asks an LLM: give --server URL (or `servers` in the config)")
+    if cfg.roles.servers or cfg.roles.models:   # one stage, one server: roles are `autoif run`'s
+        raise ConfigError("--role-server/--role-model: `autoif stage` asks one server; give it as --server "
+                          "(and --model)")
     async with make_client(cfg, cfg.run.servers, cfg.run.api) as client:
         yield client
 

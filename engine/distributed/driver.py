@@ -38,6 +38,7 @@ from engine.metrics import LiveCollector, RunMetrics, TimeSeries
 from engine.records import Instruction, QueryResult, SampledPrompt, VerifiedInstruction
 from engine.observe import Distributions
 from engine.stage import Funnel
+from engine.stats import sum_numbers
 
 from engine.distributed.sharding import (balance, existing_shard_counts, partition, shard_name)
 from engine.distributed.worker import ShardWorker
@@ -409,6 +410,9 @@ class Driver:
         served = next((p.get("model") for p in [augment, *shards] if p.get("model")), None)
         if served and not store.served_model:
             store.served_model = served                # the name the shards' servers reported
+        roles = {k: v for p in [augment, *shards] for k, v in (p.get("served_models") or {}).items()}
+        if roles and not store.served_models:
+            store.served_models = roles
         grpo = export_grpo_run(self.cfg, store, self.run_dir / "exports", funnel)
         files = export_run(self.cfg, store, self.run_dir / "exports", funnel=funnel)
         stopped = "completed" if all(s.get("stopped") == "completed" for s in shards) \
@@ -420,8 +424,8 @@ class Driver:
             "stopped": stopped,
             "funnel": funnel.to_dict(),
             "stages": _merge_stages([augment.get("stages", {})] + [s.get("stages", {}) for s in shards]),
-            "client": _sum_numbers([augment.get("client", {})] + [s.get("client", {}) for s in shards]),
-            "pool": _sum_numbers([s.get("pool", {}) for s in shards]),
+            "client": sum_numbers([augment.get("client", {})] + [s.get("client", {}) for s in shards]),
+            "pool": sum_numbers([s.get("pool", {}) for s in shards]),
             "timeseries": self.series.to_list(),
             "distributions": Distributions.merge([s.get("distributions", {}) for s in shards]),
             "config": self.cfg.public_dict(),
@@ -431,7 +435,8 @@ class Driver:
                                                "stopped", "replayed", "t0", "client", "pool",
                                                "timeseries")} for s in shards],
         }
-        summary.update(model=store.model_name(self.cfg), config_hash=self.cfg.config_hash())
+        summary.update(model=store.model_name(self.cfg), models=store.model_names(self.cfg),
+                       config_hash=self.cfg.config_hash())
         store.save_funnel(summary["funnel"])
         summary["grpo"] = grpo.to_dict()
         summary["exports"] = {k: str(v) for k, v in {**files, **grpo.files}.items()}
@@ -447,22 +452,6 @@ def _flag_value(args: Sequence[str], flag: str, default: int) -> int:
         if a.startswith(flag + "="):
             return int(a.split("=", 1)[1])
     return default
-
-
-def _sum_numbers(parts: list[dict]) -> dict:
-    """Numbers added up key by key (nested dicts too); other values from the first part."""
-    out: dict = {}
-    for part in parts:
-        for k, v in (part or {}).items():
-            if isinstance(v, bool):
-                out.setdefault(k, v)
-            elif isinstance(v, (int, float)):
-                out[k] = out.get(k, 0) + v
-            elif isinstance(v, dict) and k not in ("servers", "isolation"):
-                out[k] = _sum_numbers([out.get(k, {}), v])
-            else:
-                out.setdefault(k, v)
-    return out
 
 
 def _merge_stages(parts: list[dict]) -> dict:

@@ -80,6 +80,7 @@ async def _phase(spec: RunSpec, backend: str, store: RunStore, source, *, sink=N
             finally:
                 tick.cancel()
         summary["model"] = store.served_model or ""      # for the driver's provenance
+        summary["served_models"] = store.served_models
         summary.update(t0=t0, node=_node())
         return summary
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Protocol, Sequence
 
@@ -21,9 +21,11 @@ from engine.client import LLMClient, RetryPolicy, Timeouts
 from engine.config import Config
 from engine.errors import JobError
 from engine.llm import LLM
+from engine.roles import ROLES, request_model, unnamed
 from engine.run.store import RunStore
 from engine.servers import open_backend
 from engine.stage import Context, Executor
+from engine.stats import sum_numbers
 from sandbox_pool import Limits, Outcome, PoolConfig, SandboxPool
 
 log = logging.getLogger("autoif.job")
@@ -49,14 +51,34 @@ class Pool(Executor, Protocol):
 
 @dataclass
 class Engine:
-    """`client` and `pool` are None where a run has none (`autoif stage` answering from a file)."""
+    """`client` and `pool` are None where a run has none (`autoif stage` answering from a file).
+    `role_clients`: the client of each role (engine.roles) with its own servers or model."""
 
     ctx: Context
     client: Client | None = None
     pool: Pool | None = None
+    role_clients: dict[str, Client] = field(default_factory=dict)
+
+    def clients(self) -> list[Client]:
+        """Every distinct client, the run's first."""
+        out = [self.client] if self.client is not None else []
+        for c in self.role_clients.values():
+            if all(c is not o for o in out):
+                out.append(c)
+        return out
 
     def client_stats(self) -> dict:
-        return self.client.stats() if self.client is not None else {}
+        """The clients' counters added up; `servers` holds every server of every role."""
+        parts = [c.stats() for c in self.clients()]
+        if len(parts) <= 1:
+            return parts[0] if parts else {}
+        out = sum_numbers(parts)
+        out["servers"] = {url: s for p in parts for url, s in p.get("servers", {}).items()}
+        return out
+
+    def context(self, state: object, namespace: str = "") -> Context:
+        """A fresh stage context over these clients (`namespace`: see cached_context)."""
+        return cached_context(self.client, self.role_clients, self.pool, state, namespace)
 
     def pool_stats(self) -> dict:
         return self.pool.stats() if self.pool is not None else {}
@@ -68,8 +90,20 @@ class Engine:
                 "checks": p.get("checks", 0), "pool_busy_s": p.get("busy_s", 0.0)}
 
 
-def make_client(cfg: Config, urls: list[str], api: str) -> LLMClient:
-    return LLMClient(urls, model=cfg.run.model, api=api, api_key=cfg.run.api_key or os.environ.get("OPENAI_API_KEY"),
+def cached_context(client: Client, role_clients: dict[str, Client], executor: Executor, state: object,
+                   namespace: str = "") -> Context:
+    """The stage context: each client behind the run's LLM cache in `state`, one cache front per
+    client, so roles that share a client share its in-flight requests too. `namespace`: answers
+    of their own (an online-DPO round samples afresh)."""
+    cached = {id(c): CachedLLM(c, state, namespace=namespace) for c in [client, *role_clients.values()]}
+    return Context(llm=cached[id(client)], executor=executor,
+                   roles={role: cached[id(c)] for role, c in role_clients.items()})
+
+
+def make_client(cfg: Config, urls: list[str], api: str, model: str | None = None) -> LLMClient:
+    """`model`: the name requests send (None: the run's)."""
+    return LLMClient(urls, model=cfg.run.model if model is None else model, api=api,
+                     api_key=cfg.run.api_key or os.environ.get("OPENAI_API_KEY"),
                      max_in_flight=cfg.run.max_inflight_requests,
                      retry=RetryPolicy(attempts=cfg.run.max_retries + 1),
                      timeouts=Timeouts(request=cfg.run.request_timeout_s))
@@ -140,17 +174,42 @@ async def served_model(client: Client, urls: list[str]) -> str | None:
 @contextlib.asynccontextmanager
 async def open_engine(cfg: Config, backend: str, run_dir: Path, store: RunStore,
                       pool_needed: bool = True) -> AsyncIterator[Engine]:
-    """Servers (given or started here), the LLM client, the sandbox pool and the stage context."""
+    """Servers (given or started here), the LLM clients (one per distinct servers and model of
+    the roles), the sandbox pool and the stage context."""
     async with contextlib.AsyncExitStack() as stack:
         urls, api = await stack.enter_async_context(open_backend(cfg, backend, run_dir))
-        client = await stack.enter_async_context(make_client(cfg, urls, api))
-        await check_reachable(client, urls)
-        if cfg.run.model in ("", "default"):      # provenance names the model the server serves
-            name = await served_model(client, urls)
-            if name:
-                store.served_model = name
+        main = (tuple(urls), cfg.run.model)
+        endpoints = {role: (tuple(cfg.roles.servers_for(role) or urls), request_model(cfg, role))
+                     for role in ROLES}
+        clients: dict[tuple, Client] = {}
+        served: dict[tuple, str] = {}
+        for endpoint in [main, *endpoints.values()]:
+            if endpoint in clients:
+                continue
+            servers, model = endpoint
+            own_api = api if servers == main[0] else cfg.run.api
+            client = clients[endpoint] = await stack.enter_async_context(
+                make_client(cfg, list(servers), own_api, model))
+            try:
+                await check_reachable(client, list(servers))
+            except JobError as exc:       # say whose servers they are
+                if endpoint == main:
+                    raise
+                users = [role for role, e in endpoints.items() if e == endpoint]
+                raise JobError(f"role {', '.join(users)}: {exc}") from None
+            if unnamed(model):            # provenance names the model the server serves
+                name = await served_model(client, list(servers))
+                if name:
+                    served[endpoint] = name
+        if main in served:
+            store.served_model = served[main]
+        names = {role: served[e] for role, e in endpoints.items() if e in served}
+        if names:
+            store.served_models = names
         try:
             pool = await stack.enter_async_context(make_pool(cfg)) if pool_needed else NoPool()
         except RuntimeError as exc:       # workers that cannot start: one line, not a traceback
             raise JobError(f"sandbox pool: {exc}") from None
-        yield Engine(Context(llm=CachedLLM(client, store.state), executor=pool), client, pool)
+        role_clients = {role: clients[e] for role, e in endpoints.items() if e != main}
+        yield Engine(cached_context(clients[main], role_clients, pool, store.state), clients[main], pool,
+                     role_clients)

@@ -21,7 +21,7 @@ from engine.stage import Funnel
 
 
 def export_options(cfg: Config, store: RunStore) -> ExportOptions:
-    return replace(ExportOptions.from_config(cfg), model=store.model_name(cfg))
+    return replace(ExportOptions.from_config(cfg), model=store.model_name(cfg), models=store.model_names(cfg))
 
 
 def export_run(cfg: Config, store: RunStore, out_dir: Path, results: list[QueryResult] | None = None,

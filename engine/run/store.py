@@ -15,6 +15,7 @@ import orjson
 from engine.config import Config
 from engine.errors import JobError
 from engine.records import Instruction, QueryResult, SampledPrompt, VerifiedInstruction
+from engine.roles import RESPONDER, ROLES, request_model, unnamed
 from engine.state import StateStore
 
 # Record labels, as older run directories carry them.
@@ -25,6 +26,7 @@ _SAMPLED = "sampled"
 
 _CONFIG_HASH = "config_hash"
 _SERVED_MODEL = "served_model"
+_SERVED_MODELS = "served_models"    # role -> the name its server reported (JSON)
 _QUERY_GRANTS = "query_grants"
 _RUN_KIND = "run_kind"
 _PHASE_DONE = "phase_done"          # "1" once a shard phase finished (completed, not drained)
@@ -109,11 +111,31 @@ class RunStore:
     def served_model(self, name: str) -> None:
         self.state.set_meta(_SERVED_MODEL, name)
 
+    @property
+    def served_models(self) -> dict[str, str]:
+        stored = self.state.get_meta(_SERVED_MODELS)
+        return orjson.loads(stored) if stored else {}
+
+    @served_models.setter
+    def served_models(self, names: dict[str, str]) -> None:
+        self.state.set_meta(_SERVED_MODELS, orjson.dumps(names).decode())
+
+    def model_names(self, cfg: Config) -> dict[str, str]:
+        """Each role's model (engine.roles), as provenance names it: as given, else as its
+        server named it."""
+        served = self.served_models
+        names = {}
+        for role in ROLES:
+            name = request_model(cfg, role)
+            if unnamed(name):
+                on_run_servers = not cfg.roles.servers_for(role)
+                name = served.get(role) or (on_run_servers and self.served_model) or name
+            names[role] = name
+        return names
+
     def model_name(self, cfg: Config) -> str:
-        """The model of the run's provenance: as given, else as the server named it."""
-        if cfg.run.model not in ("", "default"):
-            return cfg.run.model
-        return self.served_model or cfg.run.model
+        """The model of the run's provenance: the responder's, which wrote the SFT and DPO rows."""
+        return self.model_names(cfg)[RESPONDER]
 
     @property
     def query_grants(self) -> dict | None:

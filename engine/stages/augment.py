@@ -19,6 +19,7 @@ from engine.jsonl import read_texts
 from engine.parsing import parse_instruction_list, parse_yes_no
 from engine.prompting import packaged_file, render
 from engine.records import Instruction, SeedBatch, normalize_instruction
+from engine.roles import JUDGE, WRITER
 from engine.stage import Context
 from engine.stages.base import Sampling, ask, complete, judge_sampling, tally
 
@@ -180,13 +181,14 @@ class AugmentStage:
     async def _ask(self, batch: SeedBatch, ctx: Context) -> list:
         if self.style != "list":
             prompt = render("augment", seeds=format_examples(batch.shown), count=self.per_prompt)
-            return await ask(ctx, prompt, self.sampling)
+            return await ask(ctx, prompt, self.sampling, role=WRITER)
         first = len(batch.shown) + 1
         prompt = render("augment_list", seeds=format_examples(batch.shown), next=first)
         # Stop where the item after the last one asked for would begin, or at a blank line.
-        answers = await complete(ctx, prompt, self.sampling, stop=(f"\n{first + self.per_prompt}.", "\n\n"))
+        answers = await complete(ctx, prompt, self.sampling, role=WRITER,
+                                 stop=(f"\n{first + self.per_prompt}.", "\n\n"))
         return [replace(a, text=f"{first}.{a.text}") for a in answers]  # the list as the model wrote it
 
     async def _checkable(self, ctx: Context, judge: Sampling, text: str) -> bool | None:
-        answers = await ask(ctx, render("checkable", instruction=text), judge)
+        answers = await ask(ctx, render("checkable", instruction=text), judge, role=JUDGE)
         return parse_yes_no(answers[0].text) if answers else None

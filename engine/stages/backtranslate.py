@@ -24,6 +24,7 @@ from engine.config import Config
 from engine.parsing import parse_back_translation
 from engine.prompting import render
 from engine.records import BackTranslation, Verifier, VerifiedInstruction
+from engine.roles import JUDGE
 from engine.stage import Context
 from engine.stages.base import Sampling, ask, judge_sampling, tally
 from engine.stages.nli import LLMJudge, NLIJudge, TransformersNLI
@@ -80,7 +81,7 @@ class BackTranslateStage:
 
     async def _check(self, ctx: Context, original: str,
                      function: Verifier) -> tuple[BackTranslation | None, str | None]:
-        answers = await ask(ctx, render("backtranslate", code=function.code.rstrip()), self.sampling)
+        answers = await ask(ctx, render("backtranslate", code=function.code.rstrip()), self.sampling, role=JUDGE)
         text = parse_back_translation(answers[0].text) if answers else ""
         if not text:
             return None, "empty_back_translation"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from engine.config import Config
 from engine.llm import Completion, SamplingParams
 from engine.prompting import render, user_message
+from engine.roles import RESPONDER
 from engine.stage import Context
 from sandbox_pool import Outcome
 from sandbox_pool.outcome import OK
@@ -28,25 +29,29 @@ def judge_sampling(cfg: Config) -> Sampling:
     return Sampling(1, cfg.backtranslate.judge_temperature, cfg.backtranslate.judge_max_tokens)
 
 
-async def ask(ctx: Context, prompt: str, sampling: Sampling, *, json_schema: str | None = None) -> list[Completion]:
-    """One chat request with `n` samples of the same prompt (the server's prefix cache is shared).
-    `json_schema`: constrained decoding (SGLang and llama-server both accept it)."""
+async def ask(ctx: Context, prompt: str, sampling: Sampling, *, role: str,
+              json_schema: str | None = None) -> list[Completion]:
+    """One chat request with `n` samples of the same prompt (the server's prefix cache is shared),
+    to the LLM of `role` (engine.roles). `json_schema`: constrained decoding (SGLang and
+    llama-server both accept it)."""
     params = SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature,
                             json_schema=json_schema)
-    return await ctx.llm.chat(user_message(prompt), n=sampling.n, params=params)
+    return await ctx.llm_for(role).chat(user_message(prompt), n=sampling.n, params=params)
 
 
 async def ask_plain(ctx: Context, query: str, sampling: Sampling) -> list[Completion]:
     """A reply to `query` alone, no instruction given: the verifier stage's expected-False case
     and the responses stage's plain reject. One prompt for both, so that with the same sampling
-    the LLM cache answers each query once."""
-    return await ask(ctx, render("case_plain", query=query), sampling)
+    the LLM cache answers each query once; so one role, the responder, writes it for both."""
+    return await ask(ctx, render("case_plain", query=query), sampling, role=RESPONDER)
 
 
-async def complete(ctx: Context, prompt: str, sampling: Sampling, *, stop: tuple[str, ...]) -> list[Completion]:
-    """One raw text completion (no chat template): the model continues `prompt` until a stop string."""
+async def complete(ctx: Context, prompt: str, sampling: Sampling, *, role: str,
+                   stop: tuple[str, ...]) -> list[Completion]:
+    """One raw text completion (no chat template): the model of `role` continues `prompt` until
+    a stop string."""
     params = SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature, stop=stop)
-    return await ctx.llm.generate(prompt, n=sampling.n, params=params)
+    return await ctx.llm_for(role).generate(prompt, n=sampling.n, params=params)
 
 
 def outcome_bool(outcome: Outcome) -> bool | None:

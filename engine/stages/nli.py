@@ -11,6 +11,7 @@ from typing import Protocol
 
 from engine.parsing import parse_nli_label
 from engine.prompting import render
+from engine.roles import JUDGE
 from engine.stage import Context
 from engine.stages.base import Sampling, ask
 
@@ -30,7 +31,7 @@ class LLMJudge:
         self.sampling = sampling
 
     async def classify(self, premise: str, hypothesis: str, ctx: Context) -> str | None:
-        answers = await ask(ctx, render("nli", premise=premise, hypothesis=hypothesis), self.sampling)
+        answers = await ask(ctx, render("nli", premise=premise, hypothesis=hypothesis), self.sampling, role=JUDGE)
         return parse_nli_label(answers[0].text) if answers else None
 
 

@@ -22,6 +22,7 @@ from collections import Counter
 
 from engine.prompting import render
 from engine.records import Case, content_id
+from engine.roles import CODER
 from engine.stage import Context
 from engine.stages.base import Sampling, ask
 
@@ -60,8 +61,9 @@ class MinimalPairs:
     async def pair(self, ctx: Context, instruction: str, case: Case, drops: Counter) -> list[Case]:
         """[case, its edit] tagged as one pair, or [case] alone when the edit is rejected
         (its reason counted in `drops`)."""
+        # the writer of test cases makes the edit (a case is what it writes)
         answers = await ask(ctx, render(EDIT_PROMPTS[case.expected], instruction=instruction, reply=case.input),
-                            self.sampling)
+                            self.sampling, role=CODER)
         if not answers:
             drops["empty"] += 1
             return [case]

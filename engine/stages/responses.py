@@ -18,6 +18,7 @@ from engine.config import Config
 from engine.llm import Completion
 from engine.records import (FunctionResult, QueryResult, QueryTask, ResponseRecord,
                             Verifier, plain_reject_flaw)
+from engine.roles import RESPONDER
 from engine.stage import Context
 from engine.stages.base import Sampling, ask, ask_plain, outcome_bool, tally
 from sandbox_pool import Outcome
@@ -92,7 +93,8 @@ class ResponseStage:
         key = item.instruction.id
         self._generating[key] += 1
         try:
-            completions, plain = await asyncio.gather(ask(ctx, item.prompt, self.sampling), self._plain(ctx, item))
+            completions, plain = await asyncio.gather(ask(ctx, item.prompt, self.sampling, role=RESPONDER),
+                                                       self._plain(ctx, item))
         finally:
             self._generating[key] -= 1
             more_coming = self._generating[key] > 0
@@ -111,7 +113,7 @@ class ResponseStage:
         if plain:
             plain_records, plain_dropped = grade_plain(plain, functions, [r[k:] for r in results])
             tally(ctx, f"{self.name}.plain", len(plain_records) - sum(plain_dropped.values()), plain_dropped)
-        model = getattr(ctx.llm, "model", "")
+        model = getattr(ctx.llm_for(RESPONDER), "model", "")
         result = QueryResult(task=item, responses=tuple(records), model=model, plain=tuple(plain_records))
         if self.on_graded is not None:          # kept or not
             self.on_graded(result)

@@ -12,6 +12,7 @@ from engine.config import Config
 from engine.parsing import parse_score
 from engine.prompting import render
 from engine.records import QueryResult, QueryTask, ResponseRecord
+from engine.roles import JUDGE
 from engine.stage import Context
 from engine.stages.base import Sampling, ask, judge_sampling, tally
 
@@ -94,5 +95,5 @@ class ScoreStage:
         """The judge's 1-10 score of one response, None when unreadable."""
         prompt = render("score", instruction=task.instruction.instruction.text, query=task.query,
                         response=response.text)
-        answers = await ask(ctx, prompt, self.sampling)
+        answers = await ask(ctx, prompt, self.sampling, role=JUDGE)
         return parse_score(answers[0].text) if answers else None

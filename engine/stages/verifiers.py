@@ -40,6 +40,7 @@ from engine.parsing import (ParseError, ParsedVerifier, parse_case_answer,
                             parse_code_completion, parse_verifier_answer, prompt_examples)
 from engine.prompting import render, template
 from engine.records import Case, Instruction, Query, Verifier, VerifierDraft, normalize_instruction
+from engine.roles import CODER, RESPONDER
 from engine.stage import Context
 from engine.stages.base import Sampling, ask, ask_plain, code_key, complete, tally
 from engine.stages.pairs import REJECT_REASONS, MinimalPairs
@@ -207,7 +208,7 @@ class VerifierStage:
         case_counts: Counter[str] = Counter()
         pair_counts: Counter[str] = Counter()
         if self.style == "json":
-            answers = await ask(ctx, render("verifier", instruction=item.text), self.sampling)
+            answers = await ask(ctx, render("verifier", instruction=item.text), self.sampling, role=CODER)
             parsed = parse_answers(((a.text, a.finish_reason) for a in answers), answer_drops, case_counts)
             drop_echoed_cases(parsed, example_cases("verifier"), case_counts)
             if self.pairs is not None:
@@ -242,7 +243,7 @@ class VerifierStage:
             # Parsed as soon as they arrive, while the cases are still generating: parsing every
             # instruction's functions only once the shared plain replies come back would put
             # all of that work (ast.parse x K x instructions) in front of cross-validation.
-            return parse_functions(item, await complete(ctx, code_prompt, self.sampling, stop=CODE_STOPS),
+            return parse_functions(item, await complete(ctx, code_prompt, self.sampling, role=CODER, stop=CODE_STOPS),
                                    answer_drops)
 
         if self.case_style == "replies":
@@ -254,7 +255,8 @@ class VerifierStage:
             cases_prompt = render("verifier_cases", instruction=item.text, n=self.cases_per_side)
 
             async def cases_parsed() -> tuple[int, list[ParsedVerifier]]:
-                answers = await ask(ctx, cases_prompt, self.cases, json_schema=cases_schema(self.cases_per_side))
+                answers = await ask(ctx, cases_prompt, self.cases, role=CODER,
+                                    json_schema=cases_schema(self.cases_per_side))
                 parsed = parse_case_answers(answers, case_drops, case_counts)
                 drop_echoed_cases(parsed, example_cases("verifier_cases"), case_counts)
                 if self.pairs is not None and parsed:
@@ -274,9 +276,9 @@ class VerifierStage:
         With minimal pairs each is edited as soon as it is back."""
 
         async def side(i: int, query: str, expected: bool) -> list[Case]:
-            if expected:
+            if expected:   # the pair of the plain reply (the responder's, see ask_plain): one model writes both sides
                 prompt = render("case_follow", instruction=item.text, query=query)
-                completions = await ask(ctx, prompt, self._one_reply[i])
+                completions = await ask(ctx, prompt, self._one_reply[i], role=RESPONDER)
             else:
                 completions = await asyncio.shield(self._plain_task(ctx, i))
             cases = []
