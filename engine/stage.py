@@ -116,3 +116,7 @@ class Stage(Protocol, Generic[In, Out]):
 
     # Optional: `def start(self, ctx: Context) -> None`, called once by the runner before any
     # item, e.g. to send requests that every item will wait for ahead of the items' own.
+    # Optional: `def hold(self, item: In) -> Any`, a sort key when the item must wait until the
+    # stage's whole input has arrived (a rule over all items, not their arrival order), None to
+    # take it at once. Held items are processed one at a time in key order once the input has
+    # ended whole, and stay unstarted when it has not (stopped, or items lost upstream).
