@@ -35,7 +35,7 @@ from typing import Any, AsyncIterable, Callable, Iterable, Sequence
 
 from engine.metrics import RunMetrics
 from engine.outcome import error_reason, is_storage_failure
-from engine.stage import Context, Funnel, Stage
+from engine.stage import Context, Funnel, Stage, Stopped
 
 log = logging.getLogger("autoif.runner")
 
@@ -139,6 +139,7 @@ class StreamRunner:
     def stop(self, abort: bool = False) -> None:
         """Stop taking source items; with abort, also cancel what is in flight."""
         self._stopping = True
+        self.ctx.stopping = True
         if abort and not self._aborted:
             self._aborted = True
             for t in self._tasks:
@@ -279,6 +280,9 @@ class StreamRunner:
         except asyncio.CancelledError:
             observer.ended(i, time.perf_counter() - t, None)
             raise
+        except Stopped:          # its next request was refused: left for a rerun, not counted
+            observer.ended(i, time.perf_counter() - t, None)
+            return
         except Exception as exc:  # one bad item never stops the run; it is a counted drop
             if is_storage_failure(exc):
                 self._fail(exc)       # the run's failure, not this item's: every later item would fail

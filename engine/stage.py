@@ -105,6 +105,14 @@ class Context:
     llm: LLM
     executor: Executor
     funnel: Funnel = field(default_factory=Funnel)
+    # set by the runner's stop(): a stage item in flight sends no further LLM request (its
+    # requests already sent finish and are cached), so one Ctrl-C ends within seconds
+    stopping: bool = False
+
+
+class Stopped(Exception):
+    """An LLM request refused because the run is stopping: the item is left for a rerun,
+    neither kept nor dropped."""
 
 
 class Stage(Protocol, Generic[In, Out]):

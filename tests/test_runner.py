@@ -261,3 +261,42 @@ async def test_stop_leaves_items_queued_between_stages_unstarted():
     assert summary.stopped == "drained"
     started = summary.funnel["b"]["in"]
     assert started == len(out) < summary.funnel["a"]["out"]   # started ones finished; queued ones not
+
+
+class SlowLLM:
+    """Answers every chat request after `delay` seconds; counts the requests it was sent."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay, self.sent = delay, 0
+
+    async def chat(self, messages, n=1, params=None):
+        self.sent += 1
+        await asyncio.sleep(self.delay)
+        return []
+
+
+class TwoRounds:
+    """A stage that fans out: one request, then a second once the first is answered."""
+
+    name = "rounds"
+
+    async def process(self, item, ctx):
+        from engine.stages.base import Sampling, ask
+        for _ in range(2):
+            await ask(ctx, "p", Sampling(1, 0.0, 8))
+        return [item]
+
+
+async def test_stop_lets_sent_requests_finish_and_sends_no_next_round():
+    llm = SlowLLM(0.3)
+    c = Context(llm=llm, executor=None, funnel=Funnel())  # type: ignore[arg-type]
+    out = []
+    runner = StreamRunner([StageSpec(TwoRounds(), 4)], c, sink=out.append)
+    task = asyncio.create_task(runner.run(range(8)))
+    await asyncio.sleep(0.1)           # four items in flight, each waiting on its first request
+    runner.stop()
+    summary = await asyncio.wait_for(task, 5)
+    assert summary.stopped == "drained" and out == []
+    assert llm.sent == 4               # the first round of each started item, no second round
+    # the four items are neither kept nor dropped: a rerun takes them from the start
+    assert summary.funnel["rounds"] == {"in": 4, "kept": 0, "out": 0, "dropped": {}}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from engine.config import Config
 from engine.llm import Completion, SamplingParams
 from engine.prompting import render, user_message
-from engine.stage import Context
+from engine.stage import Context, Stopped
 from sandbox_pool import Outcome
 from sandbox_pool.outcome import OK
 
@@ -33,6 +33,7 @@ async def ask(ctx: Context, prompt: str, sampling: Sampling, *, json_schema: str
     `json_schema`: constrained decoding (SGLang and llama-server both accept it)."""
     params = SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature,
                             json_schema=json_schema)
+    _refuse_when_stopping(ctx)
     return await ctx.llm.chat(user_message(prompt), n=sampling.n, params=params)
 
 
@@ -46,7 +47,14 @@ async def ask_plain(ctx: Context, query: str, sampling: Sampling) -> list[Comple
 async def complete(ctx: Context, prompt: str, sampling: Sampling, *, stop: tuple[str, ...]) -> list[Completion]:
     """One raw text completion (no chat template): the model continues `prompt` until a stop string."""
     params = SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature, stop=stop)
+    _refuse_when_stopping(ctx)
     return await ctx.llm.generate(prompt, n=sampling.n, params=params)
+
+
+def _refuse_when_stopping(ctx: Context) -> None:
+    """A stage that fans out sends its next round of requests only while the run goes on."""
+    if ctx.stopping:
+        raise Stopped("the run is stopping")
 
 
 def outcome_bool(outcome: Outcome) -> bool | None:
