@@ -213,8 +213,10 @@ class ResponseSettings:
     """Queries joined to each instruction and the responses sampled for them."""
 
     queries_per_instruction: int = _f(16, "queries_per_instruction", "queries joined to each instruction", lo=1)
-    max_queries: int = _f(0, "max_queries", "cap on the queries joined in all, shared by the instructions in the order they "
-                          "are verified; the rest get none (0: no cap; per shard under Ray, per round in online DPO)", lo=0)
+    max_queries: int = _f(0, "max_queries", "cap on the queries joined in all: once every instruction is verified, they "
+                          "are granted in instruction-id order, whatever the timing; the rest get none (0: no cap, "
+                          "and responses start as each instruction is verified; per shard under Ray, per round in "
+                          "online DPO)", lo=0)
     k: int = _f(8, "responses_k", "responses sampled per (instruction, query)", lo=1)
     temperature: float = _f(0.7, "response_temperature", "sampling temperature of responses", lo=0)
     max_tokens: int = _f(1024, "response_max_tokens", "max new tokens of a response", lo=1)

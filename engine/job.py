@@ -24,8 +24,8 @@ from engine.metrics import RunMetrics
 from engine.outcome import is_bind_failure
 from engine.records import QueryResult
 from engine.run import (Engine, RoundStored, RunSpec, RunStore, Stored, export_grpo_run, export_options,
-                        export_run, open_engine, preflight, run_shard, stopped_by_storage, storage_errors,
-                        write_summary)
+                        export_run, open_engine, preflight, run_shard, run_start, stopped_by_storage,
+                        storage_errors, write_summary)
 from engine.stages import make_seed_batches
 
 log = logging.getLogger("autoif.job")
@@ -38,6 +38,7 @@ async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full",
                   progress: bool = True) -> dict:
     """The job; with `metrics_port`, Prometheus metrics are served on metrics_host:port while it
     runs and, `metrics_keep_s` > 0 (< 0: until interrupted), for that long after it."""
+    started = run_start()
     run_dir = Path(cfg.run.output_dir)
     seeds, queries = preflight(cfg, run_dir)
     if demo:
@@ -58,7 +59,7 @@ async def run_job(cfg: Config, *, backend: str = "embedded", mode: str = "full",
                 raise RefusedError(f"--metrics-port {metrics_port}: cannot listen on "
                                    f"{metrics_host}:{metrics_port} ({os.strerror(exc.errno)})") from None
             log.info("metrics at http://%s:%d/metrics", metrics_host, metrics_port)
-        spec = RunSpec(cfg, run_dir, seeds=seeds, queries=queries, progress=progress)
+        spec = RunSpec(cfg, run_dir, seeds=seeds, queries=queries, progress=progress, started=started)
         with storage_errors(run_dir):
             async with open_engine(cfg, backend, run_dir, store) as engine:
                 if mode == "online-dpo":
@@ -92,7 +93,8 @@ async def run_full(spec: RunSpec, engine: Engine, store: RunStore,
 
     summary = await run_shard(spec, engine, source, recorder=Stored(store), sink=keep, metrics=metrics)
     stopped_by_storage(summary, run_dir)
-    summary.update(model=store.model_name(cfg), models=store.model_names(cfg), config_hash=cfg.config_hash(),
+    summary.update(spec.started, model=store.model_name(cfg), models=store.model_names(cfg),
+                   config_hash=cfg.config_hash(),
                    config=cfg.public_dict())
     funnel = engine.ctx.funnel
     with storage_errors(run_dir):
@@ -127,6 +129,7 @@ async def run_online_dpo(spec: RunSpec, engine: Engine, store: RunStore, rounds:
         results: list[QueryResult] = []
         last = await run_shard(round_spec, round_engine, instructions, recorder=RoundStored(store, r),
                                sink=results.append, metrics=metrics)
+        last.update(spec.started)
         stopped_by_storage(last, run_dir)
         out_dir = run_dir / "online_dpo" / f"round_{r:03d}"
         # pairs from this round's policy samples only: instruction-level pairs (from test

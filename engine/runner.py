@@ -11,9 +11,16 @@ Backpressure both ways, never an unbounded queue:
 - a slow server keeps generating workers waiting -> the pool simply idles.
 The client's own in-flight limit caps server load independently of stage concurrency.
 
-Shutdown is ordered: `stop()` stops taking new source items and lets what is in flight
-drain; `stop(abort=True)` (a second Ctrl-C) cancels in-flight work. Either way the sink
-sees every finished item exactly once, and the summary is still produced.
+Shutdown is ordered: `stop()` starts no new work: the source is read no further, and an item
+waiting in a queue between stages stays unstarted (a rerun starts it), while what is in flight
+finishes and reaches the sink; `stop(abort=True)` (a second Ctrl-C) cancels in-flight work.
+Either way the sink sees every finished item exactly once, and the summary is still produced.
+
+A stage may need its whole input before it decides (a cap granted by a rule over every item,
+not by arrival): its optional `hold(item)` returns a sort key for an item that must wait, None
+for one it can take at once. Held items are processed once the stage's input has ended, in key
+order, and only when that input is whole: the source was read to its end and no item upstream
+was lost to an error. Otherwise they stay unstarted, and a rerun (with what is stored) decides.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ from typing import Any, AsyncIterable, Callable, Iterable, Sequence
 
 from engine.metrics import RunMetrics
 from engine.outcome import error_reason, is_storage_failure
-from engine.stage import Context, Funnel, Stage
+from engine.stage import Context, Funnel, Stage, Stopped
 
 log = logging.getLogger("autoif.runner")
 
@@ -124,12 +131,15 @@ class StreamRunner:
         self._drain: asyncio.Task | None = None
         self._signals: list[int] = []
         self._errors_logged = 0
+        self._lost = [0] * len(self.specs)         # items each stage lost to an error
+        self._held: list[list[tuple[Any, Any]]] = [[] for _ in self.specs]
         self.failure: BaseException | None = None   # what ended the run early (disk full, ...)
 
     # -- control -------------------------------------------------------------------
     def stop(self, abort: bool = False) -> None:
         """Stop taking source items; with abort, also cancel what is in flight."""
         self._stopping = True
+        self.ctx.stopping = True
         if abort and not self._aborted:
             self._aborted = True
             for t in self._tasks:
@@ -224,37 +234,66 @@ class StreamRunner:
 
     async def _close_after(self, i: int, group: list[asyncio.Task]) -> None:
         await asyncio.gather(*group, return_exceptions=True)
+        held, self._held[i] = self._held[i], []
+        if held:
+            if self._input_whole(i):
+                for _, item in sorted(held, key=lambda kv: kv[0]):
+                    await self._process(i, item)
+            else:
+                log.info("stage %s: %d items wait for its whole input, which did not come; "
+                         "a rerun takes them", self.specs[i].stage.name, len(held))
         nxt = self.queues[i + 1]
         n_next = self.specs[i + 1].concurrency if i + 1 < len(self.specs) else 1
         for _ in range(n_next):
             await nxt.put(_DONE)
 
+    def _input_whole(self, i: int) -> bool:
+        """Stage i's input ended with every item it should have had: nothing stopped the run and
+        no stage before it lost an item to an error."""
+        return not self._stopping and not any(self._lost[:i])
+
     async def _worker(self, i: int) -> None:
-        spec = self.specs[i]
-        q_in, q_out = self.queues[i], self.queues[i + 1]
-        observer = self.observer
+        hold = getattr(self.specs[i].stage, "hold", None)
+        q_in = self.queues[i]
         while True:
             item = await q_in.get()
             if item is _DONE:
                 return
-            observer.started(i)
-            t = time.perf_counter()
-            error = None
-            try:
-                outs = await spec.stage.process(item, self.ctx)
-            except asyncio.CancelledError:
-                observer.ended(i, time.perf_counter() - t, None)
-                raise
-            except Exception as exc:  # one bad item never stops the run; it is a counted drop
-                if is_storage_failure(exc):
-                    self._fail(exc)       # the run's failure, not this item's: every later item would fail
-                else:
-                    self._log_error(spec.stage.name, exc)
-                error = error_reason(exc)
-                outs = []
-            observer.ended(i, time.perf_counter() - t, len(outs), error)
-            for out in outs:
-                await q_out.put(out)
+            if self._stopping:     # not started: it stays so (the queue is still emptied, so
+                continue           # that upstream items in flight can finish)
+            key = hold(item) if hold is not None else None
+            if key is not None:
+                self._held[i].append((key, item))
+                continue
+            await self._process(i, item)
+
+    async def _process(self, i: int, item: Any) -> None:
+        """One item through stage i, its outputs on the next queue."""
+        spec = self.specs[i]
+        q_out = self.queues[i + 1]
+        observer = self.observer
+        observer.started(i)
+        t = time.perf_counter()
+        error = None
+        try:
+            outs = await spec.stage.process(item, self.ctx)
+        except asyncio.CancelledError:
+            observer.ended(i, time.perf_counter() - t, None)
+            raise
+        except Stopped:          # its next request was refused: left for a rerun, not counted
+            observer.ended(i, time.perf_counter() - t, None)
+            return
+        except Exception as exc:  # one bad item never stops the run; it is a counted drop
+            if is_storage_failure(exc):
+                self._fail(exc)       # the run's failure, not this item's: every later item would fail
+            else:
+                self._log_error(spec.stage.name, exc)
+            error = error_reason(exc)
+            self._lost[i] += 1
+            outs = []
+        observer.ended(i, time.perf_counter() - t, len(outs), error)
+        for out in outs:
+            await q_out.put(out)
 
     async def _drain_sink(self) -> None:
         q = self.queues[-1]

@@ -109,9 +109,17 @@ class Context:
     executor: Executor
     funnel: Funnel = field(default_factory=Funnel)
     roles: dict[str, LLM] = field(default_factory=dict)
+    # set by the runner's stop(): a stage item in flight sends no further LLM request (its
+    # requests already sent finish and are cached), so one Ctrl-C ends within seconds
+    stopping: bool = False
 
     def llm_for(self, role: str) -> LLM:
         return self.roles.get(role, self.llm)
+
+
+class Stopped(Exception):
+    """An LLM request refused because the run is stopping: the item is left for a rerun,
+    neither kept nor dropped."""
 
 
 class Stage(Protocol, Generic[In, Out]):
@@ -123,3 +131,7 @@ class Stage(Protocol, Generic[In, Out]):
 
     # Optional: `def start(self, ctx: Context) -> None`, called once by the runner before any
     # item, e.g. to send requests that every item will wait for ahead of the items' own.
+    # Optional: `def hold(self, item: In) -> Any`, a sort key when the item must wait until the
+    # stage's whole input has arrived (a rule over all items, not their arrival order), None to
+    # take it at once. Held items are processed one at a time in key order once the input has
+    # ended whole, and stay unstarted when it has not (stopped, or items lost upstream).

@@ -145,3 +145,79 @@ def test_page_renders_in_headless_chromium(report, tmp_path):
     assert rgb.std() > 0.05
     green = ((rgb[..., 1] > 0.45) & (rgb[..., 0] < 0.3) & (rgb[..., 2] < 0.45)).mean()
     assert green > 0.002, green
+
+
+def _section(page: str, title: str) -> str:
+    return page.split(f"<h2>{title}</h2>")[1].split("<h2>")[0]
+
+
+def test_page_has_the_run_start_llm_stage_times_sandbox_and_audit(report):
+    """When and how the run was started; LLM counts and latency; time per stage; sandbox outcome
+    counts and isolation layers; the functions the audit flagged."""
+    summary, page = report["summary"], report["page"].read_text(encoding="utf-8")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", summary["started_at"])
+    assert summary["command"].startswith("autoif run ") and "--demo" in summary["command"]
+    assert f"<dt>started</dt><dd>{summary['started_at']}</dd>" in page
+    assert f"<dt>command</dt><dd>{htmllib.escape(summary['command'])}</dd>" in page
+
+    llm = _section(page, "LLM")
+    client = summary["client"]
+    for key in ("requests", "retries", "failed"):
+        assert f"<tr class=llm><td>{key}</td><td>{client[key]}</td></tr>" in llm
+    assert client["requests"] > 0 and re.search(r"latency: mean \d+\.\d\d s, median &le; [\d.]+ s", llm)
+
+    times = _section(page, "Time per stage")
+    for name, st in summary["stages"].items():
+        assert f"<tr class=time><td>{name}</td><td>{st['timed']}</td><td>{st['busy_s']:.1f}</td>" in times
+
+    sandbox = _section(page, "Sandbox")
+    pool = summary["pool"]
+    for key in ("checks", "timeout", "memory", "rejected"):
+        assert f"<tr class=pool><td>{key}</td><td>{pool[key]}</td></tr>" in sandbox
+    assert pool["timeout"] and pool["memory"] and pool["rejected"]   # the demo's checks hit each
+    missing = sorted(k for k, on in pool["isolation"].items() if not on)
+    assert ("isolation layers missing: " + ", ".join(missing)) in sandbox if missing else \
+        "every isolation layer on" in sandbox
+
+    audit = _section(page, "Audit")
+    flagged = summary["funnel"]["audit.function"]["dropped"]["flagged"]
+    assert flagged and f"<p>{flagged} function(s) flagged</p>" in audit
+    assert audit.count("<tr class=audit>") == flagged
+
+
+def test_page_says_not_judged_for_responses_the_judge_never_scored(report):
+    from engine.report.html import Stored, _samples_section, stored_records
+    from engine.stages.scoring import UNSCORED
+    results = stored_records(report["run_dir"]).results
+    # with score_until the judge stops once enough passed responses are kept: the rest are stored
+    # unscored, and as dropped samples they must not read as if the judge had said 0
+    unjudged = [r for r in results if any(x.passed and x.score == UNSCORED for x in r.responses)]
+    assert unjudged
+    page = _samples_section(Stored([], unjudged), pass_threshold=0.5, score_min=1)
+    assert "not judged" in page and "score 0" not in page
+
+
+def test_sandbox_section_names_a_missing_isolation_layer():
+    from engine.report.html import _sandbox_section
+    layers = {"pid_namespace": True, "net_namespace": True, "landlock_fs": False}
+    page = _sandbox_section({"checks": 9, "ok": 6, "timeout": 1, "memory": 1, "rejected": 1,
+                             "isolation": layers, "degraded": ["landlock_fs"]})
+    assert "<p class=bad>isolation layers missing: landlock_fs</p>" in page
+    assert "<tr class=pool><td>timeout</td><td>1</td></tr>" in page
+    whole = _sandbox_section({"checks": 1, "ok": 1, "isolation": {k: True for k in layers}, "degraded": []})
+    assert "class=bad" not in whole and "every isolation layer on (3)" in whole
+
+
+def test_llm_section_shows_errors_retries_and_latency_quantiles():
+    from engine.report.html import _llm_section
+    client = {"requests": 132, "succeeded": 130, "failed": 2, "attempts": 140, "retries": 8,
+              "failures": {"http_5xx": 2}, "attempt_errors": {"http_5xx": 7, "connect": 1},
+              "latency": {"buckets": {"0.25": 51, "0.5": 48, "1": 18, "2.5": 15, "5": 0, "+Inf": 0},
+                          "sum": 66.0},
+              "servers": {"http://a": {"healthy": False, "successes": 130, "failures": 10, "retries": 8}}}
+    page = _llm_section(client)
+    for row in (("retries", 8), ("failed", 2), ("failed: http_5xx", 2), ("attempt error: connect", 1)):
+        assert "<tr class=llm><td>%s</td><td>%d</td></tr>" % row in page
+    # per-band counts: the 66th of 132 is in (0.25, 0.5], the 126th in (1, 2.5]
+    assert "latency: mean 0.50 s, median &le; 0.5 s, 95th percentile &le; 2.5 s (132 requests timed)" in page
+    assert "<td>http://a</td><td>out of rotation</td>" in page

@@ -6,6 +6,7 @@ outlives the killed engine, so its request counter covers the uninterrupted run,
 run and the resumed run. The engine is the real CLI in a subprocess (`--server` points it at
 that simulator), killed with SIGKILL once its state database holds answers.
 """
+import contextlib
 import json
 import os
 import re
@@ -34,11 +35,11 @@ def _popen(args, **kw):
                             start_new_session=True, **kw)
 
 
-@pytest.fixture
-def sim_url():
-    """`autoif sim` in its own process; yields its URL."""
-    proc = _popen(["sim", "--port", "0", "--responder", "tests.fixtures.autoif_e2e:respond"],
-                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+@contextlib.contextmanager
+def sim_process(*extra: str):
+    """`autoif sim` in its own process (`extra`: more of its flags); yields its URL."""
+    proc = _popen(["sim", "--port", "0", *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                  text=True)
     try:
         line = proc.stdout.readline()
         m = re.search(r"http://\S+", line)
@@ -51,6 +52,13 @@ def sim_url():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def sim_url():
+    """The simulator answering with the scripted model of tests/fixtures/autoif_e2e.py."""
+    with sim_process("--responder", "tests.fixtures.autoif_e2e:respond") as url:
+        yield url
 
 
 def received(url: str) -> int:

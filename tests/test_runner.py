@@ -101,7 +101,7 @@ async def test_fan_out_counts_outputs_separately_from_kept():
     assert summary.sink_items == 21
 
 
-async def test_stop_drains_in_flight_and_takes_no_new_source_items():
+async def test_stop_finishes_started_items_and_starts_no_new_ones():
     a = Sleepy("a", 0.01)
     out = []
     runner = StreamRunner([StageSpec(a, 2)], ctx(), sink=out.append, queue_size=2)
@@ -115,8 +115,11 @@ async def test_stop_drains_in_flight_and_takes_no_new_source_items():
     runner.stop()
     summary = await asyncio.wait_for(task, 5)
     assert summary.stopped == "drained"
-    # everything taken from the source was finished and delivered exactly once
-    assert summary.source_items == len(out) == len(set(out)) < 10_000
+    # every item started was finished and delivered exactly once; those still waiting in the
+    # queue stayed unstarted (a rerun starts them), and the source was read no further
+    assert summary.funnel["a"]["in"] == summary.funnel["a"]["kept"] == len(out) == len(set(out))
+    # (at most the queue's 2 slots and one item per worker taken as the stop came)
+    assert summary.source_items - 2 - 2 <= len(out) <= summary.source_items < 10_000
 
 
 async def test_abort_cancels_in_flight_work_promptly():
@@ -186,3 +189,114 @@ async def test_abort_still_delivers_items_the_last_stage_finished():
     summary = await asyncio.wait_for(task, 5)
     assert summary.stopped == "aborted"
     assert sorted(out) == list(range(5)) and summary.sink_items == 5
+
+
+class Ordered:
+    """Holds odd items until its whole input has arrived (sort key: the item itself); even items
+    pass at once. Records the order it processed items in."""
+
+    name = "ordered"
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def hold(self, item):
+        return item if item % 2 else None
+
+    async def process(self, item, ctx):
+        self.order.append(item)
+        return [item]
+
+
+class Jitter:
+    """Finishes items in an order unrelated to their arrival; raises on `bad`."""
+
+    name = "jitter"
+
+    def __init__(self, bad: frozenset = frozenset()) -> None:
+        self.bad = bad
+
+    async def process(self, item, ctx):
+        await asyncio.sleep(((item * 7919) % 13) / 1000)
+        if item in self.bad:
+            raise ValueError("lost")
+        return [item]
+
+
+async def test_held_items_wait_for_the_whole_input_then_go_in_key_order():
+    ordered = Ordered()
+    out = []
+    runner = StreamRunner([StageSpec(Jitter(), 8), StageSpec(ordered, 4)], ctx(), sink=out.append)
+    summary = await runner.run(range(30))
+    assert summary.stopped == "completed" and sorted(out) == list(range(30))
+    odd = [i for i in ordered.order if i % 2]
+    assert odd == list(range(1, 30, 2))                     # key order, not arrival order
+    # every even item (taken at once) was processed before the first held one
+    assert set(ordered.order[:15]) == set(range(0, 30, 2))
+    assert summary.funnel["ordered"] == {"in": 30, "kept": 30, "out": 30, "dropped": {}}
+
+
+async def test_held_items_stay_unstarted_when_an_upstream_item_was_lost():
+    ordered = Ordered()
+    out = []
+    runner = StreamRunner([StageSpec(Jitter(bad=frozenset({4})), 8), StageSpec(ordered, 4)], ctx(),
+                          sink=out.append)
+    summary = await runner.run(range(30))
+    assert summary.funnel["jitter"]["dropped"] == {"error:ValueError": 1}
+    assert all(i % 2 == 0 for i in ordered.order)            # no held item was started
+    assert sorted(out) == [i for i in range(0, 30, 2) if i != 4]
+    assert summary.funnel["ordered"]["in"] == 14
+
+
+async def test_stop_leaves_items_queued_between_stages_unstarted():
+    a, b = Sleepy("a", 0.0, fan_out=20), Sleepy("b", 0.05)
+    out = []
+    runner = StreamRunner([StageSpec(a, 1), StageSpec(b, 2)], ctx(), sink=out.append, queue_size=64)
+    task = asyncio.create_task(runner.run(range(5)))
+    await asyncio.sleep(0.12)          # a has queued dozens of items for b, b started a few
+    t = time.perf_counter()
+    runner.stop()
+    summary = await asyncio.wait_for(task, 5)
+    assert time.perf_counter() - t < 0.5
+    assert summary.stopped == "drained"
+    started = summary.funnel["b"]["in"]
+    assert started == len(out) < summary.funnel["a"]["out"]   # started ones finished; queued ones not
+
+
+class SlowLLM:
+    """Answers every chat request after `delay` seconds; counts the requests it was sent."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay, self.sent = delay, 0
+
+    async def chat(self, messages, n=1, params=None):
+        self.sent += 1
+        await asyncio.sleep(self.delay)
+        return []
+
+
+class TwoRounds:
+    """A stage that fans out: one request, then a second once the first is answered."""
+
+    name = "rounds"
+
+    async def process(self, item, ctx):
+        from engine.stages.base import Sampling, ask
+        for _ in range(2):
+            await ask(ctx, "p", Sampling(1, 0.0, 8))
+        return [item]
+
+
+async def test_stop_lets_sent_requests_finish_and_sends_no_next_round():
+    llm = SlowLLM(0.3)
+    c = Context(llm=llm, executor=None, funnel=Funnel())  # type: ignore[arg-type]
+    out = []
+    runner = StreamRunner([StageSpec(TwoRounds(), 4)], c, sink=out.append)
+    task = asyncio.create_task(runner.run(range(8)))
+    await asyncio.sleep(0.1)           # four items in flight, each waiting on its first request
+    runner.stop()
+    summary = await asyncio.wait_for(task, 5)
+    assert summary.stopped == "drained" and out == []
+    assert llm.sent == 4               # the first round of each started item, no second round
+    # the four items are neither kept nor dropped: a rerun takes them from the start
+    assert summary.funnel["rounds"] == {"in": 4, "kept": 0, "out": 0, "dropped": {}}

@@ -33,7 +33,7 @@ from engine.config import Config
 from engine.errors import JobError
 from engine.demo import DEMO_SEEDS
 from engine.run import (Done, Results, RunStore, Sampled, ShardEvent, Tick, Verified, export_grpo_run,
-                        export_run, preflight, write_summary)
+                        export_run, preflight, run_start, write_summary)
 from engine.metrics import LiveCollector, RunMetrics, TimeSeries
 from engine.records import Instruction, QueryResult, SampledPrompt, VerifiedInstruction
 from engine.observe import Distributions
@@ -136,6 +136,7 @@ class Driver:
                  demo: bool = False, metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
                  progress: bool = True) -> None:
         self.cfg = cfg
+        self.started: dict = {}      # run_start(), taken when run() begins
         self.n = ray.shards
         self.backend = backend
         self.demo = demo
@@ -212,7 +213,7 @@ class Driver:
 
     # -- running ---------------------------------------------------------------------------
     async def run(self) -> dict:
-
+        self.started = run_start()
         self._connect()
         n = self.n
         seeds, queries = preflight(self.cfg, self.run_dir)   # refused in one line before any work
@@ -435,7 +436,7 @@ class Driver:
                                                "stopped", "replayed", "t0", "client", "pool",
                                                "timeseries")} for s in shards],
         }
-        summary.update(model=store.model_name(self.cfg), models=store.model_names(self.cfg),
+        summary.update(self.started, model=store.model_name(self.cfg), models=store.model_names(self.cfg),
                        config_hash=self.cfg.config_hash())
         store.save_funnel(summary["funnel"])
         summary["grpo"] = grpo.to_dict()

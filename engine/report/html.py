@@ -22,6 +22,7 @@ from engine.outcome import closing_lines
 from engine.records import QueryResult, VerifiedInstruction
 from engine.observe import Distributions
 from engine.stages import BackTranslateStage
+from engine.stages.scoring import UNSCORED
 from engine.state import StateStore
 
 
@@ -123,7 +124,9 @@ def _funnel_table(funnel: dict) -> str:
 def _facts(summary: dict) -> list[tuple[str, str]]:
     client, pool = summary.get("client") or {}, summary.get("pool") or {}
     wall = summary.get("wall_s") or 0.0
-    facts = [("wall time", f"{wall:.1f} s"), ("stopped", str(summary.get("stopped", "?"))),
+    facts = [("started", str(summary.get("started_at") or "not recorded")),
+             ("command", str(summary.get("command") or "not recorded")),
+             ("wall time", f"{wall:.1f} s"), ("stopped", str(summary.get("stopped", "?"))),
              ("final records", str(summary.get("sink_items", 0)))]
     if client:
         toks = client.get("completion_tokens", 0)
@@ -204,16 +207,112 @@ def _samples_section(stored: Stored, pass_threshold: float, score_min: int, n: i
             r = next((x for x in result.responses if usable(x, score_min) == keep), None)
             if r is None:
                 continue
+            score = _score_text(r.score)
             why = "" if keep else (f" (pass rate {r.pass_rate:.2f}, kept when &gt; {pass_threshold:g})"
-                                   if not r.passed else f" (score {r.score}, kept at &ge; {score_min})")
-            responses.append(f"<p class={cls}><b>{label}</b>: pass rate {r.pass_rate:.2f}, score "
-                             f"{_esc(r.score if r.score is not None else '-')}{why}</p>"
+                                   if not r.passed else f" ({score}, kept at score &ge; {score_min})")
+            responses.append(f"<p class={cls}><b>{label}</b>: pass rate {r.pass_rate:.2f}, {score}{why}</p>"
                              f"<pre class=resp>{_esc(r.text[:1200])}</pre>")
         out.append(f"<div class=sample><p><b>instruction</b>: {_esc(inst.instruction.text)}</p>"
                    f"<p><b>query</b>: {_esc(result.task.query[:400])}</p>"
                    f"<details open><summary>verifier code ({len(inst.functions)} function(s))</summary>"
                    f"{code}</details>{''.join(responses)}</div>")
     return "".join(out)
+
+
+def _score_text(score: int | None) -> str:
+    """A stored score of 0 (UNSCORED) means the judge was not asked (score_until had enough, or
+    the response failed its checks) or gave no readable score: not a score of 0."""
+    return "not judged" if score is None or score == UNSCORED else f"score {score}"
+
+
+def _table(cls: str, head: tuple[str, ...], rows: list[tuple]) -> str:
+    """A plain table; every row carries `cls`, so the funnel's and exports' rows stay apart."""
+    th = "".join(f"<th>{_esc(h)}</th>" for h in head)
+    body = "".join(f"<tr class={cls}>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table class={cls}><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+POOL_OUTCOMES = ("ok", "timeout", "memory", "error", "crashed", "rejected", "bad_return")
+
+
+def _sandbox_section(pool: dict) -> str:
+    """Check outcomes by kind, worker restarts, and the isolation layers (a missing one in red)."""
+    if not pool:
+        return "<p>no sandbox counters recorded</p>"
+    rows = [(k, pool.get(k, 0)) for k in ("checks", *POOL_OUTCOMES, "restarts")]
+    layers = pool.get("isolation") or {}
+    # `degraded`: the layers the pool could not provide on this host (also off in `isolation`)
+    missing = sorted({k for k, on in layers.items() if not on} | {str(d) for d in pool.get("degraded") or []})
+    if missing:
+        iso = "<p class=bad>isolation layers missing: " + _esc(", ".join(missing)) + "</p>"
+    elif not layers:
+        iso = "<p>isolation layers not recorded</p>"
+    else:
+        iso = f"<p class=good>every isolation layer on ({len(layers)}): {_esc(', '.join(sorted(layers)))}</p>"
+    return _table("pool", ("sandbox", "count"), rows) + iso
+
+
+def _latency_quantile(buckets: dict, q: float) -> str:
+    """The upper bound of the latency bucket holding quantile q (the client's buckets count the
+    requests in each band, not cumulatively; "+Inf" holds those above the last bound)."""
+    total = sum(buckets.values())
+    if not total:
+        return "-"
+    bounds = sorted((float(b), n) for b, n in buckets.items() if b != "+Inf")
+    seen = 0
+    for bound, n in bounds:
+        seen += n
+        if seen >= q * total:
+            return f"&le; {bound:g} s"
+    return f"&gt; {bounds[-1][0]:g} s" if bounds else "-"
+
+
+def _llm_section(client: dict) -> str:
+    """Requests, retries and errors, and latency."""
+    if not client:
+        return "<p>no LLM counters recorded</p>"
+    lat = client.get("latency") or {}
+    buckets = {str(k): int(v) for k, v in (lat.get("buckets") or {}).items()}
+    done = sum(buckets.values())
+    mean = f"{lat.get('sum', 0.0) / done:.2f} s" if done else "-"
+    rows = [(k, client.get(k, 0)) for k in ("requests", "succeeded", "failed", "attempts", "retries",
+                                            "cancelled")]
+    rows += [(f"failed: {k}", n) for k, n in sorted((client.get("failures") or {}).items())]
+    rows += [(f"attempt error: {k}", n) for k, n in sorted((client.get("attempt_errors") or {}).items())]
+    table = _table("llm", ("LLM", "count"), rows)
+    latency = (f"<p>latency: mean {mean}, median {_latency_quantile(buckets, 0.5)}, "
+               f"95th percentile {_latency_quantile(buckets, 0.95)} ({done} requests timed)</p>")
+    servers = [(url, "healthy" if s.get("healthy") else "out of rotation", s.get("successes", 0),
+                s.get("failures", 0), s.get("retries", 0))
+               for url, s in sorted((client.get("servers") or {}).items())]
+    return table + latency + (_table("servers", ("server", "state", "successes", "failures", "retries"), servers)
+                              if servers else "")
+
+
+def _stage_time_section(stages: dict) -> str:
+    """Per stage: items timed, summed busy seconds (items overlap, so it exceeds wall time), mean."""
+    if not stages:
+        return "<p>no stage timings recorded</p>"
+    rows = [(name, s.get("timed", 0), f"{s.get('busy_s', 0.0):.1f}",
+             f"{s.get('busy_s', 0.0) / s['timed']:.3f}" if s.get("timed") else "-")
+            for name, s in stages.items()]
+    return _table("time", ("stage", "items", "busy s (summed)", "s per item"), rows)
+
+
+def _audit_section(stored: "Stored") -> str:
+    """Every function the audit flagged: its instruction, the probes it accepted, its weight."""
+    rows = []
+    for v in stored.instructions:
+        code = {f.id: f.code for f, _ in v.functions}
+        for a in v.audits:
+            if a.flagged:
+                first = next((ln for ln in code.get(a.verifier_id, "").splitlines() if ln.strip()), "")
+                rows.append((v.instruction.text, a.verifier_id, first, ", ".join(a.accepted), f"{a.weight:g}"))
+    if not rows:
+        return "<p class=good>no function flagged</p>"
+    return (f"<p>{len(rows)} function(s) flagged</p>"
+            + _table("audit", ("instruction", "function", "first line", "accepted probes", "reward weight"),
+                     sorted(rows)))
 
 
 _CSS = """
@@ -258,6 +357,14 @@ def render_page(run_dir: Path, summary: dict, pngs: dict[str, Path], cfg: dict |
 <h2>Funnel</h2>
 {_img(pngs["funnel"], "funnel: per stage in, kept and dropped by reason")}
 {_funnel_table(summary.get("funnel") or {})}
+<h2>LLM</h2>
+{_llm_section(summary.get("client") or {})}
+<h2>Time per stage</h2>
+{_stage_time_section(summary.get("stages") or {})}
+<h2>Sandbox</h2>
+{_sandbox_section(summary.get("pool") or {})}
+<h2>Audit</h2>
+{_audit_section(stored)}
 <h2>Throughput over time</h2>
 {_img(pngs["throughput"], "generation tokens/s and pool checks/s over time")}
 <h2>Queue depths over time</h2>

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sqlite3
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,6 +48,12 @@ def export_grpo_run(cfg: Config, store: RunStore, out_dir: Path, funnel: Funnel)
     grpo = export_grpo(out_dir, sorted(store.sampled(), key=lambda s: s.id), opts)
     grpo.count(funnel)
     return grpo
+
+
+def run_start() -> dict:
+    """When and how this run was started, taken as it starts, for its summary and report."""
+    return {"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": shlex.join(["autoif", *sys.argv[1:]])}
 
 
 def write_summary(run_dir: Path, name: str, summary: dict, funnel: Funnel) -> None:

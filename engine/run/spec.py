@@ -2,9 +2,9 @@
 `autoif stage`, an online-DPO round, a benchmark)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from engine.config import Config
 from engine.records import Instruction, Query
@@ -15,7 +15,8 @@ from engine.stages import CHAIN
 class RunSpec:
     """`stages`: names from engine.stages.CHAIN, in order; `seeds`: the instructions augment
     indexes; `queries`: the query pool (None: read from config.run.queries_path); `run_dir`: where
-    the run's logs and servers live; `progress`: the live progress line on stderr."""
+    the run's logs and servers live; `progress`: the live progress line on stderr; `started`: when
+    and how the job was started (engine.run.run_start), written into its summary."""
 
     config: Config
     run_dir: Path
@@ -23,3 +24,4 @@ class RunSpec:
     seeds: Sequence[Instruction] = ()
     queries: Sequence[Query] | None = None
     progress: bool = False
+    started: Mapping[str, str] = field(default_factory=dict)   # run_start(): when and how, for the summary

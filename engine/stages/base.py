@@ -10,7 +10,7 @@ from engine.config import Config
 from engine.llm import Completion, SamplingParams
 from engine.prompting import render, user_message
 from engine.roles import RESPONDER
-from engine.stage import Context
+from engine.stage import Context, Stopped
 from sandbox_pool import Outcome
 from sandbox_pool.outcome import OK
 
@@ -36,6 +36,7 @@ async def ask(ctx: Context, prompt: str, sampling: Sampling, *, role: str,
     llama-server both accept it)."""
     params = SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature,
                             json_schema=json_schema)
+    _refuse_when_stopping(ctx)
     return await ctx.llm_for(role).chat(user_message(prompt), n=sampling.n, params=params)
 
 
@@ -51,7 +52,14 @@ async def complete(ctx: Context, prompt: str, sampling: Sampling, *, role: str,
     """One raw text completion (no chat template): the model of `role` continues `prompt` until
     a stop string."""
     params = SamplingParams(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature, stop=stop)
+    _refuse_when_stopping(ctx)
     return await ctx.llm_for(role).generate(prompt, n=sampling.n, params=params)
+
+
+def _refuse_when_stopping(ctx: Context) -> None:
+    """A stage that fans out sends its next round of requests only while the run goes on."""
+    if ctx.stopping:
+        raise Stopped("the run is stopping")
 
 
 def outcome_bool(outcome: Outcome) -> bool | None:

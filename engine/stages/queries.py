@@ -3,7 +3,8 @@
 Queries come from a JSONL file: {"query": ...} lines or ShareGPT lines
 ({"conversations": [{"from": "human", "value": ...}, ...]}, the first human turn), or the
 built-in set. Which N queries an instruction gets is a function of the instruction id and
-the run seed, so a resumed run picks the same ones. A QueryBudget can cap the run's total.
+the run seed, so a resumed run picks the same ones. A QueryBudget can cap the run's total,
+granted in instruction-id order once every instruction is verified.
 """
 from __future__ import annotations
 
@@ -58,10 +59,13 @@ class QueryBudget:
     """How many queries each instruction gets under a cap on the run's total (0: no cap).
 
     A run's cost grows with the instructions that survive cross-validation, which nobody knows
-    beforehand; the cap bounds it. Instructions take their share in the order they are
-    verified. One that already holds a grant (a resumed run passes the stored `grants`) gets
-    the same number again, so a rerun joins the same tasks and never exceeds the cap.
-    `on_grant` is given all grants after each new one (to store them).
+    beforehand; the cap bounds it. The grant rule does not depend on timing: under a cap the
+    queries stage holds every instruction until all of them are verified (QueryJoinStage.hold),
+    then grants in instruction-id order, each its full want while the cap lasts, the one that
+    reaches the cap the rest, later ones none. One that already holds a grant (a resumed run
+    passes the stored `grants`) gets the same number again and does not wait, so a rerun joins
+    the same tasks and never exceeds the cap. `on_grant` is given all grants after each new one
+    (to store them).
     """
 
     def __init__(self, total: int = 0, grants: Mapping[str, int] | None = None,
@@ -69,6 +73,10 @@ class QueryBudget:
         self.total = total
         self.grants: dict[str, int] = dict(grants or {})
         self.on_grant = on_grant
+
+    def granted(self, instruction_id: str) -> bool:
+        """Whether this instruction's share is already decided (uncapped: always)."""
+        return not self.total or instruction_id in self.grants
 
     def take(self, instruction_id: str, want: int) -> int:
         if instruction_id in self.grants:
@@ -102,6 +110,11 @@ class QueryJoinStage:
         self.per_instruction = per_instruction
         self.seed = seed
         self.budget = budget or QueryBudget()
+
+    def hold(self, item: VerifiedInstruction) -> tuple[str, str] | None:
+        """Under a cap, an instruction without a grant waits for every verdict (the runner's
+        barrier) and is granted in id order; uncapped, nothing waits."""
+        return None if self.budget.granted(item.instruction.id) else (item.instruction.id, item.id)
 
     async def process(self, item: VerifiedInstruction, ctx: Context) -> list[QueryTask]:
         pool = self.queries
