@@ -30,12 +30,13 @@ except ModuleNotFoundError:  # Python 3.10
 
 def _f(default: Any, flat: str, help: str, *, volatile: bool = False,
        lo: float | None = None, hi: float | None = None, choices: tuple = (),
-       flags: tuple[str, ...] = (), secret: bool = False) -> Any:
+       flags: tuple[str, ...] = (), secret: bool = False, hashed_if_set: bool = False) -> Any:
     """A setting; `flat`: its name in files, flags and the hash; `flags`: its command-line
     spellings when not just --flat-name (the first is the main one); `secret`: never printed nor
-    written to summaries."""
+    written to summaries; `hashed_if_set`: in `config_hash()` only when not at its default, so
+    that a setting added later leaves the hash of run directories made without it unchanged."""
     meta = {"flat": flat, "help": help, "volatile": volatile, "lo": lo, "hi": hi,
-            "choices": choices, "flags": flags, "secret": secret}
+            "choices": choices, "flags": flags, "secret": secret, "hashed_if_set": hashed_if_set}
     if isinstance(default, list):
         return field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -199,6 +200,34 @@ class ExportSettings:
 
 
 @dataclass(frozen=True)
+class ComposeSettings:
+    """Multi-constraint prompts composed from verified instructions of different families."""
+
+    enabled: bool = _f(False, "compose", "also compose prompts of 2 to compose_max verified constraints, each of "
+                       "another family, with no conflicting pair", hashed_if_set=True)
+    max: int = _f(4, "compose_max", "most constraints in one composed prompt", lo=2, hashed_if_set=True)
+    mix: str = _f("0.4,0.3,0.2,0.1", "compose_mix", "shares of prompts with 1, 2, 3, 4 or more constraints, "
+                  "comma-separated (the last share is spread over its count..compose_max)", hashed_if_set=True)
+    reward: str = _f("fraction", "compose_reward", "GRPO reward of a composed prompt: the fraction of constraints "
+                     "met, or 1 only when all are", choices=("fraction", "all"), hashed_if_set=True)
+    family_llm: bool = _f(True, "family_llm", "ask the LLM for the family of an instruction the rules do not "
+                          "place", hashed_if_set=True)
+
+    def __post_init__(self) -> None:
+        try:
+            shares = self.shares
+        except ValueError:
+            shares = ()
+        if len(shares) < 2 or not shares[0] > 0 or min(shares) < 0:
+            raise ConfigError(f"--compose-mix {self.mix!r}: at least two comma-separated shares (1 constraint, "
+                              "2, ...), none below 0, the first above 0")
+
+    @property
+    def shares(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in self.mix.split(","))
+
+
+@dataclass(frozen=True)
 class Config:
     """Every setting of a run, one frozen section per pipeline part (`cfg.verifiers.k`).
 
@@ -216,6 +245,7 @@ class Config:
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     pool: PoolSettings = field(default_factory=PoolSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
+    compose: ComposeSettings = field(default_factory=ComposeSettings)
 
     # ------------------------------------------------------------ the flat-name view
 
@@ -249,7 +279,8 @@ class Config:
     def config_hash(self) -> str:
         """Hash of the settings that shape the data (volatile ones excluded), keyed by flat name
         (run directories store it); 12 hex digits."""
-        stable = {k: v for k, v in self.flat().items() if not FIELDS[k].metadata["volatile"]}
+        stable = {k: v for k, v in self.flat().items() if not FIELDS[k].metadata["volatile"]
+                  and not (FIELDS[k].metadata["hashed_if_set"] and v == _default(FIELDS[k]))}
         return hashlib.sha256(orjson.dumps(stable, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
     def dump(self) -> str:
@@ -266,6 +297,10 @@ class Config:
                 continue
             lines.append(f"{name} = {_toml_value(value)}  # {meta['help']}")
         return "\n".join(lines) + "\n"
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
 # section name -> its dataclass; flat name -> (section, attribute) and its dataclass Field

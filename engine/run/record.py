@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from engine.config import Config
-from engine.records import Instruction, QueryResult, SampledPrompt, VerifiedInstruction
+from engine.records import ConflictPair, Instruction, QueryResult, SampledPrompt, VerifiedInstruction
 from engine.run.events import EventQueue, Results, Verified
 from engine.run.store import RunStore
 from engine.stage import Context, Stage
@@ -27,6 +27,9 @@ class Recorder(Protocol):
         """Every graded prompt's result, kept or not."""
 
     def result(self, record: QueryResult) -> None: ...
+
+    def conflict(self, pair: ConflictPair) -> None:
+        """Each pair of verified instructions the compose stage found conflicting."""
 
     def query_budget(self, cfg: Config) -> QueryBudget: ...
 
@@ -48,6 +51,9 @@ class Stored:
 
     def result(self, record: QueryResult) -> None:
         self.store.put_results([record])
+
+    def conflict(self, pair: ConflictPair) -> None:
+        self.store.put_conflicts([pair])
 
     def query_budget(self, cfg: Config) -> QueryBudget:
         """config.responses.max_queries with the grants this run directory already made, kept in its store
@@ -91,6 +97,9 @@ class RoundStored:
 
     def result(self, record: QueryResult) -> None:
         self.store.put_round_results(self.round, [record])
+
+    def conflict(self, pair: ConflictPair) -> None:
+        pass
 
     def query_budget(self, cfg: Config) -> QueryBudget:
         return QueryBudget(cfg.responses.max_queries)

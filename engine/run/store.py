@@ -14,7 +14,7 @@ import orjson
 
 from engine.config import Config
 from engine.errors import JobError
-from engine.records import Instruction, QueryResult, SampledPrompt, VerifiedInstruction
+from engine.records import ConflictPair, Instruction, QueryResult, SampledPrompt, VerifiedInstruction
 from engine.state import StateStore
 
 # Record labels, as older run directories carry them.
@@ -22,6 +22,7 @@ _AUGMENTED = "augment"
 _VERIFIED = "backtranslate"
 _FINAL = "final"
 _SAMPLED = "sampled"
+_CONFLICT = "conflict"
 
 _CONFIG_HASH = "config_hash"
 _SERVED_MODEL = "served_model"
@@ -93,6 +94,12 @@ class RunStore:
 
     def sampled(self) -> Iterator[SampledPrompt]:
         return self.state.iter_records(SampledPrompt, _SAMPLED)
+
+    def put_conflicts(self, records: list[ConflictPair]) -> int:
+        return self.state.put_records(records, _CONFLICT)
+
+    def conflicts(self) -> Iterator[ConflictPair]:
+        return self.state.iter_records(ConflictPair, _CONFLICT)
 
     def put_round_results(self, round_: int, records: list[QueryResult]) -> int:
         return self.state.put_records(records, f"online_round_{round_}")

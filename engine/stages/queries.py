@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 from engine.config import Config
 from engine.jsonl import read_texts
 from engine.prompting import packaged_file, render
-from engine.records import Query, QueryTask, VerifiedInstruction
+from engine.records import ComposedInstruction, Query, QueryTask, VerifiedInstruction, join_constraints
 from engine.stage import Context
 
 
@@ -84,7 +84,8 @@ class QueryBudget:
 class QueryJoinStage:
     """VerifiedInstruction -> N QueryTasks: `per_instruction` of `queries`, picked by the
     instruction id and the run's `seed`; fewer once `budget` runs low, none (the instruction
-    counted as dropped for `query_budget`) once it has run out."""
+    counted as dropped for `query_budget`) once it has run out. A ComposedInstruction (the
+    compose stage) is joined the same way, by its own id, its constraints one per line."""
 
     name = "queries"
 
@@ -103,18 +104,21 @@ class QueryJoinStage:
         self.seed = seed
         self.budget = budget or QueryBudget()
 
-    async def process(self, item: VerifiedInstruction, ctx: Context) -> list[QueryTask]:
+    async def process(self, item: VerifiedInstruction | ComposedInstruction, ctx: Context) -> list[QueryTask]:
         pool = self.queries
         if not pool:
             ctx.funnel.drop(self.name, "no_queries")
             return []
+        members = item.members if isinstance(item, ComposedInstruction) else (item,)
+        key = item.id if isinstance(item, ComposedInstruction) else item.instruction.id
         want = min(self.per_instruction, len(pool))
-        n = self.budget.take(item.instruction.id, want)
+        n = self.budget.take(key, want)
         if not n:
             ctx.funnel.drop(self.name, "query_budget")
             return []
-        rng = random.Random(f"{self.seed}:{item.instruction.id}")
+        rng = random.Random(f"{self.seed}:{key}")
         chosen = rng.sample(pool, want)[:n]     # a cut grant keeps the first of the same picks
-        return [QueryTask(instruction=item, query_id=q.id, query=q.text,
-                          prompt=render("response", query=q.text, instruction=item.instruction.text))
+        text = join_constraints([m.instruction.text for m in members])
+        return [QueryTask(instruction=members[0], also=tuple(members[1:]), query_id=q.id, query=q.text,
+                          prompt=render("response", query=q.text, instruction=text))
                 for q in chosen]
