@@ -249,8 +249,12 @@ def tables(instructions: Iterable[VerifiedInstruction], results: Iterable[QueryR
             out.append(Table(f"{name}_llamafactory", rows(llamafactory_dpo, examples), DPO_DATASET_INFO))
             out.append(Table(f"{name}_trl", rows(trl_dpo, examples)))
     if instructions:
-        out.append(Table("verifiers", [{**r, **constraint_columns((r["instruction_id"],))} if opts.composed else r
-                                       for r in verifier_rows(instructions, opts)]))
+        rows_ = verifier_rows(instructions, opts)
+        if opts.composed:
+            family = {v.instruction.id: v.family for v in instructions}
+            rows_ = [{**r, "family": family[r["instruction_id"]], **constraint_columns((r["instruction_id"],))}
+                     for r in rows_]
+        out.append(Table("verifiers", rows_))
     return out
 
 

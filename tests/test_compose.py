@@ -13,7 +13,7 @@ from engine.llm import Completion
 from engine.records import (Case, ComposedInstruction, Instruction, Query, QueryResult, QueryTask, ResponseRecord,
                             VerifiedInstruction, Verifier)
 from engine.stage import Context, Funnel
-from engine.stages import ComposeStage, QueryJoinStage, default_stages
+from engine.stages import ComposedGroups, ComposeStage, QueryJoinStage, default_stages
 from engine.stages.base import Sampling
 from engine.stages.compose import group_rates
 from engine.stages.conflicts import ConflictCheck
@@ -174,6 +174,22 @@ def test_composition_is_seeded_by_ids():
     assert a == b and a
 
 
+def test_a_resumed_stage_makes_the_groups_made_before_whatever_the_order():
+    memory = ComposedGroups()
+    stage = ComposeStage(shares=(0.2, 0.8), max_n=2, seed=0, checker=check(), groups=memory)
+    first, _ = run_compose(stage, [short(), lower(), hello()], judge("compatible"))
+    made = [[m.instruction.id for m in o.members] for o in first if isinstance(o, ComposedInstruction)]
+    assert made and memory.groups == made
+    kept = []
+    again = ComposeStage(shares=(0.2, 0.8), max_n=2, seed=0, checker=check(),
+                         groups=ComposedGroups(made, on_change=kept.append))
+    second, _ = run_compose(again, [hello(), lower(), short()], judge("compatible"))
+    remade = [[m.instruction.id for m in o.members] for o in second if isinstance(o, ComposedInstruction)]
+    assert all(g in remade for g in made)
+    # requests left open the first time may fill now; none is made twice
+    assert len({frozenset(g) for g in remade}) == len(remade)
+
+
 def run_groups(items):
     out, _ = run_compose(compose_stage(), items, judge("compatible"))
     return [[m.instruction.id for m in o.members] for o in out if isinstance(o, ComposedInstruction)]
@@ -233,3 +249,48 @@ def test_composed_records_round_trip_and_keep_single_ids():
     r = ResponseRecord("hello", 0.5, (), False, verdicts=(True, False))
     assert ResponseRecord.from_dict(r.to_dict()) == r
     assert "verdicts" not in ResponseRecord("x", 1.0).to_dict()
+
+
+def test_sim_demo_composes_exports_one_schema_per_file_and_resumes_the_same(tmp_path):
+    """`autoif run --backend sim --demo --compose`: composed SFT rows whose prompts state each of
+    their constraints, from different families; every row of every file names its constraints;
+    the conflict list is written; the same command again leaves every file as it was."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import orjson
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "engine.cli", "run", "--backend", "sim", "--demo", "--compose",
+           "--max-queries", "80", "--output-dir", str(out), "--no-progress", "--no-parquet"]
+
+    def run() -> dict[str, bytes]:
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return {p.name: p.read_bytes() for p in sorted((out / "exports").glob("*.jsonl"))}
+
+    first = run()
+    assert "conflicts.jsonl" in first
+    rows = {name: [orjson.loads(line) for line in data.splitlines()] for name, data in first.items()}
+    for name, table in rows.items():
+        if name == "conflicts.jsonl":
+            continue
+        assert table and all(len(r["instruction_ids"]) == r["n_constraints"] >= 1 for r in table), name
+        assert len({tuple(sorted(r)) for r in table}) == 1, name             # one schema per file
+    verifiers = {r["instruction_id"]: r for r in rows["verifiers.jsonl"]}
+    composed = [r for r in rows["sft_trl.jsonl"] if r["n_constraints"] >= 2]
+    assert composed
+    for r in composed:
+        prompt = r["messages"][0]["content"]
+        members = [verifiers[i] for i in r["instruction_ids"]]
+        assert all(m["instruction"] in prompt for m in members)
+        assert len({m["family"] for m in members}) == len(members)
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    by_size = summary["compose"]["results_by_constraints"]
+    assert sum(n for k, n in by_size.items() if int(k) >= 2) >= len(composed)
+    assert any(k.startswith("compose.family.") for k in summary["funnel"]) and "compose.pair" in summary["funnel"]
+    assert run() == first

@@ -15,7 +15,7 @@ from engine.records import ConflictPair, Instruction, QueryResult, SampledPrompt
 from engine.run.events import EventQueue, Results, Verified
 from engine.run.store import RunStore
 from engine.stage import Context, Stage
-from engine.stages import QueryBudget
+from engine.stages import ComposedGroups, QueryBudget
 
 
 class Recorder(Protocol):
@@ -30,6 +30,8 @@ class Recorder(Protocol):
 
     def conflict(self, pair: ConflictPair) -> None:
         """Each pair of verified instructions the compose stage found conflicting."""
+
+    def compose_groups(self) -> ComposedGroups: ...
 
     def query_budget(self, cfg: Config) -> QueryBudget: ...
 
@@ -54,6 +56,13 @@ class Stored:
 
     def conflict(self, pair: ConflictPair) -> None:
         self.store.put_conflicts([pair])
+
+    def compose_groups(self) -> ComposedGroups:
+        """The groups this run directory composed before, kept in its store as they are made: a
+        rerun composes the same prompts again."""
+        def keep(groups: list) -> None:
+            self.store.compose_groups = groups
+        return ComposedGroups(self.store.compose_groups, on_change=keep)
 
     def query_budget(self, cfg: Config) -> QueryBudget:
         """config.responses.max_queries with the grants this run directory already made, kept in its store
@@ -100,6 +109,9 @@ class RoundStored:
 
     def conflict(self, pair: ConflictPair) -> None:
         pass
+
+    def compose_groups(self) -> ComposedGroups:
+        return ComposedGroups()
 
     def query_budget(self, cfg: Config) -> QueryBudget:
         return QueryBudget(cfg.responses.max_queries)

@@ -27,6 +27,7 @@ _CONFLICT = "conflict"
 _CONFIG_HASH = "config_hash"
 _SERVED_MODEL = "served_model"
 _QUERY_GRANTS = "query_grants"
+_COMPOSE_GROUPS = "compose_groups"
 _RUN_KIND = "run_kind"
 _PHASE_DONE = "phase_done"          # "1" once a shard phase finished (completed, not drained)
 _PHASE_INPUT = "phase_input"        # hash of the phase's input ids
@@ -122,14 +123,29 @@ class RunStore:
             return cfg.run.model
         return self.served_model or cfg.run.model
 
+    def _json_meta(self, key: str):
+        stored = self.state.get_meta(key)
+        return orjson.loads(stored) if stored else None
+
+    def _set_json_meta(self, key: str, value: object) -> None:
+        self.state.set_meta(key, orjson.dumps(value).decode())
+
     @property
     def query_grants(self) -> dict | None:
-        stored = self.state.get_meta(_QUERY_GRANTS)
-        return orjson.loads(stored) if stored else None
+        return self._json_meta(_QUERY_GRANTS)
 
     @query_grants.setter
     def query_grants(self, grants: dict) -> None:
-        self.state.set_meta(_QUERY_GRANTS, orjson.dumps(grants).decode())
+        self._set_json_meta(_QUERY_GRANTS, grants)
+
+    @property
+    def compose_groups(self) -> list | None:
+        """The groups of instruction ids the compose stage made (engine.stages.compose)."""
+        return self._json_meta(_COMPOSE_GROUPS)
+
+    @compose_groups.setter
+    def compose_groups(self, groups: list) -> None:
+        self._set_json_meta(_COMPOSE_GROUPS, groups)
 
     def claim(self, kind: str, what: str) -> None:
         """Marks the directory as holding one kind of run ("single" or "sharded"); a directory

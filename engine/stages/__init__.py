@@ -13,7 +13,7 @@ from engine.stages.audit import AuditStage
 from engine.stages.augment import AugmentStage, load_seed_instructions, make_seed_batches
 from engine.stages.backtranslate import BackTranslateStage
 from engine.stages.base import Sampling
-from engine.stages.compose import ComposeStage
+from engine.stages.compose import ComposedGroups, ComposeStage
 from engine.stages.crossval import CrossValStage
 from engine.stages.queries import QueryBudget, QueryJoinStage, load_queries, run_queries
 from engine.stages.responses import SAMPLED, ResponseStage
@@ -22,7 +22,7 @@ from engine.stages.verifiers import VerifierStage
 
 __all__ = [
     "AugmentStage", "VerifierStage", "CrossValStage", "BackTranslateStage", "AuditStage",
-    "ComposeStage", "QueryJoinStage", "QueryBudget", "ResponseStage", "ScoreStage", "Sampling", "load_seed_instructions",
+    "ComposeStage", "ComposedGroups", "QueryJoinStage", "QueryBudget", "ResponseStage", "ScoreStage", "Sampling", "load_seed_instructions",
     "make_seed_batches", "load_queries", "CHAIN", "SAMPLED", "default_stages",
 ]
 
@@ -48,7 +48,8 @@ def default_stages(cfg: Config, seeds: Sequence[Instruction] | None = None,
                    queries: Sequence[Query] | None = None, names: Sequence[str] = CHAIN,
                    on_graded: Callable[[QueryResult], None] | None = None,
                    query_budget: QueryBudget | None = None,
-                   on_conflict: Callable[[ConflictPair], None] | None = None) -> list:
+                   on_conflict: Callable[[ConflictPair], None] | None = None,
+                   compose_groups: ComposedGroups | None = None) -> list:
     """The stages `names` (default: the whole chain) with their settings from `cfg`.
 
     `seeds`: the run's seed instructions, indexed by augment's deduper up front (None: read from
@@ -57,7 +58,8 @@ def default_stages(cfg: Config, seeds: Sequence[Instruction] | None = None,
     responses stage), kept or not, for the GRPO prompt set; `query_budget`: the grants of
     config.max_queries so far (a resumed run's, from its store; None: a fresh one);
     `on_conflict`: given each conflicting pair the compose stage finds (with config.compose on,
-    where it is added after the audit).
+    where it is added after the audit); `compose_groups`: the groups it composed so far (a
+    resumed run's, from its store; None: a fresh one).
     """
     unknown = [n for n in names if n not in CHAIN and n != COMPOSE]
     if unknown:
@@ -72,7 +74,7 @@ def default_stages(cfg: Config, seeds: Sequence[Instruction] | None = None,
         "crossval": lambda: CrossValStage.from_config(cfg, queries),
         "backtranslate": lambda: BackTranslateStage.from_config(cfg),
         "audit": lambda: AuditStage.from_config(cfg, queries),
-        COMPOSE: lambda: ComposeStage.from_config(cfg, on_conflict),
+        COMPOSE: lambda: ComposeStage.from_config(cfg, on_conflict, compose_groups),
         "queries": lambda: QueryJoinStage.from_config(cfg, queries, query_budget),
         "responses": lambda: ResponseStage.from_config(cfg, on_graded),
         "scoring": lambda: ScoreStage.from_config(cfg),

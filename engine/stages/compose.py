@@ -10,6 +10,10 @@ conflicting (engine.stages.conflicts), picked in an order seeded by the ids, fro
 instructions verified so far; a request that finds too few waits for later instructions.
 Every pair of another family is checked once, as its second instruction arrives.
 The queries stage joins a composed prompt to queries as it does one instruction.
+
+Which instructions were verified before which depends on timing, so the groups made are
+remembered (ComposedGroups, kept in the run's store): a resumed run makes the same groups again,
+each once its members have all arrived, and fills only the requests the first left open.
 """
 from __future__ import annotations
 
@@ -42,6 +46,21 @@ def group_rates(shares: Sequence[float], max_n: int) -> dict[int, float]:
     return rates
 
 
+class ComposedGroups:
+    """The groups a run has composed (lists of instruction ids, the anchor first), in the order
+    made; `on_change` is given all of them after each new one (to store them)."""
+
+    def __init__(self, groups: Sequence[Sequence[str]] | None = None,
+                 on_change: Callable[[list[list[str]]], None] | None = None) -> None:
+        self.groups = [list(g) for g in groups or ()]
+        self.on_change = on_change
+
+    def add(self, ids: list[str]) -> None:
+        self.groups.append(ids)
+        if self.on_change is not None:
+            self.on_change([list(g) for g in self.groups])
+
+
 def _order_key(seed: int, anchor: str, other: str) -> str:
     return hashlib.sha256(f"{seed}:{anchor}:{other}".encode()).hexdigest()
 
@@ -56,21 +75,26 @@ class ComposeStage:
     name = "compose"
 
     @classmethod
-    def from_config(cls, cfg: Config, on_conflict: Callable[[ConflictPair], None] | None = None) -> ComposeStage:
+    def from_config(cls, cfg: Config, on_conflict: Callable[[ConflictPair], None] | None = None,
+                    groups: ComposedGroups | None = None) -> ComposeStage:
+        """`groups`: the groups composed so far (a resumed run's, from its store; None: a fresh run)."""
         c = cfg.compose
         judge = judge_sampling(cfg)
         return cls(shares=c.shares, max_n=c.max, seed=cfg.run.seed,
                    checker=ConflictCheck(pass_threshold=cfg.responses.pass_threshold, judge=judge),
-                   family_judge=judge if c.family_llm else None, on_conflict=on_conflict)
+                   family_judge=judge if c.family_llm else None, on_conflict=on_conflict, groups=groups)
 
     def __init__(self, *, shares: Sequence[float], max_n: int, seed: int, checker: ConflictCheck,
                  family_judge: Sampling | None = None,
-                 on_conflict: Callable[[ConflictPair], None] | None = None) -> None:
+                 on_conflict: Callable[[ConflictPair], None] | None = None,
+                 groups: ComposedGroups | None = None) -> None:
         self.rates = group_rates(shares, max_n)
         self.seed = seed
         self.checker = checker
         self.family_judge = family_judge
         self.on_conflict = on_conflict
+        self.groups = groups or ComposedGroups()
+        self.remembered = [list(g) for g in self.groups.groups]    # made before: emitted again, not re-added
         self.seen: dict[str, VerifiedInstruction] = {}          # by instruction id
         self.conflicts: set[frozenset[str]] = set()
         self.pending: list[tuple[str, int]] = []                # (instruction id, size) not yet filled
@@ -94,11 +118,13 @@ class ComposeStage:
                     self.conflicts.add(frozenset((item.instruction.id, o.instruction.id)))
                     if self.on_conflict is not None:
                         self.on_conflict(conflict)
-            self.seen[item.instruction.id] = item
-            rng = random.Random(f"{self.seed}:compose:{item.instruction.id}")
+            iid = item.instruction.id
+            self.seen[iid] = item
+            rng = random.Random(f"{self.seed}:compose:{iid}")
             for n, rate in sorted(self.rates.items()):
-                self.pending += [(item.instruction.id, n)] * (int(rate) + (rng.random() < rate % 1))
-            groups = self._fill()
+                before = sum(1 for g in self.remembered if g[0] == iid and len(g) == n)
+                self.pending += [(iid, n)] * max(0, int(rate) + (rng.random() < rate % 1) - before)
+            groups = self._recall() + self._fill()
         for g in groups:
             row = f"compose.prompt.{len(g.members)}"
             ctx.funnel.count_in(row)
@@ -113,6 +139,16 @@ class ComposeStage:
         answers = await ask(ctx, render("family", instruction=item.instruction.text), self.family_judge)
         return parse_family(answers[0].text) if answers else OTHER
 
+    def _recall(self) -> list[ComposedInstruction]:
+        """The groups made before whose members have all arrived now."""
+        out = []
+        for ids in self.remembered:
+            key = frozenset(ids)
+            if key not in self.made and all(i in self.seen for i in ids):
+                self.made.add(key)
+                out.append(ComposedInstruction(tuple(self.seen[i] for i in ids)))
+        return out
+
     def _fill(self) -> list[ComposedInstruction]:
         """The pending requests that the instructions seen so far can fill, oldest first."""
         out, still = [], []
@@ -122,6 +158,7 @@ class ComposeStage:
                 still.append((anchor_id, n))
             else:
                 self.made.add(frozenset(m.instruction.id for m in group))
+                self.groups.add([m.instruction.id for m in group])
                 out.append(ComposedInstruction(group))
         self.pending = still
         return out

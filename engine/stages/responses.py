@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from engine.config import Config
@@ -69,10 +70,15 @@ def constraint_verdicts(per_function: Sequence[FunctionResult], per_constraint: 
 
 
 def grade_plain(completions: Sequence[Completion], functions: Sequence[Verifier],
-                results: Sequence[Sequence[Outcome]], per_constraint: Sequence[int] = ()) -> tuple[list[ResponseRecord], Counter]:
+                results: Sequence[Sequence[Outcome]], per_constraint: Sequence[int] = (),
+                pass_threshold: float = 1.0) -> tuple[list[ResponseRecord], Counter]:
     """Plain replies as DPO rejects, with the reasons some cannot be one (plain_reject_flaw).
-    At a pass threshold of 1 none is `passed`: none is ever an SFT answer."""
-    records, _ = grade(completions, functions, results, pass_threshold=1.0, per_constraint=per_constraint)
+    None is `passed`: none is ever an SFT answer. One constraint: graded at a pass threshold of 1
+    (its pass rate is the share of functions either way); a composed prompt's constraints are
+    each judged at `pass_threshold`, the samples' rule, so a plain reply that met one counts."""
+    records, _ = grade(completions, functions, results, pass_threshold=pass_threshold if per_constraint else 1.0,
+                       per_constraint=per_constraint)
+    records = [replace(r, passed=False) if r.passed else r for r in records]
     return records, Counter(flaw for r in records if (flaw := plain_reject_flaw(r)))
 
 
@@ -133,7 +139,8 @@ class ResponseStage:
         tally(ctx, f"{self.name}.sample", kept, dropped)
         plain_records: list[ResponseRecord] = []
         if plain:
-            plain_records, plain_dropped = grade_plain(plain, functions, [r[k:] for r in results], per_constraint)
+            plain_records, plain_dropped = grade_plain(plain, functions, [r[k:] for r in results], per_constraint,
+                                                       self.pass_threshold)
             tally(ctx, f"{self.name}.plain", len(plain_records) - sum(plain_dropped.values()), plain_dropped)
         model = getattr(ctx.llm, "model", "")
         result = QueryResult(task=item, responses=tuple(records), model=model, plain=tuple(plain_records))
