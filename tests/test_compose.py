@@ -294,3 +294,23 @@ def test_sim_demo_composes_exports_one_schema_per_file_and_resumes_the_same(tmp_
     assert sum(n for k, n in by_size.items() if int(k) >= 2) >= len(composed)
     assert any(k.startswith("compose.family.") for k in summary["funnel"]) and "compose.pair" in summary["funnel"]
     assert run() == first
+
+
+def test_query_cap_is_shared_by_constraint_count():
+    from engine.stages import QueryBudget
+    queries = [Query(f"q{i}") for i in range(10)]
+    budget = QueryBudget(20)
+    stage = QueryJoinStage(queries, per_instruction=10, seed=0, budget=budget, shares=(0.5, 0.25, 0.25))
+    c = ctx(None, None)
+
+    def joined(item):
+        return len(asyncio.run(stage.process(item, c)))
+    # one-constraint prompts come first but take only their half of the cap
+    assert [joined(lower()), joined(hello())] == [10, 0]
+    assert joined(ComposedInstruction((lower(), hello()))) == 5
+    assert joined(ComposedInstruction((short(), lower(), hello()))) == 5
+    assert joined(ComposedInstruction((hello(), short()))) == 0
+    assert sum(budget.grants.values()) == 20
+    # without shares (composition off) the first take what they want, as before
+    plain = QueryJoinStage(queries, per_instruction=10, seed=0, budget=QueryBudget(20))
+    assert [len(asyncio.run(plain.process(i, c))) for i in (lower(), hello(), short())] == [10, 10, 0]

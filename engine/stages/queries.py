@@ -70,15 +70,25 @@ class QueryBudget:
         self.grants: dict[str, int] = dict(grants or {})
         self.on_grant = on_grant
 
-    def take(self, instruction_id: str, want: int) -> int:
+    def take(self, instruction_id: str, want: int, share: float = 1.0, bucket: int = 1) -> int:
+        """`share` < 1: prompts of this `bucket` (constraint count, config.compose_mix) take at most
+        that share of the cap; their keys say their bucket ("3:<id>"), a plain id is bucket 1."""
         if instruction_id in self.grants:
             return self.grants[instruction_id]
-        n = want if not self.total else max(0, min(want, self.total - sum(self.grants.values())))
+        left = self.total - sum(self.grants.values())
+        if self.total and share < 1:
+            used = sum(n for k, n in self.grants.items() if _bucket(k) == bucket)
+            left = min(left, int(self.total * share) - used)
+        n = want if not self.total else max(0, min(want, left))
         if self.total:                  # an uncapped run has nothing to remember
             self.grants[instruction_id] = n
             if self.on_grant is not None:
                 self.on_grant(dict(self.grants))
         return n
+
+
+def _bucket(key: str) -> int:
+    return int(key.split(":", 1)[0]) if ":" in key else 1
 
 
 class QueryJoinStage:
@@ -95,14 +105,18 @@ class QueryJoinStage:
         """`budget`: the grants of max_queries so far (a resumed run's, from its store; None: a
         fresh one)."""
         return cls(run_queries(cfg, queries), per_instruction=cfg.responses.queries_per_instruction,
-                   seed=cfg.run.seed, budget=budget or QueryBudget(cfg.responses.max_queries))
+                   seed=cfg.run.seed, budget=budget or QueryBudget(cfg.responses.max_queries),
+                   shares=cfg.compose.shares if cfg.compose.enabled else ())
 
     def __init__(self, queries: Sequence[Query], *, per_instruction: int, seed: int,
-                 budget: QueryBudget | None = None) -> None:
+                 budget: QueryBudget | None = None, shares: Sequence[float] = ()) -> None:
+        """`shares`: a composing run's compose_mix; under a query cap, prompts of each constraint
+        count take their share of it (else the one-constraint prompts, verified first, take all)."""
         self.queries = list(queries)
         self.per_instruction = per_instruction
         self.seed = seed
         self.budget = budget or QueryBudget()
+        self.shares = tuple(shares)
 
     async def process(self, item: VerifiedInstruction | ComposedInstruction, ctx: Context) -> list[QueryTask]:
         pool = self.queries
@@ -110,13 +124,15 @@ class QueryJoinStage:
             ctx.funnel.drop(self.name, "no_queries")
             return []
         members = item.members if isinstance(item, ComposedInstruction) else (item,)
-        key = item.id if isinstance(item, ComposedInstruction) else item.instruction.id
+        bucket = min(len(members), len(self.shares) or 1)
+        key = f"{bucket}:{item.id}" if isinstance(item, ComposedInstruction) else item.instruction.id
         want = min(self.per_instruction, len(pool))
-        n = self.budget.take(key, want)
+        share = self.shares[bucket - 1] / sum(self.shares) if self.shares else 1.0
+        n = self.budget.take(key, want, share, bucket)
         if not n:
             ctx.funnel.drop(self.name, "query_budget")
             return []
-        rng = random.Random(f"{self.seed}:{key}")
+        rng = random.Random(f"{self.seed}:{item.id if isinstance(item, ComposedInstruction) else key}")
         chosen = rng.sample(pool, want)[:n]     # a cut grant keeps the first of the same picks
         text = join_constraints([m.instruction.text for m in members])
         return [QueryTask(instruction=members[0], also=tuple(members[1:]), query_id=q.id, query=q.text,
