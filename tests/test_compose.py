@@ -314,3 +314,13 @@ def test_query_cap_is_shared_by_constraint_count():
     # without shares (composition off) the first take what they want, as before
     plain = QueryJoinStage(queries, per_instruction=10, seed=0, budget=QueryBudget(20))
     assert [len(asyncio.run(plain.process(i, c))) for i in (lower(), hello(), short())] == [10, 10, 0]
+
+
+def test_the_llm_places_what_the_rules_do_not():
+    polite = vi("Be polite to the user.", "def evaluate(r):\n    return True\n", ["ok"], [])
+    llm = ScriptedLLM(lambda name, prompt, n: ["It is about which words appear.\nkeywords"] if name == "family" else [])
+    assert asyncio.run(compose_stage().family(polite, ctx(llm, None))) == "keywords"
+    assert asyncio.run(compose_stage().family(lower(), ctx(llm, None))) == "case"     # rules first: no call
+    assert llm.count("family") == 1
+    no_llm = ComposeStage(shares=(0.5, 0.5), max_n=2, seed=0, checker=check(), family_judge=None)
+    assert asyncio.run(no_llm.family(polite, ctx(llm, None))) == "content/other"
