@@ -12,8 +12,12 @@ targets) and GRPO groups of 8 completions per instruction (3 jobs per group). Tw
       process (no isolation, no HTTP): the floor a trainer could reach by trusting the code.
 Each batch size is timed over many requests, repeated 3 times; medians of the p50 / p99
 latency and of verifications/s (completions x 3 / wall time). The machine's load average is
-recorded: the CPU is shared with other work. Targets: p99 <= 50 ms for a batch of 64
-(ratios.p99_ms_batch64) and >= 2,000 verifications/s (ratios.verifications_per_s, batch 512).
+recorded: the CPU is shared with other work. A third service shape labels each completion with
+a composed prompt's 3 instruction ids (GRPO groups of 8 per composed prompt, batch 64 only:
+every completion runs 3 x 3 functions, one verdict per constraint and the combined reward).
+Targets: p99 <= 50 ms for a batch of 64 (ratios.p99_ms_batch64), also at 3 constraints per
+completion (ratios.p99_ms_batch64_3constraints), and >= 2,000 verifications/s
+(ratios.verifications_per_s, batch 512).
 Writes bench/results/reward.json.
 """
 from __future__ import annotations
@@ -37,10 +41,11 @@ from engine.records import Instruction, Verifier, VerifiedInstruction
 from engine.stages.backtranslate import BackTranslateStage
 from engine.state import StateStore
 
-TARGETS = {"p99_ms_batch64": 50.0, "verifications_per_s": 2000.0}
+TARGETS = {"p99_ms_batch64": 50.0, "p99_ms_batch64_3constraints": 50.0, "verifications_per_s": 2000.0}
 BATCHES = (1, 64, 512)
 GROUP = 8                      # completions per instruction in one batch (a GRPO group)
 FUNCTIONS = 3
+CONSTRAINTS = 3                # instruction ids per completion in the composed shape
 REPEATS = 3
 WAYS = ("service_one_instruction", "service_grpo_groups", "inprocess")
 WORDS = ("data model reward policy gradient sample batch group token prompt answer check value "
@@ -81,6 +86,15 @@ def batch_items(instructions: list[VerifiedInstruction], size: int, seed: int,
             for i, t in enumerate(texts)]
 
 
+def composed_items(instructions: list[VerifiedInstruction], size: int, seed: int,
+                   group: int) -> list[tuple[list[str], str]]:
+    """GRPO groups of `group` completions, each group one composed prompt of CONSTRAINTS ids."""
+    texts = make_completions(size, seed)
+    n = len(instructions)
+    return [([instructions[(seed + CONSTRAINTS * (i // group) + j) % n].instruction.id for j in range(CONSTRAINTS)], t)
+            for i, t in enumerate(texts)]
+
+
 # -- (a) the service -------------------------------------------------------------------------
 
 def start_service(run_dir: Path) -> tuple[subprocess.Popen, str]:
@@ -96,7 +110,7 @@ def start_service(run_dir: Path) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-async def time_service(url: str, batches: list[list[tuple[str, str]]]) -> list[float]:
+async def time_service(url: str, batches: list[list[tuple[str | list[str], str]]]) -> list[float]:
     async with aiohttp.ClientSession() as session:
         async def one(items):
             body = {"items": [{"instruction_id": i, "completion": c} for i, c in items]}
@@ -145,9 +159,9 @@ def p(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def summarize(latencies: list[float], size: int) -> dict:
+def summarize(latencies: list[float], size: int, constraints: int = 1) -> dict:
     return {"p50_ms": 1000 * p(latencies, 50), "p99_ms": 1000 * p(latencies, 99),
-            "verifications_per_s": size * FUNCTIONS * len(latencies) / sum(latencies)}
+            "verifications_per_s": size * FUNCTIONS * constraints * len(latencies) / sum(latencies)}
 
 
 def main() -> int:
@@ -161,7 +175,7 @@ def main() -> int:
         proc, url = start_service(Path(tmp))
         try:
             table = compile_functions(instructions)
-            runs: dict[str, dict[int, list[dict]]] = {way: {} for way in WAYS}
+            runs: dict[str, dict[int, list[dict]]] = {way: {} for way in (*WAYS, "service_3constraints")}
             for rep in range(REPEATS):
                 for size in BATCHES:
                     for shape, group in (("one_instruction", size), ("grpo_groups", GROUP)):
@@ -172,6 +186,9 @@ def main() -> int:
                         if shape == "one_instruction":
                             runs["inprocess"].setdefault(size, []).append(
                                 summarize(time_inprocess(table, batches), size))
+                composed = [composed_items(instructions, 64, 1000 * rep + k, GROUP) for k in range(requests[64])]
+                runs["service_3constraints"].setdefault(64, []).append(
+                    summarize(asyncio.run(time_service(url, composed)), 64, CONSTRAINTS))
         finally:
             common.stop_process(proc)
     load = [round(x, 2) for x in os.getloadavg()]
@@ -189,19 +206,23 @@ def main() -> int:
               "verifications_per_s": svc[512]["verifications_per_s"],
               "vs_inprocess_batch512": (svc[512]["verifications_per_s"]
                                         / med["inprocess"][512]["verifications_per_s"]),
-              "p99_ms_batch64_grpo_groups": med["service_grpo_groups"][64]["p99_ms"]}
+              "p99_ms_batch64_grpo_groups": med["service_grpo_groups"][64]["p99_ms"],
+              "p99_ms_batch64_3constraints": med["service_3constraints"][64]["p99_ms"]}
     print(f"p99 batch 64: {ratios['p99_ms_batch64']:.1f} ms (target <= {TARGETS['p99_ms_batch64']:g}); "
           f"{ratios['verifications_per_s']:,.0f} verifications/s at batch 512 "
           f"(target >= {TARGETS['verifications_per_s']:,.0f}); "
-          f"{ratios['vs_inprocess_batch512']:.3f}x in-process; load average {load} (shared CPU)")
+          f"{ratios['vs_inprocess_batch512']:.3f}x in-process; p99 batch 64 at {CONSTRAINTS} constraints: "
+          f"{ratios['p99_ms_batch64_3constraints']:.1f} ms (target <= {TARGETS['p99_ms_batch64_3constraints']:g}); "
+          f"load average {load} (shared CPU)")
     path = common.write_results("reward", {
-        "quick": args.quick, "functions_per_instruction": FUNCTIONS, "group": GROUP,
+        "quick": args.quick, "functions_per_instruction": FUNCTIONS, "group": GROUP, "constraints": CONSTRAINTS,
         "requests_per_batch_size": {str(k): v for k, v in requests.items()}, "repeats": REPEATS, "pool_workers": os.cpu_count(),
         "median": {way: {str(s): v for s, v in by.items()} for way, by in med.items()},
         "runs": {way: {str(s): v for s, v in by.items()} for way, by in runs.items()},
         "targets": TARGETS, "loadavg": load,
         "note": "service: one client, one batch in flight, HTTP + JSON + sandbox pool; one "
-                "instruction per batch (3 jobs) or GRPO groups of 8 (3 jobs per group); "
+                "instruction per batch (3 jobs) or GRPO groups of 8 (3 jobs per group), or GRPO "
+                "groups of 8 per composed prompt of 3 instructions (batch 64); "
                 "in-process: the same functions called directly, no isolation; CPU shared"},
         ratios)
     print(f"wrote {path}")

@@ -276,6 +276,34 @@ class ExportSettings:
 
 
 @dataclass(frozen=True)
+class ComposeSettings:
+    """Multi-constraint prompts composed from verified instructions of different families."""
+
+    enabled: bool = _f(False, "compose", "also compose prompts of 2 to compose_max verified constraints, each of "
+                       "another family, with no conflicting pair", hashed_at_default=False)
+    max: int = _f(4, "compose_max", "most constraints in one composed prompt", lo=2, hashed_at_default=False)
+    mix: str = _f("0.4,0.3,0.2,0.1", "compose_mix", "shares of prompts with 1, 2, 3, 4 or more constraints, "
+                  "comma-separated (the last share is spread over its count..compose_max)", hashed_at_default=False)
+    reward: str = _f("fraction", "compose_reward", "GRPO reward of a composed prompt: the fraction of constraints "
+                     "met, or 1 only when all are", choices=("fraction", "all"), hashed_at_default=False)
+    family_llm: bool = _f(True, "family_llm", "ask the LLM for the family of an instruction the rules do not "
+                          "place", hashed_at_default=False)
+
+    def __post_init__(self) -> None:
+        try:
+            shares = self.shares
+        except ValueError:
+            shares = ()
+        if len(shares) < 2 or not shares[0] > 0 or min(shares) < 0:
+            raise ConfigError(f"--compose-mix {self.mix!r}: at least two comma-separated shares (1 constraint, "
+                              "2, ...), none below 0, the first above 0")
+
+    @property
+    def shares(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in self.mix.split(","))
+
+
+@dataclass(frozen=True)
 class Config:
     """Every setting of a run, one frozen section per pipeline part (`cfg.verifiers.k`).
 
@@ -294,6 +322,7 @@ class Config:
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     pool: PoolSettings = field(default_factory=PoolSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
+    compose: ComposeSettings = field(default_factory=ComposeSettings)
 
     # ------------------------------------------------------------ the flat-name view
 
@@ -345,6 +374,10 @@ class Config:
                 continue
             lines.append(f"{name} = {_toml_value(value)}  # {meta['help']}")
         return "\n".join(lines) + "\n"
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
 # section name -> its dataclass; flat name -> (section, attribute) and its dataclass Field

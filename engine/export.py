@@ -57,6 +57,7 @@ class ExportOptions:
     dpo_pairs_per_instruction: int = 2
     parquet: bool = True
     precision: bool = False
+    composed: bool = False   # every row also carries n_constraints and instruction_ids (config.compose)
 
     def role_models(self) -> dict[str, str]:
         """Each role's model; where none are given, `model` played every role."""
@@ -67,7 +68,7 @@ class ExportOptions:
         return cls(model=cfg.run.model, config_hash=cfg.config_hash(), score_min=cfg.scoring.min,
                    formats=tuple(cfg.export.formats), dpo=cfg.export.dpo, sft_per_query=cfg.export.sft_per_query,
                    dpo_pairs_per_instruction=cfg.export.dpo_pairs_per_instruction, parquet=cfg.export.parquet,
-                   precision=cfg.export.precision)
+                   precision=cfg.export.precision, composed=cfg.compose.enabled)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Example:
     chosen: str
     rejected: str | None
     provenance: dict
+    instruction_ids: tuple[str, ...] = ()   # the prompt's constraints
 
 
 # ------------------------------------------------------------ selection
@@ -127,7 +129,8 @@ def _model(result: QueryResult, opts: ExportOptions) -> str:
 def _provenance(result: QueryResult, level: str, opts: ExportOptions, **extra: Any) -> dict:
     inst = result.task.instruction
     return {"level": level, "instruction_id": inst.instruction.id, "query_id": result.task.query_id,
-            "function_ids": [f.id for f, _ in inst.functions], "model": _model(result, opts),
+            "function_ids": [f.id for c in result.task.constraints for f, _ in c.functions],
+            "model": _model(result, opts),
             "config_hash": opts.config_hash, **extra}
 
 
@@ -138,7 +141,7 @@ def sft_examples(results: Iterable[QueryResult], opts: ExportOptions) -> list[Ex
         for r in best[:opts.sft_per_query]:
             out.append(Example(result.task.prompt, r.text, None,
                                _provenance(result, "sft", opts, pass_rate=r.pass_rate, score=r.score,
-                                           response_id=r.id)))
+                                           response_id=r.id), tuple(result.task.instruction_ids)))
     return out
 
 
@@ -149,14 +152,26 @@ def query_pairs(results: Iterable[QueryResult], opts: ExportOptions) -> list[Exa
                          if r.pass_rate >= DPO_CHOSEN_MIN_PASS and exportable(r, result, opts)),
                         key=_rank, reverse=True)
         # the model's own failure under the instruction first: the sharper contrast
-        rejected = [(r, "sample") for r in result.responses if r.pass_rate == 0 and r.text.strip()]
+        rejected = [(r, "sample") for r in _failed_samples(result)]
         rejected += [(r, "plain") for r in result.plain if plain_reject_flaw(r) is None]
         if chosen and rejected:
             c, (r, source) = chosen[0], rejected[0]
             out.append(Example(result.task.prompt, c.text, r.text,
                                _provenance(result, "query", opts, pass_rate=c.pass_rate, score=c.score,
-                                           rejected_pass_rate=r.pass_rate, rejected_source=source)))
+                                           rejected_pass_rate=r.pass_rate, rejected_source=source),
+                               tuple(result.task.instruction_ids)))
     return out
+
+
+def _failed_samples(result: QueryResult) -> list[ResponseRecord]:
+    """Samples that can be a reject: one constraint's failing all its functions; to a composed
+    prompt (chosen: every constraint met) one that misses a constraint, those missing exactly
+    one first (the hardest negative: it differs from the chosen in that one constraint)."""
+    finished = [r for r in result.responses if r.text.strip()]
+    if not result.task.also:
+        return [r for r in finished if r.pass_rate == 0]
+    missed = [r for r in finished if r.verdicts and not all(r.verdicts) and r.finish_reason != "length"]
+    return sorted(missed, key=lambda r: sum(not v for v in r.verdicts))
 
 
 def _distinct(instructions: Iterable[VerifiedInstruction]) -> list[VerifiedInstruction]:
@@ -174,7 +189,7 @@ def instruction_pairs(instructions: Iterable[VerifiedInstruction], opts: ExportO
             out.append(Example(inst.instruction.text, c.input, r.input, {
                 "level": "instruction", "instruction_id": inst.instruction.id,
                 "function_ids": [f.id for f, _ in inst.functions],
-                "model": opts.model, "config_hash": opts.config_hash}))
+                "model": opts.model, "config_hash": opts.config_hash}, (inst.instruction.id,)))
     return out
 
 
@@ -262,18 +277,33 @@ def tables(instructions: Iterable[VerifiedInstruction], results: Iterable[QueryR
     """Every export table. Another export is one more Table here."""
     instructions, results = list(instructions), list(results)
     out: list[Table] = []
+
+    def rows(writer, examples: list[Example]) -> list[dict]:
+        if not opts.composed:
+            return [writer(e) for e in examples]
+        return [{**writer(e), **constraint_columns(e.instruction_ids)} for e in examples]
+
     sft = sft_examples(results, opts)
     for fmt in opts.formats:
-        out.append(Table(f"sft_{fmt}", [SFT_WRITERS[fmt](e) for e in sft], SFT_DATASET_INFO[fmt]))
+        out.append(Table(f"sft_{fmt}", rows(SFT_WRITERS[fmt], sft), SFT_DATASET_INFO[fmt]))
     if opts.dpo:
         for name, examples in (("dpo", query_pairs(results, opts)),
                                ("dpo_cases", instruction_pairs(instructions, opts))):
-            out.append(Table(f"{name}_llamafactory", [llamafactory_dpo(e) for e in examples],
-                             DPO_DATASET_INFO))
-            out.append(Table(f"{name}_trl", [trl_dpo(e) for e in examples]))
+            out.append(Table(f"{name}_llamafactory", rows(llamafactory_dpo, examples), DPO_DATASET_INFO))
+            out.append(Table(f"{name}_trl", rows(trl_dpo, examples)))
     if instructions:
-        out.append(Table("verifiers", verifier_rows(instructions, opts)))
+        rows_ = verifier_rows(instructions, opts)
+        if opts.composed:
+            family = {v.instruction.id: v.family for v in instructions}
+            rows_ = [{**r, "family": family[r["instruction_id"]], **constraint_columns((r["instruction_id"],))}
+                     for r in rows_]
+        out.append(Table("verifiers", rows_))
     return out
+
+
+def constraint_columns(instruction_ids: Sequence[str]) -> dict:
+    """The columns every row of a composing run's files has, one constraint or several."""
+    return {"n_constraints": len(instruction_ids), "instruction_ids": list(instruction_ids)}
 
 
 # ------------------------------------------------------------ files

@@ -38,28 +38,37 @@ class GrpoOptions:
     config_hash: str = ""
     model: str = ""          # the model the server names, for prompts sampled as "default"
     parquet: bool = True     # a Parquet copy beside each JSONL file
+    # config.compose: every row names its constraints (n_constraints, instruction_ids, a list as
+    # ground truth) and how their verdicts combine into the reward ("fraction" or "all")
+    composed: bool = False
+    reward: str = "fraction"
 
     @classmethod
     def from_config(cls, cfg: Any) -> GrpoOptions:
         return cls(pass_threshold=cfg.responses.pass_threshold, band_low=cfg.export.grpo_band_low,
                    band_high=cfg.export.grpo_band_high, config_hash=cfg.config_hash(),
-                   parquet=cfg.export.parquet)
+                   parquet=cfg.export.parquet, composed=cfg.compose.enabled, reward=cfg.compose.reward)
 
 
-def grpo_schema():
+def grpo_schema(composed: bool = False):
     """The Arrow schema of a prompt row (prompt_row), in its key order."""
     try:
         import pyarrow as pa
     except ImportError as exc:
         raise ParquetUnavailable.because(exc) from None
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    truth = pa.list_(pa.string()) if composed else pa.string()
+    reward_model = [("style", pa.string()), ("ground_truth", truth)]
+    if composed:
+        reward_model.append(("combine", pa.string()))
     return pa.schema([
         ("prompt", pa.list_(message)), ("instruction_id", pa.string()), ("pass_rate", pa.float64()),
         ("k", pa.int64()), ("mean_function_pass_rate", pa.float64()), ("data_source", pa.string()),
-        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+        ("reward_model", pa.struct(reward_model)),
         ("provenance", pa.struct([("instruction_id", pa.string()), ("query_id", pa.string()),
                                   ("function_ids", pa.list_(pa.string())), ("model", pa.string()),
-                                  ("config_hash", pa.string())]))])
+                                  ("config_hash", pa.string())])),
+        *((("n_constraints", pa.int64()), ("instruction_ids", pa.list_(pa.string()))) if composed else ())])
 
 
 @dataclass
@@ -93,16 +102,23 @@ class GrpoSummary:
 def prompt_row(sampled: SampledPrompt, opts: GrpoOptions) -> dict:
     task, inst = sampled.task, sampled.task.instruction
     k = len(sampled.pass_rates)
-    passes = sum(rate > opts.pass_threshold for rate in sampled.pass_rates)
+    # a composed prompt's rates are shares of constraints met: a sample passes when it meets all
+    passes = sum((rate >= 1.0) if task.also else (rate > opts.pass_threshold) for rate in sampled.pass_rates)
     mean_rate = sum(sampled.pass_rates) / k if k else 0.0
     iid = inst.instruction.id
-    return {"prompt": [{"role": "user", "content": task.prompt}], "instruction_id": iid,
-            "pass_rate": passes / k if k else 0.0, "k": k, "mean_function_pass_rate": mean_rate,
-            "data_source": DATA_SOURCE, "reward_model": {"style": "rule", "ground_truth": iid},
-            "provenance": {"instruction_id": iid, "query_id": task.query_id,
-                           "function_ids": [f.id for f, _ in inst.functions],
-                           "model": sampled.model if sampled.model not in ("", "default") else opts.model or sampled.model,
-                           "config_hash": opts.config_hash}}
+    ids = task.instruction_ids
+    row = {"prompt": [{"role": "user", "content": task.prompt}], "instruction_id": iid,
+           "pass_rate": passes / k if k else 0.0, "k": k, "mean_function_pass_rate": mean_rate,
+           "data_source": DATA_SOURCE,
+           "reward_model": ({"style": "rule", "ground_truth": ids, "combine": opts.reward} if opts.composed
+                            else {"style": "rule", "ground_truth": iid}),
+           "provenance": {"instruction_id": iid, "query_id": task.query_id,
+                          "function_ids": [f.id for c in task.constraints for f, _ in c.functions],
+                          "model": sampled.model if sampled.model not in ("", "default") else opts.model or sampled.model,
+                          "config_hash": opts.config_hash}}
+    if opts.composed:
+        row.update(n_constraints=len(ids), instruction_ids=ids)
+    return row
 
 
 def export_grpo(out_dir: str | Path, sampled: Iterable[SampledPrompt], opts: GrpoOptions) -> GrpoSummary:
@@ -125,7 +141,7 @@ def export_grpo(out_dir: str | Path, sampled: Iterable[SampledPrompt], opts: Grp
             mixed.append(row)
     summary.mixed = len(mixed)
     out_dir = Path(out_dir)
-    schema = grpo_schema() if opts.parquet else None
+    schema = grpo_schema(opts.composed) if opts.parquet else None
     for stem, data in (("grpo_prompts", every), ("grpo_prompts_mixed", mixed)):
         summary.files[stem] = out_dir / f"{stem}.jsonl"
         write_jsonl(summary.files[stem], data)

@@ -23,9 +23,9 @@ from engine.export import export, warm_up_parquet
 from engine.metrics import RunMetrics
 from engine.outcome import is_bind_failure
 from engine.records import QueryResult
-from engine.run import (Engine, RoundStored, RunSpec, RunStore, Stored, export_grpo_run, export_options,
-                        export_run, open_engine, preflight, run_shard, run_start, stopped_by_storage,
-                        storage_errors, write_summary)
+from engine.run import (Engine, RoundStored, RunSpec, RunStore, Stored, coverage, export_grpo_run,
+                        export_options, export_run, open_engine, preflight, run_shard, run_start,
+                        stopped_by_storage, storage_errors, write_summary)
 from engine.stages import make_seed_batches
 
 log = logging.getLogger("autoif.job")
@@ -104,6 +104,8 @@ async def run_full(spec: RunSpec, engine: Engine, store: RunStore,
         summary["grpo"] = grpo.to_dict()
         summary["exports"] = {k: str(v) for k, v in {**files, **grpo.files}.items()}
         summary["truncation"] = funnel.truncation()   # token limits should make this rare
+        if cfg.compose.enabled:
+            summary["compose"] = coverage(store)
         store.save_funnel(summary["funnel"])
         write_summary(run_dir, "summary.json", summary, funnel)
     return summary

@@ -423,3 +423,13 @@ def parse_case_answer(text: str) -> ParsedVerifier:
             parsed.add_entries(value)
             return parsed
     raise ParseError("no_cases_field" if seen.json else "no_json")
+
+
+def parse_conflict(text: str) -> bool | None:
+    """A conflict judge's verdict: True for "conflict", False for "compatible", from the last line
+    that is one of the two words alone; None when none is."""
+    for line in _last_lines(text):
+        word = _strip_markup(line).lower().rstrip(".!").removeprefix("verdict:").strip()
+        if word in ("conflict", "compatible"):
+            return word == "conflict"
+    return None

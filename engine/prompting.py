@@ -20,7 +20,8 @@ PACKAGE = "prompts"
 
 # the LLM calls of the pipeline; each has prompts/<name>.txt
 TEMPLATES = ("augment", "augment_list", "checkable", "verifier", "verifier_code", "verifier_cases", "case_follow",
-             "case_plain", "pair_break", "pair_meet", "backtranslate", "nli", "response", "score")
+             "case_plain", "pair_break", "pair_meet", "backtranslate", "nli", "response", "score",
+             "family", "conflict")
 
 
 def packaged_file(name: str) -> Path:

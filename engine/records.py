@@ -188,6 +188,8 @@ class VerifiedInstruction:
     `functions` pairs each kept function with its accuracy on the kept cases.
     `back_translations` is filled by the back-translation stage (empty before it).
     `audits` is filled by the verifier audit (empty before it); it does not change the id.
+    `family` (engine.families) is set by the compose stage (empty before it, and in runs that do
+    not compose); it does not change the id either.
     `probe_verdicts` (verifier id -> what it returned on each audit probe) is filled by
     cross-validation, which runs the probes in the same job as the cases so that the audit
     needs no second fork per function. Transport only: not stored, not compared; an audit
@@ -200,6 +202,7 @@ class VerifiedInstruction:
     back_translations: tuple[BackTranslation, ...] = ()
     audits: tuple[VerifierAudit, ...] = ()
     probe_verdicts: tuple[tuple[str, tuple[bool | None, ...]], ...] = field(default=(), compare=False, repr=False)
+    family: str = ""
 
     @property
     def id(self) -> str:
@@ -221,6 +224,8 @@ class VerifiedInstruction:
              "back_translations": [b.to_dict() for b in self.back_translations]}
         if self.audits:
             d["audits"] = [a.to_dict() for a in self.audits]
+        if self.family:
+            d["family"] = self.family
         return d
 
     @classmethod
@@ -230,7 +235,46 @@ class VerifiedInstruction:
                    cases=tuple(Case.from_dict(c) for c in d["cases"]),
                    back_translations=tuple(BackTranslation.from_dict(b)
                                            for b in d.get("back_translations", ())),
-                   audits=tuple(VerifierAudit.from_dict(a) for a in d.get("audits", ())))
+                   audits=tuple(VerifierAudit.from_dict(a) for a in d.get("audits", ())),
+                   family=d.get("family", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class ComposedInstruction:
+    """Verified instructions of different families, none conflicting with another, asked for
+    together in one prompt (the compose stage). In order: the first is the task's `instruction`."""
+
+    members: tuple[VerifiedInstruction, ...]
+
+    @property
+    def id(self) -> str:
+        return content_id("composed", [m.id for m in self.members])
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictPair:
+    """Two verified instructions no text can meet both of: no text that met one met the other in
+    the sandbox, and the judge confirmed it. Such a pair is never composed."""
+
+    a_id: str
+    b_id: str
+    a_text: str
+    b_text: str
+    families: tuple[str, str] = ("", "")
+    witnesses_tried: int = 0             # texts both instructions' functions ran on
+
+    @property
+    def id(self) -> str:
+        return content_id("conflict", self.a_id, self.b_id)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "a_id": self.a_id, "b_id": self.b_id, "a_text": self.a_text,
+                "b_text": self.b_text, "families": list(self.families), "witnesses_tried": self.witnesses_tried}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> ConflictPair:
+        return cls(a_id=d["a_id"], b_id=d["b_id"], a_text=d["a_text"], b_text=d["b_text"],
+                   families=tuple(d.get("families", ("", ""))), witnesses_tried=int(d.get("witnesses_tried", 0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,24 +309,53 @@ class QueryTask:
     query_id: str
     query: str
     prompt: str
+    also: tuple[VerifiedInstruction, ...] = ()   # a composed prompt's further constraints
 
     @property
     def id(self) -> str:
+        if self.also:
+            return content_id("task", [c.id for c in self.constraints], self.query_id)
         return content_id("task", self.instruction.id, self.query_id)
 
+    @property
+    def constraints(self) -> tuple[VerifiedInstruction, ...]:
+        """Every constraint the prompt asks for (one, unless composed)."""
+        return (self.instruction, *self.also)
+
+    @property
+    def instruction_ids(self) -> list[str]:
+        """The constraints' instruction ids (what rows, rewards and the reward service name)."""
+        return [c.instruction.id for c in self.constraints]
+
+    @property
+    def instruction_text(self) -> str:
+        """The constraints as the prompt states them."""
+        return join_constraints([c.instruction.text for c in self.constraints])
+
     def to_dict(self) -> dict:
-        return {"id": self.id, "instruction_id": self.instruction.id,
-                "query_id": self.query_id, "query": self.query, "prompt": self.prompt}
+        d = {"id": self.id, "instruction_id": self.instruction.id,
+             "query_id": self.query_id, "query": self.query, "prompt": self.prompt}
+        if self.also:
+            d["also_ids"] = [c.id for c in self.also]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping, instructions: Mapping[str, VerifiedInstruction] | None = None) -> QueryTask:
+        def known(vid: str) -> VerifiedInstruction:
+            if instructions is not None and vid in instructions:
+                return instructions[vid]
+            raise KeyError(f"task {d.get('id')}: verified instruction {vid} is not known")
         if "instruction" in d:              # written before tasks named their instruction by id
             instruction = VerifiedInstruction.from_dict(d["instruction"])
-        elif instructions is not None and d["instruction_id"] in instructions:
-            instruction = instructions[d["instruction_id"]]
         else:
-            raise KeyError(f"task {d.get('id')}: verified instruction {d['instruction_id']} is not known")
-        return cls(instruction=instruction, query_id=d["query_id"], query=d["query"], prompt=d["prompt"])
+            instruction = known(d["instruction_id"])
+        return cls(instruction=instruction, query_id=d["query_id"], query=d["query"], prompt=d["prompt"],
+                   also=tuple(known(v) for v in d.get("also_ids", ())))
+
+
+def join_constraints(texts: list[str]) -> str:
+    """Several constraints as one prompt states them: one per line (one alone, as it is)."""
+    return "\n".join(texts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +391,11 @@ def _function_result(verifier_id: str, status: str, value: bool | None) -> Funct
 
 @dataclass(frozen=True, slots=True)
 class ResponseRecord:
-    """One sampled response, its verification and (after scoring) its quality score."""
+    """One sampled response, its verification and (after scoring) its quality score.
+
+    To a composed prompt: `verdicts` holds whether each constraint passed (by the usual rule,
+    over its own functions), `pass_rate` is the share of constraints met, and `passed` needs
+    them all."""
 
     text: str
     pass_rate: float
@@ -326,6 +403,7 @@ class ResponseRecord:
     passed: bool = False                 # pass_rate above the threshold and not truncated
     finish_reason: str = "stop"
     score: int | None = None             # None: not scored; 0: the judge gave no readable score
+    verdicts: tuple[bool, ...] = ()      # per constraint of a composed prompt (empty: one constraint)
 
     @property
     def id(self) -> str:
@@ -337,14 +415,15 @@ class ResponseRecord:
     def to_dict(self) -> dict:
         return {"id": self.id, "text": self.text, "pass_rate": self.pass_rate,
                 "results": [r.to_dict() for r in self.results], "passed": self.passed,
-                "finish_reason": self.finish_reason, "score": self.score}
+                "finish_reason": self.finish_reason, "score": self.score,
+                **({"verdicts": list(self.verdicts)} if self.verdicts else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ResponseRecord:
         return cls(text=d["text"], pass_rate=float(d["pass_rate"]),
                    results=tuple(FunctionResult.from_dict(r) for r in d.get("results", ())),
                    passed=bool(d.get("passed", False)), finish_reason=d.get("finish_reason", "stop"),
-                   score=d.get("score"))
+                   score=d.get("score"), verdicts=tuple(map(bool, d.get("verdicts", ()))))
 
 
 def plain_reject_flaw(r: ResponseRecord) -> str | None:
@@ -423,7 +502,7 @@ class SampledPrompt:
 RECORD_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (Instruction, SeedBatch, Verifier, Case, VerifierDraft, BackTranslation,
-                VerifiedInstruction, Query, QueryTask, FunctionResult, ResponseRecord, QueryResult,
+                VerifiedInstruction, ConflictPair, Query, QueryTask, FunctionResult, ResponseRecord, QueryResult,
                 SampledPrompt)
 }
 

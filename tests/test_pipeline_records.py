@@ -2,7 +2,7 @@
 import orjson
 import pytest
 
-from engine.records import (RECORD_TYPES, BackTranslation, Case, FunctionResult, Instruction, Query, QueryResult,
+from engine.records import (RECORD_TYPES, BackTranslation, Case, ConflictPair, FunctionResult, Instruction, Query, QueryResult,
                             QueryTask, ResponseRecord, SampledPrompt, SeedBatch, Verifier, VerifiedInstruction,
                             VerifierAudit, VerifierDraft, record_from_dict)
 
@@ -36,6 +36,7 @@ def test_round_trip_every_record_type():
         SeedBatch(2, (Instruction("a b c"),), (Instruction("d e f"),)),
         VerifierDraft(verified.instruction, (Verifier("c"),), (Case("i", False),)),
         SampledPrompt(result.task, (1.0, 0.0), "m"),
+        ConflictPair("a1", "b2", "Answer in 5 words.", "Write 3 paragraphs.", ("length", "format/structure"), 12),
     ]
     assert {type(r).__name__ for r in records} == set(RECORD_TYPES)
     for record in records:

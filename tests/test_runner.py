@@ -281,9 +281,10 @@ class TwoRounds:
     name = "rounds"
 
     async def process(self, item, ctx):
+        from engine.roles import JUDGE
         from engine.stages.base import Sampling, ask
         for _ in range(2):
-            await ask(ctx, "p", Sampling(1, 0.0, 8))
+            await ask(ctx, "p", Sampling(1, 0.0, 8), role=JUDGE)
         return [item]
 
 

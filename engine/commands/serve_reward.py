@@ -16,7 +16,7 @@ from engine.aio import run as run_async
 from engine.commands import flags
 from engine.outcome import is_bind_failure
 from engine.reward.adapters import ENV_KEY
-from engine.reward.scorer import REWARD_MODES, RewardSettings, RewardTable, table_summary
+from engine.reward.scorer import COMBINE_MODES, REWARD_MODES, RewardSettings, RewardTable, table_summary
 from engine.reward.service import ServiceOptions, serve
 from sandbox_pool import Limits, PoolConfig, SandboxPool
 
@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"require this key (Bearer header or ?api_key=); default ${ENV_KEY}")
     parser.add_argument("--reward", choices=REWARD_MODES, default="rate",
                         help="rate: weighted pass rate over the functions; binary: 1 above --threshold")
+    parser.add_argument("--combine", choices=COMBINE_MODES, default="fraction",
+                        help="reward of a completion labelled with a list of instruction ids (a composed prompt): "
+                             "the fraction of its constraints met, or 1 only when all are (default fraction)")
     parser.add_argument("--threshold", type=flags.number, default=0.5,
                         help="binary reward: 1.0 when the pass rate is MORE than this (default 0.5)")
     parser.add_argument("--max-batch", type=flags.positive_int, default=1024, help="completions per request (default 1024)")
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         table = RewardTable.from_run(args.run_dir)
-        settings = RewardSettings(mode=args.reward, threshold=args.threshold,
+        settings = RewardSettings(mode=args.reward, threshold=args.threshold, combine=args.combine,
                                   max_batch=args.max_batch, max_chars=args.max_chars)
     except (OSError, ValueError) as exc:
         print(f"autoif serve-reward: {exc}", file=sys.stderr)

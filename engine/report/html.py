@@ -141,6 +141,13 @@ def _facts(summary: dict) -> list[tuple[str, str]]:
                    f"{grpo.get('mixed', 0)} of {grpo.get('prompts', 0)} "
                    f"({100 * grpo.get('mixed_share', 0.0):.1f}%, pass rate strictly inside "
                    f"{tuple(grpo.get('band', (0, 1)))})")]
+    compose = summary.get("compose")
+    if compose:
+        facts += [("verified instructions by family",
+                   ", ".join(f"{k} {v}" for k, v in (compose.get("families") or {}).items()) or "none"),
+                  ("final results by number of constraints",
+                   ", ".join(f"{k}: {v}" for k, v in (compose.get("results_by_constraints") or {}).items()) or "none"),
+                  ("conflicting pairs (never composed)", str(compose.get("conflicts", 0)))]
     ray = summary.get("ray")
     if ray:
         facts += [("Ray shards", f"{ray.get('shards')} (instructions per shard: "

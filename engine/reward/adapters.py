@@ -8,7 +8,8 @@ log_extra, log_metric) and awaits it when it is a coroutine function (huggingfac
 f2cd57710ae345ea6428ae95363267fcf38a3dc8, trl/trainer/grpo_trainer.py, `_calculate_rewards`);
 completions are strings, or lists of messages for chat datasets. `trl_reward_func(url)` returns
 such an `async def`; the dataset's `instruction_id` column (grpo_prompts.jsonl has it) says which
-instruction each completion answers.
+instruction each completion answers, and where the dataset has an `instruction_ids` column (a
+composing run's files), that list says which constraints it answers.
 
 verl (custom_reward_function.path / .name), read at volcengine/verl
 b178a3cd56f58b2d502255daba591e92833930a7: its reward-loop managers
@@ -20,7 +21,8 @@ into every call. The legacy batch manager (verl/workers/reward_manager/batch.py,
 reward_model.use_reward_loop=False) calls `compute_score(data_sources=, solution_strs=,
 ground_truths=, extra_infos=, **reward_kwargs)`. Keyword arguments neither function knows are
 accepted and ignored, so a newer verl that passes more still gets a reward. ground_truth is the
-instruction id (the GRPO files' reward_model.ground_truth). The service URL comes from
+instruction id, or a composed prompt's list of them (the GRPO files' reward_model.ground_truth;
+a list column reaches verl as an array, sent on as a list). The service URL comes from
 reward_kwargs (`url=`) or AUTOIF_REWARD_URL.
 """
 from __future__ import annotations
@@ -52,8 +54,15 @@ def completion_text(completion: Any) -> str:
     raise TypeError(f"cannot read a completion of type {type(completion).__name__}")
 
 
+def _label(ground_truth: Any) -> Any:
+    """An instruction id, or a list of them (from an array-like column, e.g. numpy's)."""
+    if isinstance(ground_truth, str) or not hasattr(ground_truth, "__iter__"):
+        return ground_truth
+    return [str(x) for x in ground_truth]
+
+
 def _request(ids: Sequence[Any], texts: Sequence[str]) -> dict:
-    return {"items": [{"instruction_id": i, "completion": t} for i, t in zip(ids, texts)]}
+    return {"items": [{"instruction_id": _label(i), "completion": t} for i, t in zip(ids, texts)]}
 
 
 def _headers(api_key: str | None) -> dict:
@@ -69,7 +78,8 @@ def trl_reward_func(url: str, *, api_key: str | None = None, column: str = "inst
     """An async TRL reward function scoring completions against the service at `url`."""
 
     async def autoif_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        ids = kwargs.get(column)
+        ids = kwargs.get("instruction_ids") if column == "instruction_id" and "instruction_ids" in kwargs \
+            else kwargs.get(column)
         if ids is None:
             raise ValueError(f"no {column!r} column reached the reward function; "
                              "train on grpo_prompts.jsonl (or a dataset with that column)")
@@ -105,7 +115,7 @@ def _where(url: str | None, api_key: str | None) -> tuple[str, str | None]:
     return url, api_key or os.environ.get(ENV_KEY)
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: Any = None, *,
+def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None, *,
                   url: str | None = None, api_key: str | None = None, timeout_s: float = 600.0,
                   **ignored: Any) -> float:
     """verl's per-sample reward: `ground_truth` is the instruction id. `ignored` takes what else
@@ -115,7 +125,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_
 
 
 def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str],
-                        ground_truths: Sequence[str], extra_infos: Sequence[Any] | None = None, *,
+                        ground_truths: Sequence[Any], extra_infos: Sequence[Any] | None = None, *,
                         url: str | None = None, api_key: str | None = None,
                         timeout_s: float = 600.0, **ignored: Any) -> list[float]:
     """verl's batch reward manager form: one request for the whole batch; `ignored` as in

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+from collections import Counter
 import sqlite3
 import sys
 import time
@@ -13,7 +14,7 @@ import orjson
 
 from engine.config import Config
 from engine.errors import JobError
-from engine.export import ExportOptions, count_precision, export
+from engine.export import ExportOptions, count_precision, export, write_jsonl
 from engine.grpo import GrpoOptions, GrpoSummary, export_grpo
 from engine.outcome import is_storage_failure
 from engine.progress import print_funnel
@@ -35,7 +36,22 @@ def export_run(cfg: Config, store: RunStore, out_dir: Path, results: list[QueryR
     opts = export_options(cfg, store)
     if funnel is not None:
         count_precision(results, opts, funnel)
-    return export(out_dir, sorted(store.verified(), key=lambda v: v.id), results, opts)
+    files = export(out_dir, sorted(store.verified(), key=lambda v: v.id), results, opts)
+    if cfg.compose.enabled:
+        # the pairs never composed, as IF-RLVR keeps its conflict dictionary
+        path = out_dir / "conflicts.jsonl"
+        write_jsonl(path, [c.to_dict() for c in sorted(store.conflicts(), key=lambda c: c.id)])
+        files["conflicts"] = path
+    return files
+
+
+def coverage(store: RunStore, results: list[QueryResult] | None = None) -> dict:
+    """What a composing run covers: verified instructions per family, final results per number of
+    constraints in their prompt, and the conflicting pairs found."""
+    families = Counter(v.family or "unassigned" for v in {v.instruction.id: v for v in store.verified()}.values())
+    sizes = Counter(len(r.task.constraints) for r in (store.results() if results is None else results))
+    return {"families": dict(families.most_common()), "results_by_constraints": dict(sorted(sizes.items())),
+            "conflicts": sum(1 for _ in store.conflicts())}
 
 
 def _result_key(result: QueryResult) -> str:

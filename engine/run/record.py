@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from engine.config import Config
-from engine.records import Instruction, QueryResult, SampledPrompt, VerifiedInstruction
+from engine.records import ConflictPair, Instruction, QueryResult, SampledPrompt, VerifiedInstruction
 from engine.run.events import EventQueue, Results, Verified
 from engine.run.store import RunStore
 from engine.stage import Context, Stage
-from engine.stages import QueryBudget
+from engine.stages import ComposedGroups, QueryBudget
 
 
 class Recorder(Protocol):
@@ -27,6 +27,11 @@ class Recorder(Protocol):
         """Every graded prompt's result, kept or not."""
 
     def result(self, record: QueryResult) -> None: ...
+
+    def conflict(self, pair: ConflictPair) -> None:
+        """Each pair of verified instructions the compose stage found conflicting."""
+
+    def compose_groups(self) -> ComposedGroups: ...
 
     def query_budget(self, cfg: Config) -> QueryBudget: ...
 
@@ -48,6 +53,16 @@ class Stored:
 
     def result(self, record: QueryResult) -> None:
         self.store.put_results([record])
+
+    def conflict(self, pair: ConflictPair) -> None:
+        self.store.put_conflicts([pair])
+
+    def compose_groups(self) -> ComposedGroups:
+        """The groups this run directory composed before, kept in its store as they are made: a
+        rerun composes the same prompts again."""
+        def keep(groups: list) -> None:
+            self.store.compose_groups = groups
+        return ComposedGroups(self.store.compose_groups, on_change=keep)
 
     def query_budget(self, cfg: Config) -> QueryBudget:
         """config.responses.max_queries with the grants this run directory already made, kept in its store
@@ -91,6 +106,12 @@ class RoundStored:
 
     def result(self, record: QueryResult) -> None:
         self.store.put_round_results(self.round, [record])
+
+    def conflict(self, pair: ConflictPair) -> None:
+        pass
+
+    def compose_groups(self) -> ComposedGroups:
+        return ComposedGroups()
 
     def query_budget(self, cfg: Config) -> QueryBudget:
         return QueryBudget(cfg.responses.max_queries)

@@ -19,7 +19,8 @@ from engine.run.engine import Engine
 from engine.run.record import Recorded, Recorder
 from engine.run.spec import RunSpec
 from engine.runner import StageSpec, StreamRunner
-from engine.stages import QueryBudget, default_stages
+from engine.records import VerifiedInstruction
+from engine.stages import COMPOSE, QueryBudget, default_stages
 
 Sink = Callable[[Any], Any]
 
@@ -32,19 +33,26 @@ def build_stages(spec: RunSpec, recorder: Recorder | None) -> list:
         stages = default_stages(cfg, spec.seeds, spec.queries, names=spec.stages,
                                 on_graded=recorder.graded if recorder else None,
                                 query_budget=(recorder.query_budget(cfg) if recorder
-                                              else QueryBudget(cfg.responses.max_queries)))
+                                              else QueryBudget(cfg.responses.max_queries)),
+                                on_conflict=getattr(recorder, "conflict", None),
+                                compose_groups=recorder.compose_groups() if hasattr(recorder, "compose_groups") else None)
     except (OSError, ValueError) as exc:
         raise JobError(f"stages: {exc}") from None
     if recorder is None:
         return stages
     put = {"augment": recorder.augmented, "audit": recorder.verified}
+    if any(s.name == COMPOSE for s in stages):
+        # the verified instructions as composition leaves them, with their families (stored by
+        # id, the first put of an id is the one kept); not the composed prompts it adds
+        put["compose"] = lambda outs: recorder.verified([o for o in outs if isinstance(o, VerifiedInstruction)])
+        del put["audit"]
     return [Recorded(s, put[s.name]) if s.name in put else s for s in stages]
 
 
 # Stages whose outputs their own wrapper records (build_stages): augment's instructions and the
-# audit's verified ones, the records a rerun resumes from. Any other last stage's outputs are
-# the run's final results.
-_SELF_RECORDED = ("augment", "audit")
+# audit's (or composition's) verified ones, the records a rerun resumes from. Any other last
+# stage's outputs are the run's final results.
+_SELF_RECORDED = ("augment", "audit", COMPOSE)
 
 
 async def run_shard(spec: RunSpec, engine: Engine, source: Iterable | AsyncIterable, *,

@@ -14,7 +14,7 @@ import orjson
 
 from engine.config import Config
 from engine.errors import JobError
-from engine.records import Instruction, QueryResult, SampledPrompt, VerifiedInstruction
+from engine.records import ConflictPair, Instruction, QueryResult, SampledPrompt, VerifiedInstruction
 from engine.roles import RESPONDER, ROLES, request_model, unnamed
 from engine.state import StateStore
 
@@ -23,11 +23,13 @@ _AUGMENTED = "augment"
 _VERIFIED = "backtranslate"
 _FINAL = "final"
 _SAMPLED = "sampled"
+_CONFLICT = "conflict"
 
 _CONFIG_HASH = "config_hash"
 _SERVED_MODEL = "served_model"
 _SERVED_MODELS = "served_models"    # role -> the name its server reported (JSON)
 _QUERY_GRANTS = "query_grants"
+_COMPOSE_GROUPS = "compose_groups"
 _RUN_KIND = "run_kind"
 _PHASE_DONE = "phase_done"          # "1" once a shard phase finished (completed, not drained)
 _PHASE_INPUT = "phase_input"        # hash of the phase's input ids
@@ -96,6 +98,12 @@ class RunStore:
     def sampled(self) -> Iterator[SampledPrompt]:
         return self.state.iter_records(SampledPrompt, _SAMPLED)
 
+    def put_conflicts(self, records: list[ConflictPair]) -> int:
+        return self.state.put_records(records, _CONFLICT)
+
+    def conflicts(self) -> Iterator[ConflictPair]:
+        return self.state.iter_records(ConflictPair, _CONFLICT)
+
     def put_round_results(self, round_: int, records: list[QueryResult]) -> int:
         return self.state.put_records(records, f"online_round_{round_}")
 
@@ -137,14 +145,29 @@ class RunStore:
         """The model of the run's provenance: the responder's, which wrote the SFT and DPO rows."""
         return self.model_names(cfg)[RESPONDER]
 
+    def _json_meta(self, key: str):
+        stored = self.state.get_meta(key)
+        return orjson.loads(stored) if stored else None
+
+    def _set_json_meta(self, key: str, value: object) -> None:
+        self.state.set_meta(key, orjson.dumps(value).decode())
+
     @property
     def query_grants(self) -> dict | None:
-        stored = self.state.get_meta(_QUERY_GRANTS)
-        return orjson.loads(stored) if stored else None
+        return self._json_meta(_QUERY_GRANTS)
 
     @query_grants.setter
     def query_grants(self, grants: dict) -> None:
-        self.state.set_meta(_QUERY_GRANTS, orjson.dumps(grants).decode())
+        self._set_json_meta(_QUERY_GRANTS, grants)
+
+    @property
+    def compose_groups(self) -> list | None:
+        """The groups of instruction ids the compose stage made (engine.stages.compose)."""
+        return self._json_meta(_COMPOSE_GROUPS)
+
+    @compose_groups.setter
+    def compose_groups(self, groups: list) -> None:
+        self._set_json_meta(_COMPOSE_GROUPS, groups)
 
     def claim(self, kind: str, what: str) -> None:
         """Marks the directory as holding one kind of run ("single" or "sharded"); a directory

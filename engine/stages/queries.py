@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 from engine.config import Config
 from engine.jsonl import read_texts
 from engine.prompting import packaged_file, render
-from engine.records import Query, QueryTask, VerifiedInstruction
+from engine.records import ComposedInstruction, Query, QueryTask, VerifiedInstruction, join_constraints
 from engine.stage import Context
 
 
@@ -74,14 +74,20 @@ class QueryBudget:
         self.grants: dict[str, int] = dict(grants or {})
         self.on_grant = on_grant
 
-    def granted(self, instruction_id: str) -> bool:
-        """Whether this instruction's share is already decided (uncapped: always)."""
-        return not self.total or instruction_id in self.grants
+    def granted(self, key: str) -> bool:
+        """Whether this key's share is already decided (uncapped: always)."""
+        return not self.total or key in self.grants
 
-    def take(self, instruction_id: str, want: int) -> int:
+    def take(self, instruction_id: str, want: int, share: float = 1.0, bucket: int = 1) -> int:
+        """`share` < 1: prompts of this `bucket` (constraint count, config.compose_mix) take at most
+        that share of the cap; their keys say their bucket ("3:<id>"), a plain id is bucket 1."""
         if instruction_id in self.grants:
             return self.grants[instruction_id]
-        n = want if not self.total else max(0, min(want, self.total - sum(self.grants.values())))
+        left = self.total - sum(self.grants.values())
+        if self.total and share < 1:
+            used = sum(n for k, n in self.grants.items() if _bucket(k) == bucket)
+            left = min(left, int(self.total * share) - used)
+        n = want if not self.total else max(0, min(want, left))
         if self.total:                  # an uncapped run has nothing to remember
             self.grants[instruction_id] = n
             if self.on_grant is not None:
@@ -89,10 +95,15 @@ class QueryBudget:
         return n
 
 
+def _bucket(key: str) -> int:
+    return int(key.split(":", 1)[0]) if ":" in key else 1
+
+
 class QueryJoinStage:
     """VerifiedInstruction -> N QueryTasks: `per_instruction` of `queries`, picked by the
     instruction id and the run's `seed`; fewer once `budget` runs low, none (the instruction
-    counted as dropped for `query_budget`) once it has run out."""
+    counted as dropped for `query_budget`) once it has run out. A ComposedInstruction (the
+    compose stage) is joined the same way, by its own id, its constraints one per line."""
 
     name = "queries"
 
@@ -102,32 +113,48 @@ class QueryJoinStage:
         """`budget`: the grants of max_queries so far (a resumed run's, from its store; None: a
         fresh one)."""
         return cls(run_queries(cfg, queries), per_instruction=cfg.responses.queries_per_instruction,
-                   seed=cfg.run.seed, budget=budget or QueryBudget(cfg.responses.max_queries))
+                   seed=cfg.run.seed, budget=budget or QueryBudget(cfg.responses.max_queries),
+                   shares=cfg.compose.shares if cfg.compose.enabled else ())
 
     def __init__(self, queries: Sequence[Query], *, per_instruction: int, seed: int,
-                 budget: QueryBudget | None = None) -> None:
+                 budget: QueryBudget | None = None, shares: Sequence[float] = ()) -> None:
+        """`shares`: a composing run's compose_mix; under a query cap, prompts of each constraint
+        count take their share of it (else the one-constraint prompts, verified first, take all)."""
         self.queries = list(queries)
         self.per_instruction = per_instruction
         self.seed = seed
         self.budget = budget or QueryBudget()
+        self.shares = tuple(shares)
 
-    def hold(self, item: VerifiedInstruction) -> tuple[str, str] | None:
-        """Under a cap, an instruction without a grant waits for every verdict (the runner's
-        barrier) and is granted in id order; uncapped, nothing waits."""
-        return None if self.budget.granted(item.instruction.id) else (item.instruction.id, item.id)
+    def _key(self, item: VerifiedInstruction | ComposedInstruction) -> str:
+        """The budget key of an item: its instruction id, or "<bucket>:<id>" for a composed prompt."""
+        if isinstance(item, ComposedInstruction):
+            return f"{min(len(item.members), len(self.shares) or 1)}:{item.id}"
+        return item.instruction.id
 
-    async def process(self, item: VerifiedInstruction, ctx: Context) -> list[QueryTask]:
+    def hold(self, item: VerifiedInstruction | ComposedInstruction) -> tuple[str, str] | None:
+        """Under a cap, an item without a grant waits for every verdict (the runner's barrier)
+        and is granted in key order; uncapped, nothing waits."""
+        key = self._key(item)
+        return None if self.budget.granted(key) else (key, item.id)
+
+    async def process(self, item: VerifiedInstruction | ComposedInstruction, ctx: Context) -> list[QueryTask]:
         pool = self.queries
         if not pool:
             ctx.funnel.drop(self.name, "no_queries")
             return []
+        members = item.members if isinstance(item, ComposedInstruction) else (item,)
+        bucket = min(len(members), len(self.shares) or 1)
+        key = self._key(item)
         want = min(self.per_instruction, len(pool))
-        n = self.budget.take(item.instruction.id, want)
+        share = self.shares[bucket - 1] / sum(self.shares) if self.shares else 1.0
+        n = self.budget.take(key, want, share, bucket)
         if not n:
             ctx.funnel.drop(self.name, "query_budget")
             return []
-        rng = random.Random(f"{self.seed}:{item.instruction.id}")
+        rng = random.Random(f"{self.seed}:{item.id if isinstance(item, ComposedInstruction) else key}")
         chosen = rng.sample(pool, want)[:n]     # a cut grant keeps the first of the same picks
-        return [QueryTask(instruction=item, query_id=q.id, query=q.text,
-                          prompt=render("response", query=q.text, instruction=item.instruction.text))
+        text = join_constraints([m.instruction.text for m in members])
+        return [QueryTask(instruction=members[0], also=tuple(members[1:]), query_id=q.id, query=q.text,
+                          prompt=render("response", query=q.text, instruction=text))
                 for q in chosen]

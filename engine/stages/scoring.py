@@ -93,7 +93,7 @@ class ScoreStage:
 
     async def score(self, ctx: Context, task: QueryTask, response: ResponseRecord) -> int | None:
         """The judge's 1-10 score of one response, None when unreadable."""
-        prompt = render("score", instruction=task.instruction.instruction.text, query=task.query,
+        prompt = render("score", instruction=task.instruction_text, query=task.query,
                         response=response.text)
         answers = await ask(ctx, prompt, self.sampling, role=JUDGE)
         return parse_score(answers[0].text) if answers else None
