@@ -257,8 +257,9 @@ def main() -> None:
             results = list(store.results())
         finally:
             store.close()
+        sft_path = run_dir / "exports" / "sft_trl.jsonl"     # absent when no instruction was kept
         sft_rows = [orjson.loads(line) for line in
-                    (run_dir / "exports" / "sft_trl.jsonl").read_bytes().splitlines() if line.strip()]
+                    (sft_path.read_bytes() if sft_path.exists() else b"").splitlines() if line.strip()]
         servers = list(args.server) or ["embedded llama-server"]
         model = asyncio.run(server_model(args.server[0])) if args.server else EMBEDDED_MODEL
 
