@@ -251,6 +251,9 @@ def main() -> None:
         t0 = time.perf_counter()
         summary = asyncio.run(run_job(cfg, backend="embedded", progress=False))
         run_s = time.perf_counter() - t0
+        if summary.get("stopped") != "completed":
+            # figures of a run cut short would read as the engine's: write none
+            raise SystemExit(f"bench.quality: the run stopped {summary.get('stopped')!r}; no result written")
         store = RunStore(StateStore(run_dir / "state.sqlite"))
         try:
             verified = {v.instruction.id: v for v in store.verified()}
