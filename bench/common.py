@@ -8,6 +8,7 @@ reports medians, prints a table and writes bench/results/NAME.json with a top-le
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -41,6 +42,26 @@ def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson score interval of k successes in n trials (95% at z=1.96); None when n is 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and gives a non-zero width at
+    k = 0 or k = n, which small benchmark samples hit often."""
+    if n <= 0:
+        return None
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def share(k: int, n: int) -> dict:
+    """k of n as a result entry: the counts, the ratio and its Wilson 95% interval."""
+    interval = wilson(k, n)
+    return {"k": k, "n": n, "rate": k / n if n else None,
+            "lower95": interval[0] if interval else None, "upper95": interval[1] if interval else None}
 
 
 def loadavg() -> list[float] | None:

@@ -55,11 +55,13 @@ DESCRIPTIONS = {
                  "run both sides at once so they see the same load; the `_sequential` ones run "
                  "them one after the other.",
     "quality": "Whether the data is right: the engine (augmentation off) on constraints written "
-               "for this project, each mapped to the official IFEval checker that decides the "
-               "same thing. False accept / false reject compare every instruction's kept "
+               "for this project (`bench/quality_seeds.jsonl`: several phrasings for each IFEval "
+               "checker that runs offline), each mapped to the official IFEval checker that decides "
+               "the same thing. False accept / false reject compare every instruction's kept "
                "verifiers with the checker on real LLM text (the run's own responses plus "
                "IFBench's sample outputs); export precision is the share of exported SFT rows "
-               "the checker passes.",
+               "the checker passes, under the engine's pass-rate rule and in precision mode; the "
+               "audit's flags are checked against the checker on the audit's own probes.",
     "reward": "`autoif serve-reward` latency and throughput over HTTP, batches of 1, 64 and 512 "
               "completions against instructions of 3 verifiers, for one instruction per batch and "
               "for GRPO groups of 8, against the same functions called in-process.",
@@ -239,12 +241,38 @@ def _realmodel(data: dict) -> list[str]:
     return out
 
 
+def share_cell(s: dict | None) -> str:
+    """k of n with its Wilson 95% interval (bench.common.share); empty when n is 0."""
+    if not s or not s.get("n"):
+        return ""
+    return (f"{fmt(s['rate'])} ({fmt(s['k'])}/{fmt(s['n'])}; "
+            f"{fmt(s['lower95'])}-{fmt(s['upper95'])})")
+
+
+QUALITY_FAMILY_COLUMNS = (("false accept", "false_accept"), ("false reject", "false_reject"),
+                          ("export precision", "export_precision"),
+                          ("precision mode", "export_precision_all_unflagged"),
+                          ("audit false flags", "audit_false_flag"))
+
+
 def _quality(data: dict) -> list[str]:
     totals = data.get("totals", {})
     out = [f"{fmt(data.get('constraints_with_kept_verifiers'))} of {fmt(data.get('constraints'))} "
            f"constraints kept verifiers; {fmt(totals.get('probes'))} (instruction, probe) pairs; "
            f"{fmt(data.get('sft_rows'))} SFT rows exported, "
            f"{fmt(len(data.get('sft_rows_failed', [])))} of them failed by the checker.", ""]
+    families = data.get("per_family", {})
+    if families:
+        out += [f"By constraint family ({fmt(data.get('families_with_kept_verifiers'))} of "
+                f"{fmt(data.get('families'))} kept verifiers). Each cell: rate (k/n; Wilson 95% "
+                "interval). Precision mode counts a row only when every kept function the audit did "
+                "not flag passes it; an audit false flag is a flag raised by probes that meet the "
+                "constraint.", ""]
+        out += table(["family", "phrasings kept", *(label for label, _ in QUALITY_FAMILY_COLUMNS)],
+                     ([f"`{name}`" if name != "overall" else "**overall**",
+                       f"{fmt(row.get('phrasings_kept'))} of {fmt(row.get('phrasings'))}",
+                       *(share_cell(row.get(key)) for _, key in QUALITY_FAMILY_COLUMNS)]
+                      for name, row in families.items()))
     out += table(["constraint", "checker", "kept functions", "false accept", "false reject"],
                  ([name, f"`{row.get('checker')}`", row.get("kept_functions"),
                    row.get("false_accept_rate"), row.get("false_reject_rate")]

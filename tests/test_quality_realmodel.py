@@ -28,8 +28,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
 # Constraints whose cases the 0.5B model writes on both sides (measured: its replies obey them
 # often enough, and a plain reply breaks them). Any one surviving is enough: which ones do
 # varies with sampling (each alone survived in some runs and not in others).
-CHOSEN = [c for c in CONSTRAINTS if c.checker in ("punctuation:no_comma", "change_case:english_lowercase",
-                                                   "length_constraints:number_words")]
+# The seed file has more phrasings of these checkers; the measured ones are these.
+MEASURED = ("Do not use any commas in your reply.",
+            "Write your whole reply in lowercase letters and use no capital letters at all.",
+            "Keep your reply under 60 words.", "Write at least 120 words.")
+CHOSEN = [c for c in CONSTRAINTS if c.text in MEASURED and c.checker in (
+    "punctuation:no_comma", "change_case:english_lowercase", "length_constraints:number_words")]
+assert len(CHOSEN) == len(MEASURED), "bench/quality_seeds.jsonl lost a measured phrasing"
 OWN_PROBES = ["the river was calm and a lantern glowed on the bank", "A lantern hung by the door, unlit.",
               "We walked along the river at dusk.", "our budget, sadly, is small",
               "nothing here has a capital letter or a comma"]

@@ -93,3 +93,24 @@ def test_a_result_file_without_a_section_still_renders(tmp_path):
     assert "| `speedup` | 2.500 | >= 2.000 |" in page
     assert "load average at end: 0.5, 0.4, 0.3" in page
     assert "not_a_result" not in page
+
+
+def test_quality_family_table_gives_counts_and_intervals(tmp_path):
+    from bench.common import share
+    from bench.quality_figures import by_family, ProbeVerdict, RowVerdict
+    families = by_family([ProbeVerdict("punctuation:no_comma", True, False, False),
+                          ProbeVerdict("punctuation:no_comma", False, False, False)],
+                         [RowVerdict("punctuation:no_comma", "pass_rate", True)], [])
+    for row in families.values():
+        row.update(phrasings=2, phrasings_kept=1)
+    (tmp_path / "quality.json").write_bytes(orjson.dumps({
+        "bench": "quality", "model": "m-0.5b", "date": "2026-01-02 03:04 UTC", "per_family": families,
+        "families": 1, "families_with_kept_verifiers": 1, "per_constraint": {},
+        "ratios": {"export_precision": 1.0}}))
+    page = render_docs.render(tmp_path)
+    assert "- model: m-0.5b" in page and "- date: 2026-01-02 03:04 UTC" in page
+    row = _row(page, "`punctuation:no_comma`")
+    lo, hi = share(1, 2)["lower95"], share(1, 2)["upper95"]
+    assert f"| 1 of 2 | 0.5 (1/2; {render_docs.fmt(lo)}-{render_docs.fmt(hi)}) |" in row
+    assert "| 1.000 (1/1; " in row
+    assert _row(page, "**overall**")
