@@ -11,7 +11,7 @@ from engine.records import Case, Instruction, Query
 from engine.stage import Context, Funnel
 from engine.stages import build_stage
 from engine.stages.verifiers import CODE_STOPS
-from tests.test_crossval import ALWAYS_TRUE, NO_COMMA, NO_COMMA_COUNT, run_stage
+from tests.engine.stages.test_crossval import ALWAYS_TRUE, NO_COMMA, NO_COMMA_COUNT, run_stage
 from tests.doubles import ScriptedLLM
 
 HEADER = "def evaluate(response: str) -> bool:\n"

@@ -25,7 +25,7 @@ from engine.sim.config import LatencyModel, SimConfig
 from engine.sim.server import SimServer
 from tests.fixtures import autoif_e2e as fx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 KEY = "test-key"
 THRESHOLD = 0.5                      # the pipeline's pass_threshold (the Config default)
 MAX_BATCH, MAX_CHARS = 64, 100_000
