@@ -101,7 +101,7 @@ def exported(run_dir: Path):
             r["rejected"][0]["content"])
            for stem in ("dpo_trl", "dpo_cases_trl")        # query-level pairs, then case pairs
            for r in read_jsonl(run_dir / "exports" / f"{stem}.jsonl")]
-    assert len(sft) == 4 and len(dpo) == 9          # what tests/test_run_e2e.py derives
+    assert len(sft) == 4 and len(dpo) == 9          # what tests/engine/commands/test_run_e2e.py derives
     return sft, dpo
 
 
