@@ -11,9 +11,7 @@ from engine.stages.audit import probe_inputs
 from engine.stages.crossval import judge
 from sandbox_pool import Outcome
 from tests.doubles import RecordingPool
-
-# the tests that send jobs share the module's pool (tests/engine/stages/conftest.py) and its event loop
-on_module_loop = pytest.mark.asyncio(loop_scope="module")
+from tests.engine.stages.conftest import on_module_loop
 
 NO_COMMA = "def evaluate(response):\n    return ',' not in response\n"
 NO_COMMA_COUNT = "def evaluate(response):\n    return response.count(',') == 0\n"

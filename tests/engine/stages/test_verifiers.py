@@ -13,6 +13,7 @@ from engine.stages import build_stage
 from engine.stages.verifiers import CODE_STOPS
 from tests.engine.stages.test_crossval import ALWAYS_TRUE, NO_COMMA, NO_COMMA_COUNT, run_stage
 from tests.doubles import ScriptedLLM
+from tests.engine.stages.conftest import on_module_loop
 
 HEADER = "def evaluate(response: str) -> bool:\n"
 
@@ -139,7 +140,7 @@ async def test_reply_cases_follow_side_is_told_the_rule_and_plain_side_is_shared
     assert f["verifiers.case"]["kept"] == 6   # read per instruction; pooling then merges equal texts
 
 
-@pytest.mark.asyncio(loop_scope="module")   # the module's shared pool lives on that loop
+@on_module_loop
 async def test_one_sided_cases_are_no_evidence(shared_pool):
     # every case expects True: even an always-True function "agrees" with all of them
     cases = [("a b", True), ("c d", True)]
