@@ -27,8 +27,11 @@ run: install
 	$(VENV)/bin/autoif run --demo
 
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
+# Two workers (pytest-xdist), a module at a time each (tests/conftest.py groups them), in
+# collection order, so the long embedded-model unit starts first: much of the suite waits on
+# subprocesses, servers and timeouts, and the second worker uses that time.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadscope --no-loadscope-reorder; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # Every benchmark runs even when one misses its target; the exit status says whether any did.
 bench: install

@@ -379,7 +379,7 @@ def write_parquet(path: Path, rows: Sequence[dict], jsonl: Path | None = None, s
     """`rows` as Parquet. With `jsonl` (the same rows, just written) Arrow's own JSON reader
     parses that file instead: converting Python objects (Table.from_pylist) imports pandas on
     first use, which would be most of the export's time at the end of a run. Both give the same schema and
-    values (tests/test_export.py). The reader types a column of ISO-date-like strings as
+    values (tests/engine/test_export.py). The reader types a column of ISO-date-like strings as
     timestamps; such a table, or one it cannot type in one pass, is converted from `rows`.
     `schema` (a pyarrow.Schema) fixes the columns and their types instead of inferring them, so
     files with no rows, or with only whole-number rates, still have the one schema."""

@@ -1,6 +1,7 @@
 """Helpers several test files share: processes that must be gone, free ports, JSONL files.
 
 Import them (`from tests.conftest import alive`); the test doubles of peers live in tests/doubles.py.
+It also tells pytest-xdist (`make test` runs `-n 2 --dist loadscope`) which tests share a worker.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 
 def alive(pid: int) -> bool:
@@ -42,3 +44,24 @@ def free_port() -> int:
 def read_jsonl(path: Path) -> list[dict]:
     """The JSON value of each non-blank line."""
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+# The modules that start the embedded llama-server: one work unit, so two such servers never
+# share the 2 cores. Every other module is its own unit, so its module-scoped fixtures (pools,
+# servers, a Ray cluster, a reference run) start on one worker only.
+EMBEDDED_MODEL_MODULES = ("tests/bench/test_quality.py", "tests/engine/servers/test_llamacpp.py",
+                          "tests/engine/test_evaluation.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "embedded-model" if module in EMBEDDED_MODEL_MODULES else module
+
+    return ModuleScheduling(config, log)

@@ -29,7 +29,7 @@ EMBEDDED_OK, EMBEDDED_WHY = embedded_available()
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not EMBEDDED_OK, reason=f"embedded llama.cpp unavailable: {EMBEDDED_WHY}")]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 PY = sys.executable
 
 

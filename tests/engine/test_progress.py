@@ -8,7 +8,7 @@ from rich.console import Console
 from engine.progress import Progress, funnel_table
 from engine.runner import StageSpec, StreamRunner
 from engine.stage import Context
-from tests.test_runner import Sleepy, ctx
+from tests.engine.test_runner import Sleepy, ctx
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 COUNTERS = {"requests": 0, "completion_tokens": 0, "checks": 0, "pool_busy_s": 0.0}

@@ -17,7 +17,7 @@ from engine.sim import (FaultConfig, LatencyModel, RandomResponder, ScriptedResp
                         SimServer, echo, load_responder)
 from engine.sim.tokens import count_tokens, split_tokens
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: dict):

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install -e '.[report]')")
 import matplotlib.image as mpimg  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 CHARTS = ("funnel", "throughput", "queues", "pass_rate", "scores")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -23,7 +23,7 @@ from engine.sim.config import LatencyModel, SimConfig
 from engine.sim.responders import prompt_text
 from engine.sim.server import SimServer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # key 0: count:keywords_multiple (5 keywords, 1/2/3/5/7 times); 5: count:conjunctions;
 # 133: format:sub-bullets and ratio:stop_words (whose checker needs NLTK's stopword list, not
 # installed here)
@@ -85,7 +85,7 @@ def test_summary_counts_skipped_apart():
 
 
 async def test_eval_cli_on_scripted_simulator(tmp_path):
-    sim_cfg = SimConfig(responder="tests.test_eval:respond", latency=LatencyModel(zero_latency=True))
+    sim_cfg = SimConfig(responder="tests.engine.test_evaluation:respond", latency=LatencyModel(zero_latency=True))
     async with SimServer(sim_cfg) as sim:
         proc = await asyncio.to_thread(run_cli, "--server", sim.url, "--keys", ",".join(KEYS),
                                        "--output", str(tmp_path / "s.json"),

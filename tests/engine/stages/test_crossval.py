@@ -10,7 +10,8 @@ from engine.stages import CrossValStage, load_queries
 from engine.stages.audit import probe_inputs
 from engine.stages.crossval import judge
 from sandbox_pool import Outcome
-from tests.doubles import RecordingPool, real_pool
+from tests.doubles import RecordingPool
+from tests.engine.stages.conftest import on_module_loop
 
 NO_COMMA = "def evaluate(response):\n    return ',' not in response\n"
 NO_COMMA_COUNT = "def evaluate(response):\n    return response.count(',') == 0\n"
@@ -34,13 +35,11 @@ def draft(codes, cases):
                          tuple(Case(i, e) for i, e in cases))
 
 
-async def run_stage(codes, cases, **cfg):
+async def run_stage(pool, codes, cases, **cfg):
     # these tests pin the paper's rules; the two-sided rule (on by default) is tested by name
     cfg.setdefault("two_sided_cases", False)
-    ctx = Context(llm=None, executor=None, funnel=Funnel())
-    async with real_pool() as pool:
-        ctx.executor = RecordingPool(pool)
-        out = await CrossValStage.from_config(Config.from_flat(**cfg)).process(draft(codes, cases), ctx)
+    ctx = Context(llm=None, executor=RecordingPool(pool), funnel=Funnel())   # records this run's batches
+    out = await CrossValStage.from_config(Config.from_flat(**cfg)).process(draft(codes, cases), ctx)
     return out, ctx
 
 
@@ -48,10 +47,11 @@ def codes_of(verified):
     return sorted(f.code for f, _ in verified.functions)
 
 
-async def test_keeps_agreeing_functions_and_cases_in_one_batch():
+@on_module_loop
+async def test_keeps_agreeing_functions_and_cases_in_one_batch(shared_pool):
     cases = [("a b c", True), ("a, b", False), ("no commas here", True), ("x,y", False)]
     codes = [NO_COMMA, NO_COMMA_COUNT, NO_COMMA_RE, ALWAYS_TRUE, NO_COMMA_COMMENTED, RETURNS_INT]
-    out, ctx = await run_stage(codes, cases)
+    out, ctx = await run_stage(shared_pool, codes, cases)
     pool: RecordingPool = ctx.executor
     assert len(pool.batches) == 1                                  # ALL functions x ALL cases at once
     assert len(pool.batches[0]) == 5                               # the commented copy was de-duplicated
@@ -71,92 +71,101 @@ async def test_keeps_agreeing_functions_and_cases_in_one_batch():
     assert f["crossval.case"] == {"in": 4, "kept": 4, "out": 4, "dropped": {}}
 
 
-async def test_accuracy_is_measured_on_kept_cases_only():
+@on_module_loop
+async def test_accuracy_is_measured_on_kept_cases_only(shared_pool):
     # three compiling functions: False cases get 1/3 agreement and are dropped; on the kept (True)
     # cases ALWAYS_TRUE is perfect, so under the paper's rules alone it survives
     cases = [("a b c", True), ("a, b", False), ("no commas here", True), ("x,y", False)]
-    out, ctx = await run_stage([NO_COMMA, ALWAYS_TRUE, RETURNS_INT], cases)
+    out, ctx = await run_stage(shared_pool, [NO_COMMA, ALWAYS_TRUE, RETURNS_INT], cases)
     [v] = out
     assert [(c.input, c.expected) for c in v.cases] == [("a b c", True), ("no commas here", True)]
     assert codes_of(v) == sorted([NO_COMMA, ALWAYS_TRUE])
     assert ctx.funnel.to_dict()["crossval.case"]["dropped"] == {"low_agreement": 2}
     # with the two-sided rule (the default) such one-sided evidence keeps nothing
-    out, ctx = await run_stage([NO_COMMA, ALWAYS_TRUE, RETURNS_INT], cases, two_sided_cases=True)
+    out, ctx = await run_stage(shared_pool, [NO_COMMA, ALWAYS_TRUE, RETURNS_INT], cases, two_sided_cases=True)
     assert out == [] and ctx.funnel.to_dict()["crossval"]["dropped"] == {"one_sided": 1}
 
 
-async def test_with_two_sided_cases_a_function_right_on_one_side_only_is_dropped():
+@on_module_loop
+async def test_with_two_sided_cases_a_function_right_on_one_side_only_is_dropped(shared_pool):
     # One passing case and two failing ones are kept; `return False` is right on 2 of 3 (0.67,
     # above the paper's 0.5) without ever telling a passing reply from a failing one. A 0.5B
     # model's `words[0] == "Here is my answer:"` (never true) survived the demo this way.
     cases = [("a b c", True), ("a, b", False), ("x,y", False)]
     codes = [NO_COMMA, NO_COMMA_COUNT, NO_COMMA_RE, ALWAYS_FALSE]
-    out, ctx = await run_stage(codes, cases)                       # the paper's rules: kept
+    out, ctx = await run_stage(shared_pool, codes, cases)          # the paper's rules: kept
     assert ALWAYS_FALSE in codes_of(out[0])
-    out, ctx = await run_stage(codes, cases, two_sided_cases=True)
+    out, ctx = await run_stage(shared_pool, codes, cases, two_sided_cases=True)
     [v] = out
     assert len(v.cases) == 3 and codes_of(v) == sorted([NO_COMMA, NO_COMMA_COUNT, NO_COMMA_RE])
     assert ctx.funnel.to_dict()["crossval.function"]["dropped"] == {"one_sided_function": 1}
 
 
-async def test_case_at_exactly_half_agreement_is_dropped():
+@on_module_loop
+async def test_case_at_exactly_half_agreement_is_dropped(shared_pool):
     # two functions; on "a,b" they disagree (NO_COMMA: False, SHORT: True) -> 1/2 = 0.5 -> dropped
     cases = [("hi", True), ("a,b", False)]
-    out, _ = await run_stage([NO_COMMA, SHORT], cases)
+    out, _ = await run_stage(shared_pool, [NO_COMMA, SHORT], cases)
     [v] = out
     assert [c.input for c in v.cases] == ["hi"]
     # lowering the bar below one half keeps it
-    out, _ = await run_stage([NO_COMMA, SHORT], cases, case_agreement=0.49)
+    out, _ = await run_stage(shared_pool, [NO_COMMA, SHORT], cases, case_agreement=0.49)
     assert [c.input for c in out[0].cases] == ["hi", "a,b"]
 
 
-async def test_function_at_exactly_half_accuracy_is_dropped():
+@on_module_loop
+async def test_function_at_exactly_half_accuracy_is_dropped(shared_pool):
     # three functions agree on all four cases except ALWAYS_TRUE, which is right on exactly 2 of 4
     cases = [("a b", True), ("c d", True), ("a, b", False), ("c, d", False)]
-    out, _ = await run_stage([NO_COMMA, RETURNS_INT.replace("int(", "bool("), ALWAYS_TRUE], cases)
+    out, _ = await run_stage(shared_pool, [NO_COMMA, RETURNS_INT.replace("int(", "bool("), ALWAYS_TRUE], cases)
     [v] = out
     assert ALWAYS_TRUE not in codes_of(v)
     assert len(v.functions) == 2 and all(acc == 1.0 for _, acc in v.functions)
 
 
-async def test_no_cases_drops_without_running():
-    out, ctx = await run_stage([NO_COMMA], [])
+@on_module_loop
+async def test_no_cases_drops_without_running(shared_pool):
+    out, ctx = await run_stage(shared_pool, [NO_COMMA], [])
     assert out == [] and ctx.funnel.to_dict()["crossval"]["dropped"] == {"no_cases": 1}
     assert ctx.executor.batches == []
 
 
-async def test_all_functions_fail_at_run_time():
-    out, ctx = await run_stage([RAISES, LOOPS], [("a", True), ("a,b", False)])
+@on_module_loop
+async def test_all_functions_fail_at_run_time(shared_pool):
+    out, ctx = await run_stage(shared_pool, [RAISES, LOOPS], [("a", True), ("a,b", False)])
     assert out == []
     assert ctx.funnel.to_dict()["crossval"]["dropped"] == {"no_case_agreed": 1}
     assert ctx.funnel.to_dict()["crossval.case"]["dropped"] == {"low_agreement": 2}
 
 
-async def test_rejected_functions_do_not_compile():
-    out, ctx = await run_stage([BAD_SYNTAX, FORBIDDEN], [("a", True)])
+@on_module_loop
+async def test_rejected_functions_do_not_compile(shared_pool):
+    out, ctx = await run_stage(shared_pool, [BAD_SYNTAX, FORBIDDEN], [("a", True)])
     assert out == []
     f = ctx.funnel.to_dict()
     assert f["crossval"]["dropped"] == {"no_function_compiles": 1}
     assert f["crossval.function"]["dropped"] == {"not_compiling": 2}
     # a rejected function does not count in the agreement denominator
-    out, _ = await run_stage([BAD_SYNTAX, NO_COMMA], [("a", True), ("a,", False)])
+    out, _ = await run_stage(shared_pool, [BAD_SYNTAX, NO_COMMA], [("a", True), ("a,", False)])
     assert [(f.code, acc) for f, acc in out[0].functions] == [(NO_COMMA, 1.0)]
     assert len(out[0].cases) == 2
 
 
-async def test_non_bool_returns_count_as_wrong():
+@on_module_loop
+async def test_non_bool_returns_count_as_wrong(shared_pool):
     cases = [("a b", True), ("a, b", False)]
-    out, _ = await run_stage([RETURNS_INT, RETURNS_STR], cases)
+    out, _ = await run_stage(shared_pool, [RETURNS_INT, RETURNS_STR], cases)
     assert out == []                       # nobody returned a bool: no case can agree
-    out, _ = await run_stage([NO_COMMA, RETURNS_INT, RETURNS_STR], cases, case_agreement=0.3)
+    out, _ = await run_stage(shared_pool, [NO_COMMA, RETURNS_INT, RETURNS_STR], cases, case_agreement=0.3)
     assert codes_of(out[0]) == [NO_COMMA]
 
 
-async def test_min_functions_and_cases_thresholds():
+@on_module_loop
+async def test_min_functions_and_cases_thresholds(shared_pool):
     cases = [("a b", True), ("a, b", False)]
-    out, ctx = await run_stage([NO_COMMA], cases, min_cases=3)
+    out, ctx = await run_stage(shared_pool, [NO_COMMA], cases, min_cases=3)
     assert out == [] and ctx.funnel.to_dict()["crossval"]["dropped"] == {"no_case_agreed": 1}
-    out, ctx = await run_stage([NO_COMMA], cases, min_functions=2)
+    out, ctx = await run_stage(shared_pool, [NO_COMMA], cases, min_functions=2)
     assert out == [] and ctx.funnel.to_dict()["crossval"]["dropped"] == {"no_function_accurate": 1}
 
 

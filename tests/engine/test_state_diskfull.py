@@ -19,8 +19,8 @@ import pytest
 from engine.outcome import EXIT_FAILED, EXIT_OK, EXIT_USAGE, is_storage_failure
 from engine.records import Instruction
 from engine.state import StateStore
-from tests.test_run_resume import _popen, _reap_group, export_records
-from tests.test_run_truth import clean_exports, config, inputs, run, simulator  # noqa: F401 (fixtures)
+from tests.engine.commands.test_run_resume import _popen, _reap_group, export_records
+from tests.engine.commands.test_run_truth import clean_exports, config, inputs, run, simulator  # noqa: F401 (fixtures)
 
 TEXT = "x" * 2000          # a record of ~2 KB: a batch of five fills a few pages
 

@@ -25,7 +25,7 @@ from engine.sim.config import LatencyModel, SimConfig
 from engine.sim.server import SimServer
 from tests.fixtures import autoif_e2e as fx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 KEY = "test-key"
 THRESHOLD = 0.5                      # the pipeline's pass_threshold (the Config default)
 MAX_BATCH, MAX_CHARS = 64, 100_000
@@ -101,7 +101,7 @@ def exported(run_dir: Path):
             r["rejected"][0]["content"])
            for stem in ("dpo_trl", "dpo_cases_trl")        # query-level pairs, then case pairs
            for r in read_jsonl(run_dir / "exports" / f"{stem}.jsonl")]
-    assert len(sft) == 4 and len(dpo) == 9          # what tests/test_run_e2e.py derives
+    assert len(sft) == 4 and len(dpo) == 9          # what tests/engine/commands/test_run_e2e.py derives
     return sft, dpo
 
 

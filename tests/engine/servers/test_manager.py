@@ -21,7 +21,7 @@ from engine.servers import (ManagedServer, ServerConfig, ServerError, ServerGrou
 from engine.servers.sglang import INSTALL_HINT, replica_gpus
 from tests.conftest import alive, wait_gone
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 PY = sys.executable
 
 

@@ -39,7 +39,7 @@ from engine.state import StateStore  # noqa: E402
 from tests.conftest import alive, free_port  # noqa: E402
 from tests.fixtures import autoif_e2e as fx  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 RESPONDER = "tests.fixtures.autoif_e2e:respond"
 pytestmark = pytest.mark.timeout(240)
 

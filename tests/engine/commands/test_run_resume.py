@@ -22,9 +22,9 @@ import orjson
 import pytest
 
 from tests.fixtures import autoif_e2e as fx
-from tests.test_run_e2e import EXPECTED_FUNNEL, EXPECTED_REQUESTS, JSONL_STEMS, read_jsonl
+from tests.engine.commands.test_run_e2e import EXPECTED_FUNNEL, EXPECTED_REQUESTS, JSONL_STEMS, read_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 MAX_IN_FLIGHT = 8
 

@@ -169,7 +169,7 @@ def test_real_command_line(tmp_path):
     out = tmp_path / "out.jsonl"
     proc = subprocess.run([sys.executable, "-m", "engine.cli", "stage", "verify", "--input", str(src),
                            "--output", str(out)], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=Path(__file__).resolve().parents[3])
     assert proc.returncode == 0, proc.stderr
     assert [r["kept"] for r in read(out)] == [True, False]
     assert "autoif stage verify: 1 lines (0 bad); 1 kept, 0 dropped (none)" in proc.stderr

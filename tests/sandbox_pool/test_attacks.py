@@ -28,7 +28,7 @@ GRACE = 2.0
 
 def _pool(*disabled, workers=1, timeout_s=2.0, scratch_root=None, **limits):
     # Some attacks here take a lot of CPU on purpose (1,100 mkdirs, 240 MB of writes): the
-    # per-job CPU budget, tested in test_sandbox_limits.py, is set out of their way.
+    # per-job CPU budget, tested in test_limits.py, is set out of their way.
     return SandboxPool(PoolConfig(
         workers=workers, grace_s=GRACE, scratch_root=scratch_root,
         limits=Limits(timeout_s=timeout_s, allowed_modules=HOSTILE, disable_layers=disabled,

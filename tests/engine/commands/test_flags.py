@@ -16,7 +16,7 @@ import pytest
 from engine.cli import main
 from engine.outcome import EXIT_FAILED, EXIT_USAGE
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def outcome(capsys, argv: list[str]) -> tuple[int, list[str]]:

@@ -21,7 +21,7 @@ from engine.sim.server import SimServer
 from tests.conftest import read_jsonl
 from tests.fixtures import autoif_e2e as fx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 PWNED = Path("/tmp/autoif_e2e_pwned")      # what the fixture's `import os` verifier would create
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.distributed.sharding import balance, partition, shard_dir, shard_of
 from engine.records import Instruction
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_same_shard_in_every_process():

@@ -262,7 +262,7 @@ def test_sim_demo_composes_exports_one_schema_per_file_and_resumes_the_same(tmp_
 
     import orjson
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[3]
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "engine.cli", "run", "--backend", "sim", "--demo", "--compose",
            "--max-queries", "80", "--output-dir", str(out), "--no-progress", "--no-parquet"]

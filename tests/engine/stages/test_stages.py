@@ -13,6 +13,7 @@ from engine.stage import Context, Funnel
 from engine.stages import (CHAIN, QueryJoinStage, default_stages, load_queries, load_seed_instructions,
                            make_seed_batches)
 from tests.doubles import RecordingPool, ScriptedLLM, real_pool
+from tests.engine.stages.conftest import on_module_loop
 
 NO_COMMA = "def evaluate(response):\n    return ',' not in response\n"
 LOWER = "def evaluate(response):\n    return response == response.lower()\n"
@@ -321,16 +322,16 @@ def task_for(*codes):
     return QueryTask(verified(*codes), "q1", "Describe tea.", "Describe tea.\n\nDo not use any commas in your reply.")
 
 
-async def test_responses_graded_in_one_batch():
+@on_module_loop
+async def test_responses_graded_in_one_batch(shared_pool):
     answers = [Completion("tea is warm and calm"),            # 2/2 (RAISES fails): 2/3
                Completion("Tea is warm"),                     # NO_COMMA only: 1/3
                Completion("tea, warm"),                       # LOWER only: 1/3
                Completion("   "),                             # passes both, but empty
                Completion("tea is", finish_reason="length")]  # passes, but truncated
     llm = ScriptedLLM(lambda name, prompt, n: answers[:n])
-    async with real_pool() as pool:
-        ctx = make_ctx(llm, RecordingPool(pool))
-        [result] = await make("responses", responses_k=5).process(task_for(NO_COMMA, LOWER, RAISES), ctx)
+    ctx = make_ctx(llm, RecordingPool(shared_pool))
+    [result] = await make("responses", responses_k=5).process(task_for(NO_COMMA, LOWER, RAISES), ctx)
     assert [(c[0], c[2]) for c in llm.calls] == [("response", 5)]
     assert llm.calls[0][1] == "Describe tea.\n\nDo not use any commas in your reply."
     assert len(ctx.executor.batches) == 1 and len(ctx.executor.batches[0]) == 3
@@ -344,7 +345,8 @@ async def test_responses_graded_in_one_batch():
     assert ctx.funnel.to_dict()["responses.sample"]["dropped"] == {"low_pass_rate": 2, "empty": 1, "truncated": 1}
 
 
-async def test_responses_tell_the_pool_while_other_queries_of_the_instruction_are_generating():
+@on_module_loop
+async def test_responses_tell_the_pool_while_other_queries_of_the_instruction_are_generating(shared_pool):
     """Three queries of one instruction finish generating one after another: the first two
     checks go out with more_coming (the pool may hold them for the third), the last without."""
     gates = {q: asyncio.Event() for q in ("q1", "q2", "q3")}
@@ -357,31 +359,31 @@ async def test_responses_tell_the_pool_while_other_queries_of_the_instruction_ar
     llm = GatedLLM(lambda name, prompt, n: ["tea is warm"] * n)
     item = verified(NO_COMMA, LOWER)
     tasks = [QueryTask(item, q, q, f"{q}: Describe tea.") for q in gates]
-    async with real_pool() as pool:
-        ctx = make_ctx(llm, RecordingPool(pool))
-        stage = make("responses", responses_k=2)
-        running = [asyncio.create_task(stage.process(t, ctx)) for t in tasks]
-        for q in gates:
-            await asyncio.sleep(0.05)
-            gates[q].set()
-        results = await asyncio.gather(*running)
+    ctx = make_ctx(llm, RecordingPool(shared_pool))
+    stage = make("responses", responses_k=2)
+    running = [asyncio.create_task(stage.process(t, ctx)) for t in tasks]
+    for q in gates:
+        await asyncio.sleep(0.05)
+        gates[q].set()
+    results = await asyncio.gather(*running)
     assert [len(r) for r in results] == [1, 1, 1]
     assert ctx.executor.more_coming == [True, True, False]
     assert stage._generating == {}                     # nothing left behind per instruction
 
 
-async def test_responses_threshold_and_drop():
+@on_module_loop
+async def test_responses_threshold_and_drop(shared_pool):
     llm = ScriptedLLM(lambda name, prompt, n: ["Tea, Warm", "tea, warm"][:n])
-    async with real_pool() as pool:
-        ctx = make_ctx(llm, pool)
-        assert await make("responses", responses_k=2).process(task_for(NO_COMMA, LOWER), ctx) == []    # 0 and exactly 0.5
-        assert ctx.funnel.to_dict()["responses"]["dropped"] == {"no_response_passed": 1}
-        ctx = make_ctx(llm, pool)
-        [result] = await make("responses", responses_k=2, pass_threshold=0.4).process(task_for(NO_COMMA, LOWER), ctx)
-        assert [r.passed for r in result.responses] == [False, True]
+    ctx = make_ctx(llm, shared_pool)
+    assert await make("responses", responses_k=2).process(task_for(NO_COMMA, LOWER), ctx) == []    # 0 and exactly 0.5
+    assert ctx.funnel.to_dict()["responses"]["dropped"] == {"no_response_passed": 1}
+    ctx = make_ctx(llm, shared_pool)
+    [result] = await make("responses", responses_k=2, pass_threshold=0.4).process(task_for(NO_COMMA, LOWER), ctx)
+    assert [r.passed for r in result.responses] == [False, True]
 
 
-async def test_responses_plain_reply_verified_in_the_same_batch_as_a_reject_only():
+@on_module_loop
+async def test_responses_plain_reply_verified_in_the_same_batch_as_a_reject_only(shared_pool):
     """plain_rejects: one reply to the query alone rides in the samples' batch; it is kept as a
     reject only when finished and failing every function, and never counts as a sample."""
     plain = {"Describe tea.": Completion("Tea, warm, calm")}                 # fails NO_COMMA and LOWER
@@ -392,9 +394,8 @@ async def test_responses_plain_reply_verified_in_the_same_batch_as_a_reject_only
         return ["tea is warm", "tea, warm"][:n]
 
     llm = ScriptedLLM(script)
-    async with real_pool() as pool:
-        ctx = make_ctx(llm, RecordingPool(pool))
-        [result] = await make("responses", responses_k=2, plain_rejects=True).process(task_for(NO_COMMA, LOWER), ctx)
+    ctx = make_ctx(llm, RecordingPool(shared_pool))
+    [result] = await make("responses", responses_k=2, plain_rejects=True).process(task_for(NO_COMMA, LOWER), ctx)
     assert sorted(c[0] for c in llm.calls) == ["case_plain", "response"]
     [batch] = ctx.executor.batches                                           # one batch, plain reply last
     assert all(inputs == ["tea is warm", "tea, warm", "Tea, warm, calm"] for _, inputs in batch)
@@ -406,14 +407,12 @@ async def test_responses_plain_reply_verified_in_the_same_batch_as_a_reject_only
     # one that meets a function anyway, or is cut off, is counted as dropped
     for text, finish, reason in (("tea is calm", "stop", "followed"), ("Tea, warm", "length", "truncated")):
         plain["Describe tea."] = Completion(text, finish_reason=finish)
-        async with real_pool() as pool:
-            ctx = make_ctx(ScriptedLLM(script), pool)
-            await make("responses", responses_k=2, plain_rejects=True).process(task_for(NO_COMMA, LOWER), ctx)
+        ctx = make_ctx(ScriptedLLM(script), shared_pool)
+        await make("responses", responses_k=2, plain_rejects=True).process(task_for(NO_COMMA, LOWER), ctx)
         assert ctx.funnel.to_dict()["responses.plain"]["dropped"] == {reason: 1}
     # off (the default): not asked for
     llm = ScriptedLLM(script)
-    async with real_pool() as pool:
-        [result] = await make("responses", responses_k=2).process(task_for(NO_COMMA, LOWER), make_ctx(llm, pool))
+    [result] = await make("responses", responses_k=2).process(task_for(NO_COMMA, LOWER), make_ctx(llm, shared_pool))
     assert [c[0] for c in llm.calls] == ["response"] and result.plain == ()
 
 

@@ -21,9 +21,9 @@ import pytest
 
 from engine.outcome import EXIT_FAILED, EXIT_LOST, EXIT_OK, EXIT_USAGE
 from tests.fixtures import autoif_e2e as fx
-from tests.test_run_resume import _popen, _reap_group, cache_count, export_records
+from tests.engine.commands.test_run_resume import _popen, _reap_group, cache_count, export_records
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 FLAKY = ["--fail-rate", "0.35", "--drop-rate", "0.15", "--stream-error-rate", "0.1"]
 
 

@@ -11,8 +11,9 @@ from engine.records import Case, Instruction, Query
 from engine.stage import Context, Funnel
 from engine.stages import VerifierStage
 from engine.stages.verifiers import CODE_STOPS
-from tests.test_crossval import ALWAYS_TRUE, NO_COMMA, NO_COMMA_COUNT, run_stage
+from tests.engine.stages.test_crossval import ALWAYS_TRUE, NO_COMMA, NO_COMMA_COUNT, run_stage
 from tests.doubles import ScriptedLLM
+from tests.engine.stages.conftest import on_module_loop
 
 HEADER = "def evaluate(response: str) -> bool:\n"
 
@@ -139,19 +140,20 @@ async def test_reply_cases_follow_side_is_told_the_rule_and_plain_side_is_shared
     assert f["verifiers.case"]["kept"] == 6   # read per instruction; pooling then merges equal texts
 
 
-async def test_one_sided_cases_are_no_evidence():
+@on_module_loop
+async def test_one_sided_cases_are_no_evidence(shared_pool):
     # every case expects True: even an always-True function "agrees" with all of them
     cases = [("a b", True), ("c d", True)]
-    out, ctx = await run_stage([NO_COMMA, ALWAYS_TRUE], cases, two_sided_cases=True)
+    out, ctx = await run_stage(shared_pool, [NO_COMMA, ALWAYS_TRUE], cases, two_sided_cases=True)
     assert out == []
     f = ctx.funnel.to_dict()
     assert f["crossval"]["dropped"] == {"one_sided": 1}
     assert f["crossval.function"]["dropped"] == {"one_sided_cases": 2}
     # configurable: off, the paper's rules alone keep it
-    out, _ = await run_stage([NO_COMMA, ALWAYS_TRUE], cases, two_sided_cases=False)
+    out, _ = await run_stage(shared_pool, [NO_COMMA, ALWAYS_TRUE], cases, two_sided_cases=False)
     assert len(out) == 1 and len(out[0].functions) == 2
     # with both sides the constant function is caught by the accuracy rule
-    out, _ = await run_stage([NO_COMMA, NO_COMMA_COUNT, ALWAYS_TRUE], cases + [("a, b", False), ("c, d", False)],
+    out, _ = await run_stage(shared_pool, [NO_COMMA, NO_COMMA_COUNT, ALWAYS_TRUE], cases + [("a, b", False), ("c, d", False)],
                              two_sided_cases=True)
     assert [f.code for f, _ in out[0].functions] == [NO_COMMA, NO_COMMA_COUNT]
     assert {(c.input, c.expected) for c in out[0].cases} == {*cases, ("a, b", False), ("c, d", False)}

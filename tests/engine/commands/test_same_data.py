@@ -22,9 +22,9 @@ import orjson
 import pytest
 
 from engine.outcome import EXIT_INTERRUPTED, EXIT_LOST
-from tests.test_run_resume import _reap_group, sim_process
+from tests.engine.commands.test_run_resume import _reap_group, sim_process
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 RUN_TIMEOUT_S = 120
 
