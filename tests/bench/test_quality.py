@@ -9,6 +9,8 @@ Skipped, with the reason, when the `embedded` extra is not installed.
 """
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bench.quality import CONSTRAINTS, ifbench_probes, official_checker
@@ -43,20 +45,23 @@ OWN_PROBES = ["the river was calm and a lantern glowed on the bank", "A lantern 
 async def _round(ctx: Context, pool: SandboxPool, cfg: Config, probes: list[str]) -> dict[str, list[str]]:
     """One draw: verifiers and cross-validation for each chosen constraint; for each survivor,
     its kept functions that give the official checker's verdict on every probe."""
-    agreeing: dict[str, list[str]] = {}
     verifiers, crossval = VerifierStage.from_config(cfg, load_queries()), CrossValStage.from_config(cfg)
-    for c in CHOSEN:
+
+    async def one(c) -> list[str] | None:
         drafts = await verifiers.process(Instruction(c.text), ctx)
         verified = [v for d in drafts for v in await crossval.process(d, ctx)]
         if not verified:
-            continue
+            return None
         checker = official_checker(c)
         official = [bool(checker.check_following(p)) for p in probes]
         codes = [f.code for f, _ in verified[0].functions]
         results = await pool.evaluate_many([(code, probes) for code in codes])
-        agreeing[c.text] = [code for code, res in zip(codes, results)
-                            if [o.status == "ok" and o.value is True for o in res] == official]
-    return agreeing
+        return [code for code, res in zip(codes, results)
+                if [o.status == "ok" and o.value is True for o in res] == official]
+
+    # every constraint at once, as a run asks them: the server's slots are shared between them
+    kept = await asyncio.gather(*(one(c) for c in CHOSEN))
+    return {c.text: codes for c, codes in zip(CHOSEN, kept) if codes is not None}
 
 
 async def test_embedded_verifiers_survive_crossval_and_agree_with_ifeval(tmp_path):
