@@ -32,12 +32,13 @@ from engine.commands import flags
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.export import ExportOptions, export
 from engine.run import Engine, RunSpec, make_client, make_pool, run_shard
-from engine.records import QueryResult, ResponseRecord, VerifiedInstruction
+from engine.records import ConflictPair, QueryResult, ResponseRecord, VerifiedInstruction
 from engine.reference import (BadRecord, FileAnswers, count_lines, dpo_side_rows, grouped, instruction_row,
                               read_crossval, read_rows, read_verify, response_row, score_prompt, score_rows,
                               verified, verified_row, verify_rows)
 from engine.stage import Context, Funnel
 from engine.stages import QueryBudget, load_seed_instructions, make_seed_batches
+from engine.stages.compose import ComposedGroups
 from engine.stages.scoring import UNSCORED
 
 NAMES = ("augment", "crossval", "verify", "backtranslate", "score", "export")
@@ -189,6 +190,12 @@ class Graded:
 
     def result(self, record: QueryResult) -> None:
         pass
+
+    def conflict(self, pair: ConflictPair) -> None:
+        pass
+
+    def compose_groups(self) -> ComposedGroups:
+        return ComposedGroups()
 
     def query_budget(self, cfg: Config) -> QueryBudget:
         return QueryBudget(cfg.responses.max_queries)

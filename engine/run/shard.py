@@ -34,8 +34,8 @@ def build_stages(spec: RunSpec, recorder: Recorder | None) -> list:
                                 on_graded=recorder.graded if recorder else None,
                                 query_budget=(recorder.query_budget(cfg) if recorder
                                               else QueryBudget(cfg.responses.max_queries)),
-                                on_conflict=getattr(recorder, "conflict", None),
-                                compose_groups=recorder.compose_groups() if hasattr(recorder, "compose_groups") else None)
+                                on_conflict=recorder.conflict if recorder else None,
+                                compose_groups=recorder.compose_groups() if recorder else None)
     except (OSError, ValueError) as exc:
         raise JobError(f"stages: {exc}") from None
     if recorder is None:
