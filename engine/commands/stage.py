@@ -31,14 +31,13 @@ import orjson
 from engine.commands import flags
 from engine.config import Config, ConfigError, add_config_arguments, config_from_args
 from engine.export import ExportOptions, export
-from engine.run import Engine, RunSpec, make_client, make_pool, run_shard
-from engine.records import ConflictPair, QueryResult, ResponseRecord, VerifiedInstruction
+from engine.run import Engine, RunSpec, Unrecorded, make_client, make_pool, run_shard
+from engine.records import QueryResult, ResponseRecord, VerifiedInstruction
 from engine.reference import (BadRecord, FileAnswers, count_lines, dpo_side_rows, grouped, instruction_row,
                               read_crossval, read_rows, read_verify, response_row, score_prompt, score_rows,
                               verified, verified_row, verify_rows)
 from engine.stage import Context, Funnel
-from engine.stages import QueryBudget, load_seed_instructions, make_seed_batches
-from engine.stages.compose import ComposedGroups
+from engine.stages import load_seed_instructions, make_seed_batches
 from engine.stages.scoring import UNSCORED
 
 NAMES = ("augment", "crossval", "verify", "backtranslate", "score", "export")
@@ -176,29 +175,14 @@ def every_response(plan: Plan) -> list[QueryResult]:
     return graded + unchecked
 
 
-class Graded:
+class Graded(Unrecorded):
     """The recorder of `autoif stage`: keeps nothing but every graded result, for verify."""
 
     def __init__(self, graded: list[QueryResult]) -> None:
-        self.graded = graded.append
+        self.kept = graded
 
-    def augmented(self, records: list) -> None:
-        pass
-
-    def verified(self, records: list) -> None:
-        pass
-
-    def result(self, record: QueryResult) -> None:
-        pass
-
-    def conflict(self, pair: ConflictPair) -> None:
-        pass
-
-    def compose_groups(self) -> ComposedGroups:
-        return ComposedGroups()
-
-    def query_budget(self, cfg: Config) -> QueryBudget:
-        return QueryBudget(cfg.responses.max_queries)
+    def graded(self, result: QueryResult) -> None:
+        self.kept.append(result)
 
 
 def input_id(item: Any) -> str:

@@ -13,14 +13,14 @@ from engine.run.events import Done, EventQueue, Results, Sampled, ShardEvent, Ti
 from engine.run.finish import (coverage, export_grpo_run, export_options, export_run, run_start, stopped_by_storage,
                                storage_errors, write_summary)
 from engine.run.inputs import check_output_dir, load_inputs, preflight
-from engine.run.record import Recorded, Recorder, RoundStored, Stored, Streamed
+from engine.run.record import Recorded, Recorder, RoundStored, Stored, Streamed, Unrecorded
 from engine.run.shard import build_stages, run_shard
 from engine.run.spec import RunSpec
 from engine.run.store import RunStore, input_hash
 
 __all__ = [
     "Client", "Done", "check_reachable", "Engine", "EventQueue", "NoPool", "Pool", "Recorded", "Recorder", "Results",
-    "RoundStored", "RunSpec", "RunStore", "Sampled", "ShardEvent", "Stored", "Streamed", "Tick",
+    "RoundStored", "RunSpec", "RunStore", "Sampled", "ShardEvent", "Stored", "Streamed", "Tick", "Unrecorded",
     "Verified", "build_stages", "check_output_dir", "coverage", "export_grpo_run", "export_options", "export_run",
     "input_hash", "load_inputs", "make_client", "make_pool", "open_engine", "preflight", "run_shard",
     "run_start", "stopped_by_storage", "storage_errors", "write_summary",

@@ -88,12 +88,9 @@ class Streamed(Stored):
         self.events.put(Results([record.to_dict()]))
 
 
-class RoundStored:
-    """An online-DPO round: its results under the round, nothing else (the full run's verified
-    instructions and GRPO prompts stay as they are)."""
-
-    def __init__(self, store: RunStore, round_: int) -> None:
-        self.store, self.round = store, round_
+class Unrecorded:
+    """Records nothing, and starts from no grants and no groups: a recorder that keeps one kind
+    of record overrides only that one."""
 
     def augmented(self, records: list[Instruction]) -> None:
         pass
@@ -105,7 +102,7 @@ class RoundStored:
         pass
 
     def result(self, record: QueryResult) -> None:
-        self.store.put_round_results(self.round, [record])
+        pass
 
     def conflict(self, pair: ConflictPair) -> None:
         pass
@@ -115,6 +112,17 @@ class RoundStored:
 
     def query_budget(self, cfg: Config) -> QueryBudget:
         return QueryBudget(cfg.responses.max_queries)
+
+
+class RoundStored(Unrecorded):
+    """An online-DPO round: its results under the round, nothing else (the full run's verified
+    instructions and GRPO prompts stay as they are)."""
+
+    def __init__(self, store: RunStore, round_: int) -> None:
+        self.store, self.round = store, round_
+
+    def result(self, record: QueryResult) -> None:
+        self.store.put_round_results(self.round, [record])
 
 
 class Recorded:
