@@ -130,6 +130,8 @@ class Recorded:
 
     def __init__(self, stage: Stage, put: Any) -> None:
         self.inner, self.put, self.name = stage, put, stage.name
+        if hasattr(stage, "hold"):        # the runner's barrier sees through the wrapper
+            self.hold = stage.hold
 
     async def process(self, item: Any, ctx: Context) -> list:
         outs = await self.inner.process(item, ctx)

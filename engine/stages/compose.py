@@ -11,9 +11,11 @@ instructions verified so far; a request that finds too few waits for later instr
 Every pair of another family is checked once, as its second instruction arrives.
 The queries stage joins a composed prompt to queries as it does one instruction.
 
-Which instructions were verified before which depends on timing, so the groups made are
-remembered (ComposedGroups, kept in the run's store): a resumed run makes the same groups again,
-each once its members have all arrived, and fills only the requests the first left open.
+Which instructions are verified before which depends on timing, so the stage waits for all of
+them (the runner's `hold` barrier) and composes in instruction-id order: the same verified
+instructions give the same groups however the run was timed, at any worker count, and a resumed
+run (which replays them from its store) makes exactly the groups a clean run makes. The groups
+are also kept in the run's store (ComposedGroups) as a record of what was composed.
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ class ComposedGroups:
         self.on_change = on_change
 
     def add(self, ids: list[str]) -> None:
+        if ids in self.groups:          # a resumed run composes its groups again
+            return
         self.groups.append(ids)
         if self.on_change is not None:
             self.on_change([list(g) for g in self.groups])
@@ -78,7 +82,7 @@ class ComposeStage:
     @classmethod
     def from_config(cls, cfg: Config, on_conflict: Callable[[ConflictPair], None] | None = None,
                     groups: ComposedGroups | None = None) -> ComposeStage:
-        """`groups`: the groups composed so far (a resumed run's, from its store; None: a fresh run)."""
+        """`groups`: where the groups are recorded (a run's store; None: nowhere)."""
         c = cfg.compose
         judge = judge_sampling(cfg)
         return cls(shares=c.shares, max_n=c.max, seed=cfg.run.seed,
@@ -95,12 +99,15 @@ class ComposeStage:
         self.family_judge = family_judge
         self.on_conflict = on_conflict
         self.groups = groups or ComposedGroups()
-        self.remembered = [list(g) for g in self.groups.groups]    # made before: emitted again, not re-added
         self.seen: dict[str, VerifiedInstruction] = {}          # by instruction id
         self.conflicts: set[frozenset[str]] = set()
         self.pending: list[tuple[str, int]] = []                # (instruction id, size) not yet filled
         self.made: set[frozenset[str]] = set()
         self._lock = asyncio.Lock()
+
+    def hold(self, item: VerifiedInstruction) -> str:
+        """Every instruction waits for the others, then comes in id order (module docstring)."""
+        return item.instruction.id
 
     async def process(self, item: VerifiedInstruction, ctx: Context) -> list:
         item = replace(item, family=item.family or await self.family(item, ctx))
@@ -123,9 +130,8 @@ class ComposeStage:
             self.seen[iid] = item
             rng = random.Random(f"{self.seed}:compose:{iid}")
             for n, rate in sorted(self.rates.items()):
-                before = sum(1 for g in self.remembered if g[0] == iid and len(g) == n)
-                self.pending += [(iid, n)] * max(0, int(rate) + (rng.random() < rate % 1) - before)
-            groups = self._recall() + self._fill()
+                self.pending += [(iid, n)] * (int(rate) + (rng.random() < rate % 1))
+            groups = self._fill()
         for g in groups:
             row = f"compose.prompt.{len(g.members)}"
             ctx.funnel.count_in(row)
@@ -140,16 +146,6 @@ class ComposeStage:
         answers = await ask(ctx, render("family", instruction=item.instruction.text), self.family_judge,
                             role=JUDGE)
         return parse_family(answers[0].text) if answers else OTHER
-
-    def _recall(self) -> list[ComposedInstruction]:
-        """The groups made before whose members have all arrived now."""
-        out = []
-        for ids in self.remembered:
-            key = frozenset(ids)
-            if key not in self.made and all(i in self.seen for i in ids):
-                self.made.add(key)
-                out.append(ComposedInstruction(tuple(self.seen[i] for i in ids)))
-        return out
 
     def _fill(self) -> list[ComposedInstruction]:
         """The pending requests that the instructions seen so far can fill, oldest first."""

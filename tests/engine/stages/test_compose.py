@@ -174,20 +174,41 @@ def test_composition_is_seeded_by_ids():
     assert a == b and a
 
 
-def test_a_resumed_stage_makes_the_groups_made_before_whatever_the_order():
+def test_groups_do_not_depend_on_arrival_order_or_concurrency():
+    """Through the runner, as a run composes: the stage waits for every instruction, so the
+    order cross-validation happens to finish them in changes nothing."""
+    from engine.runner import StageSpec, StreamRunner
+
+    def groups_when(items, concurrency):
+        out = []
+
+        async def go(pool):
+            runner = StreamRunner([StageSpec(compose_stage(), concurrency)], ctx(judge("compatible"), pool),
+                                  sink=out.append)
+            await runner.run(items)
+        with_pool(go)
+        return [[m.instruction.id for m in o.members] for o in out if isinstance(o, ComposedInstruction)]
+
+    items = [short(), lower(), hello(), long_()]
+    first = groups_when(items, 1)
+    assert first, "some pair is composed"
+    assert groups_when(items[::-1], 4) == first
+    assert groups_when(items[1:] + items[:1], 2) == first
+
+
+def test_a_resumed_stage_makes_the_same_groups_and_records_none_twice():
     memory = ComposedGroups()
+    items = sorted([short(), lower(), hello()], key=lambda v: v.instruction.id)   # the runner's order
     stage = ComposeStage(shares=(0.2, 0.8), max_n=2, seed=0, checker=check(), groups=memory)
-    first, _ = run_compose(stage, [short(), lower(), hello()], judge("compatible"))
+    first, _ = run_compose(stage, items, judge("compatible"))
     made = [[m.instruction.id for m in o.members] for o in first if isinstance(o, ComposedInstruction)]
     assert made and memory.groups == made
-    kept = []
+    recorded = []
     again = ComposeStage(shares=(0.2, 0.8), max_n=2, seed=0, checker=check(),
-                         groups=ComposedGroups(made, on_change=kept.append))
-    second, _ = run_compose(again, [hello(), lower(), short()], judge("compatible"))
-    remade = [[m.instruction.id for m in o.members] for o in second if isinstance(o, ComposedInstruction)]
-    assert all(g in remade for g in made)
-    # requests left open the first time may fill now; none is made twice
-    assert len({frozenset(g) for g in remade}) == len(remade)
+                         groups=ComposedGroups(made, on_change=recorded.append))
+    second, _ = run_compose(again, items, judge("compatible"))
+    assert [[m.instruction.id for m in o.members] for o in second if isinstance(o, ComposedInstruction)] == made
+    assert recorded == [] and again.groups.groups == made
 
 
 def run_groups(items):
@@ -324,3 +345,21 @@ def test_the_llm_places_what_the_rules_do_not():
     assert llm.count("family") == 1
     no_llm = ComposeStage(shares=(0.5, 0.5), max_n=2, seed=0, checker=check(), family_judge=None)
     assert asyncio.run(no_llm.family(polite, ctx(llm, None))) == "content/other"
+
+
+def test_a_recorded_stage_keeps_its_barrier():
+    """A run records the compose stage's outputs through a wrapper; the runner must still see
+    the stage's `hold`, or composition would follow arrival order."""
+    from engine.run.record import Recorded
+
+    class NoBarrier:
+        name = "plain"
+
+        async def process(self, item, ctx):
+            return [item]
+
+    stage = compose_stage()
+    wrapped = Recorded(stage, lambda outs: None)
+    item = short()
+    assert wrapped.hold(item) == stage.hold(item) == item.instruction.id
+    assert not hasattr(Recorded(NoBarrier(), print), "hold")
