@@ -1,6 +1,7 @@
 """Data quality against IFEval's official checkers, per constraint family, with intervals.
 
-    python -m bench.quality [--quick] [--server URL] [--seeds FILE]
+    python -m bench.quality [--quick] [--server URL] [--seeds FILE] [--minimal-pairs]
+        [--precision-export] [--backtranslate-rule equivalence] [--compose] [--name NAME]
 
 A run of the engine's own stages (verifier generation, cross-validation, back-translation,
 audit, queries, responses, scoring, export; augmentation off) seeded with the constraints of
@@ -30,6 +31,11 @@ first phrasing of each family and joins fewer queries.
                       meet the constraint is a false flag.
 
 Per family and overall, each figure is k of n with a Wilson 95% interval (bench.quality_figures).
+The mechanism flags set the engine settings of the same names, so each one's contribution is
+measured on and off on the same seeds; --name writes the run as a variant
+(bench/results/NAME.json, shown in the docs page's table of variants). With --compose, the
+composed SFT rows are checked too: a row is right when every one of its constraints' official
+checkers passes it (composed_export_precision).
 Default server: the embedded llama.cpp model, started here; --server URL for any other.
 Writes bench/results/quality.json (ratios.export_precision, export_precision_lower95,
 false_accept, false_reject, the precision-mode figures; the model, date, per-family and
@@ -57,7 +63,7 @@ import langdetect  # noqa: E402
 import orjson  # noqa: E402
 from if_verifiable.ifeval import instructions_registry  # noqa: E402
 
-from bench.common import ROOT, loadavg, machine, parser, table, write_results  # noqa: E402
+from bench.common import ROOT, loadavg, machine, parser, share, table, write_results  # noqa: E402
 from bench.quality_figures import (OVERALL, AuditVerdict, ProbeVerdict, RowVerdict,  # noqa: E402
                                    by_family, headline)
 from engine.config import Config  # noqa: E402
@@ -204,6 +210,8 @@ def all_unflagged_sft(results: list[QueryResult], verified: dict[str, VerifiedIn
     function: the run's results with every other response taken out, through the same export."""
     kept = []
     for q in results:
+        if q.task.also:           # composed prompts are measured apart, on the run's own export
+            continue
         unflagged = unflagged_ids(verified.get(q.task.instruction.instruction.id, q.task.instruction))
         kept.append(replace(q, responses=tuple(r for r in q.responses if passes_all_unflagged(r, unflagged))))
     return sft_examples(kept, opts)
@@ -225,7 +233,15 @@ def main() -> None:
     p.add_argument("--server", action="append", default=[], help="LLM server URL (default: embedded)")
     p.add_argument("--output-dir", default="", help="run directory (default: a temporary one)")
     p.add_argument("--seeds", type=Path, default=SEEDS, help="constraint seed file (JSONL)")
+    # the #22/#23 mechanisms, so each one's contribution is measured on and off on the same seeds
+    p.add_argument("--minimal-pairs", action="store_true", help="engine setting minimal_pairs")
+    p.add_argument("--precision-export", action="store_true", help="engine setting precision_export")
+    p.add_argument("--backtranslate-rule", choices=("contradiction", "equivalence"), default="contradiction")
+    p.add_argument("--compose", action="store_true", help="engine setting compose (composed prompts too)")
+    p.add_argument("--name", default="quality", help="result file bench/results/NAME.json (default: quality)")
     args = p.parse_args()
+    mechanisms = {"minimal_pairs": args.minimal_pairs, "precision_export": args.precision_export,
+                  "backtranslate_rule": args.backtranslate_rule, "compose": args.compose}
     constraints = load_constraints(args.seeds)
     if args.quick:
         constraints = first_phrasings(constraints)
@@ -247,7 +263,8 @@ def main() -> None:
                                verifier_k=5, verifier_case_samples=4, verifier_case_max_tokens=200,
                                queries_per_instruction=2 if args.quick else 8,
                                sft_per_query=1 if args.quick else 2, responses_k=3,
-                               stage_concurrency=16, max_inflight_requests=16, response_max_tokens=400)
+                               stage_concurrency=16, max_inflight_requests=16, response_max_tokens=400,
+                               **mechanisms)
         t0 = time.perf_counter()
         summary = asyncio.run(run_job(cfg, backend="embedded", progress=False))
         run_s = time.perf_counter() - t0
@@ -297,9 +314,11 @@ def main() -> None:
 
     rows: list[RowVerdict] = []
     failed_rows = []            # exported rows the official checker fails, for the reader to see
-    exports = {"pass_rate": [(r["provenance"]["instruction_id"], r["messages"][-1]["content"]) for r in sft_rows],
+    single = [r for r in sft_rows if len(r.get("instruction_ids") or [None]) == 1]
+    exports = {"pass_rate": [(r["provenance"]["instruction_id"], r["messages"][-1]["content"]) for r in single],
                "all_unflagged": [(e.provenance["instruction_id"], e.chosen) for e in
                                  all_unflagged_sft(results, verified, ExportOptions.from_config(cfg))]}
+    composed: dict[int, list[bool]] = {}     # constraint count -> official verdict per composed row
     for mode, pairs in exports.items():
         for i, reply in pairs:
             c = by_id.get(i)
@@ -309,6 +328,13 @@ def main() -> None:
             rows.append(RowVerdict(c.family, mode, ok))
             if not ok and mode == "pass_rate":
                 failed_rows.append({"constraint": c.text, "checker": c.checker, "response": reply})
+    # a composed row is right when every one of its constraints' official checkers passes it
+    for r in sft_rows:
+        ids = r.get("instruction_ids") or []
+        if len(ids) > 1 and all(i in by_id for i in ids):
+            reply = r["messages"][-1]["content"]
+            composed.setdefault(len(ids), []).append(all(checkers[i].check_following(reply) for i in ids))
+    composed_all = [ok for oks in composed.values() for ok in oks]
 
     families = by_family(probe_verdicts, rows, audits)
     for c in constraints:                     # families whose phrasings kept nothing still get a row
@@ -331,7 +357,13 @@ def main() -> None:
     print(f"\n{len(kept)} of {len(constraints)} constraints kept verifiers; {len(sft_rows)} SFT rows exported")
     print(f"run {run_s:.0f}s on {servers[0]} ({model}); load average {loadavg()}")
     ratios = headline(overall)
-    path = write_results("quality", {
+    if composed_all:
+        figure = share(sum(composed_all), len(composed_all))
+        ratios["composed_export_precision"] = figure["rate"]
+        ratios["composed_export_precision_lower95"] = figure["lower95"]
+        print(f"composed rows: {_fmt_share(figure)} pass every official checker; by constraint count "
+              + ", ".join(f"{n}: {sum(v)}/{len(v)}" for n, v in sorted(composed.items())))
+    path = write_results(args.name, {
         "model": model, "date": started.strftime("%Y-%m-%d %H:%M UTC"), "servers": servers,
         "run_s": round(run_s, 1), "quick": args.quick, "loadavg_at_start": load_at_start,
         "seeds": str(args.seeds.relative_to(ROOT)) if args.seeds.is_relative_to(ROOT) else str(args.seeds),
@@ -343,6 +375,8 @@ def main() -> None:
         "sft_rows_all_unflagged": overall["export_precision_all_unflagged"]["n"],
         "sft_rows_failed": failed_rows, "per_family": families, "per_constraint": per_constraint,
         "totals": rates([p.engine for p in probe_verdicts], [p.official for p in probe_verdicts]),
+        "settings": mechanisms, **({"variant": args.name} if args.name != "quality" else {}),
+        "composed_rows": {str(n): share(sum(v), len(v)) for n, v in sorted(composed.items())},
         "funnel": summary.get("funnel", {}), "targets": TARGETS, "machine": machine(),
     }, ratios)
     print(f"wrote {path}")

@@ -273,11 +273,37 @@ def _quality(data: dict) -> list[str]:
                        f"{fmt(row.get('phrasings_kept'))} of {fmt(row.get('phrasings'))}",
                        *(share_cell(row.get(key)) for _, key in QUALITY_FAMILY_COLUMNS)]
                       for name, row in families.items()))
+    settings = data.get("settings")
+    if settings:
+        out += ["Engine settings of this run: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()) + ".", ""]
+    out += table(["constraints per prompt", "composed SFT rows passing every official checker"],
+                 ([n, share_cell(s)] for n, s in (data.get("composed_rows") or {}).items()))
     out += table(["constraint", "checker", "kept functions", "false accept", "false reject"],
                  ([name, f"`{row.get('checker')}`", row.get("kept_functions"),
                    row.get("false_accept_rate"), row.get("false_reject_rate")]
                   for name, row in data.get("per_constraint", {}).items()))
     return out
+
+
+def quality_variants(results_dir: Path) -> list[str]:
+    """bench.quality runs with other settings (--name), one row each: what each mechanism moves."""
+    rows = []
+    for path in sorted(results_dir.glob("quality_*.json")):
+        data = orjson.loads(path.read_bytes())
+        if not isinstance(data, dict) or not data.get("variant"):
+            continue
+        fam = data.get("per_family", {}).get("overall", {})
+        settings = ", ".join(f"`{k}={v}`" for k, v in (data.get("settings") or {}).items())
+        rows.append([f"`{data['variant']}`", "quick" if data.get("quick") else "full", settings,
+                     f"{fmt(data.get('constraints_with_kept_verifiers'))} of {fmt(data.get('constraints'))}",
+                     fmt(data.get("sft_rows")), share_cell(fam.get("export_precision")),
+                     share_cell(fam.get("export_precision_all_unflagged")), share_cell(fam.get("false_accept")),
+                     fmt(data.get("ratios", {}).get("composed_export_precision")), fmt(data.get("loadavg_at_start"))])
+    if not rows:
+        return []
+    return ["Variants (`--name`): the same seeds with the engine's mechanisms on or off.", ""] + table(
+        ["variant", "mode", "settings", "constraints kept", "SFT rows", "export precision", "precision mode",
+         "false accept", "composed precision", "load at start"], rows)
 
 
 def _reward(data: dict) -> list[str]:
@@ -302,7 +328,7 @@ def load_results(results_dir: Path) -> dict[str, dict]:
     found = {}
     for path in sorted(results_dir.glob("*.json")):
         data = orjson.loads(path.read_bytes())
-        if isinstance(data, dict) and "ratios" in data:
+        if isinstance(data, dict) and "ratios" in data and not data.get("variant"):
             found[data.get("bench", path.stem)] = data
     order = {name: i for i, name in enumerate(ORDER)}
     return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
@@ -316,6 +342,8 @@ def section(name: str, data: dict, results_dir: Path) -> list[str]:
     out += conditions(data) + ratios(data)
     if name in FIGURES:
         out += FIGURES[name](data)
+    if name == "quality":
+        out += quality_variants(results_dir)
     for png in sorted(results_dir.glob(f"{name}*.png")):
         out += [f"![{png.stem}](../bench/results/{png.name})", ""]
     return out

@@ -53,6 +53,9 @@ def test_every_benchmark_and_every_ratio_is_on_the_page():
         data = orjson.loads(path.read_bytes())
         if not isinstance(data, dict) or "ratios" not in data:
             continue
+        if data.get("variant"):       # a bench.quality variant: one row of the quality section
+            assert _row(_section(page, "quality"), f"`{data['variant']}`")
+            continue
         name = data.get("bench", path.stem)
         assert f"\n## {name}\n" in page
         for key, value in data["ratios"].items():
@@ -114,3 +117,17 @@ def test_quality_family_table_gives_counts_and_intervals(tmp_path):
     assert f"| 1 of 2 | 0.5 (1/2; {render_docs.fmt(lo)}-{render_docs.fmt(hi)}) |" in row
     assert "| 1.000 (1/1; " in row
     assert _row(page, "**overall**")
+
+
+def test_a_quality_variant_is_a_row_not_a_section(tmp_path):
+    main = {"bench": "quality", "ratios": {"export_precision": 0.9}, "constraints": 2}
+    variant = {"bench": "quality", "variant": "quality_off", "quick": True, "ratios": {"export_precision": 0.5},
+               "settings": {"minimal_pairs": False}, "constraints": 2, "constraints_with_kept_verifiers": 1,
+               "sft_rows": 4, "per_family": {"overall": {"export_precision": {"k": 2, "n": 4, "rate": 0.5,
+                                                                            "lower95": 0.15, "upper95": 0.85}}}}
+    (tmp_path / "quality.json").write_bytes(orjson.dumps(main))
+    (tmp_path / "quality_off.json").write_bytes(orjson.dumps(variant))
+    page = render_docs.render(tmp_path)
+    assert "\n## quality_off\n" not in page
+    row = _row(_section(page, "quality"), "`quality_off`")
+    assert "`minimal_pairs=False`" in row and "(2/4; 0.15-0.85)" in row and "| quick |" in row
