@@ -46,8 +46,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-# The modules that start the embedded llama-server: one work unit, so two such servers never
-# share the 2 cores. Every other module is its own unit, so its module-scoped fixtures (pools,
+@pytest.fixture(scope="session")
+def embedded_llama(tmp_path_factory):
+    """One embedded llama-server (the default model, 8 slots) for every test that only talks to
+    it: a start costs seconds of both cores, and those tests run on one worker (below)."""
+    from engine.servers import default_embedded_server
+    srv = default_embedded_server(tmp_path_factory.mktemp("embedded-llama"), parallel=8).start_sync()
+    yield srv
+    srv.stop_sync()
+
+
+# The modules that use the embedded llama-server: one work unit, so two such servers never
+# share the 2 cores, and the session's shared server starts once. Every other module is its own unit, so its module-scoped fixtures (pools,
 # servers, a Ray cluster, a reference run) start on one worker only.
 EMBEDDED_MODEL_MODULES = ("tests/bench/test_quality.py", "tests/engine/servers/test_llamacpp.py",
                           "tests/engine/test_evaluation.py")

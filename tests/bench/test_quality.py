@@ -4,7 +4,7 @@ official checkers: the real llama-server, the real stages and sandbox pool, no d
 Small on purpose (three constraints, K=4 functions, cases from three queries; one to two
 minutes on 2 cores a round). Sampling is not seeded, so a round can keep nothing: CI once saw
 every function of one round fall to one-sided cases. The claim is about the model, not one
-draw, so the test tries up to ROUNDS fresh rounds and stops at the first that agrees.
+draw, so the test tries up to ROUNDS fresh rounds and stops at the first constraint that agrees.
 Skipped, with the reason, when the `embedded` extra is not installed.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from bench.quality import CONSTRAINTS, ifbench_probes, official_checker
 from engine.client import LLMClient
 from engine.config import Config
 from engine.records import Instruction
-from engine.servers import default_embedded_server, embedded_available
+from engine.servers import embedded_available
 from engine.stage import Context, Funnel
 from engine.stages import CrossValStage, VerifierStage, load_queries
 from sandbox_pool import Limits, PoolConfig, SandboxPool
@@ -59,17 +59,33 @@ async def _round(ctx: Context, pool: SandboxPool, cfg: Config, probes: list[str]
         return [code for code, res in zip(codes, results)
                 if [o.status == "ok" and o.value is True for o in res] == official]
 
-    # every constraint at once, as a run asks them: the server's slots are shared between them
-    kept = await asyncio.gather(*(one(c) for c in CHOSEN))
-    return {c.text: codes for c, codes in zip(CHOSEN, kept) if codes is not None}
+    # every constraint at once, as a run asks them (the server's slots are shared between them);
+    # the round ends at the first constraint with an agreeing function, the claim's evidence
+    async def named(c):
+        return c.text, await one(c)
+
+    tasks = [asyncio.ensure_future(named(c)) for c in CHOSEN]
+    found: dict[str, list[str]] = {}
+    try:
+        for done in asyncio.as_completed(tasks):
+            text, codes = await done
+            if codes is not None:
+                found[text] = codes
+            if any(found.values()):
+                break
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return found
 
 
-async def test_embedded_verifiers_survive_crossval_and_agree_with_ifeval(tmp_path):
+async def test_embedded_verifiers_survive_crossval_and_agree_with_ifeval(embedded_llama):
     probes = OWN_PROBES + ifbench_probes()[:5]
     cfg = Config.from_flat(verifier_k=4, verifier_case_samples=3, verifier_max_tokens=160, verifier_case_max_tokens=200)
     tried: list[tuple[dict, dict]] = []
-    async with default_embedded_server(tmp_path, parallel=4) as srv, \
-            LLMClient([srv.url], model=srv.model, api="openai") as client, \
+    srv = embedded_llama
+    async with LLMClient([srv.url], model=srv.model, api="openai") as client, \
             SandboxPool(PoolConfig(workers=2, limits=Limits(timeout_s=2.0))) as pool:
         for _ in range(ROUNDS):
             ctx = Context(llm=client, executor=pool, funnel=Funnel())

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from engine.evaluation import Checkers, InstructionVerdict as IV, PromptVerdict, load_ifbench, summarize
-from engine.servers import default_embedded_server, embedded_available
+from engine.servers import embedded_available
 from engine.sim.config import LatencyModel, SimConfig
 from engine.sim.responders import prompt_text
 from engine.sim.server import SimServer
@@ -112,11 +112,10 @@ EMBEDDED_OK, EMBEDDED_WHY = embedded_available()
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(not EMBEDDED_OK, reason=f"embedded llama.cpp unavailable: {EMBEDDED_WHY}")
-async def test_eval_against_the_embedded_model(tmp_path):
-    async with default_embedded_server(tmp_path / "server") as srv:
-        proc = await asyncio.to_thread(run_cli, "--server", srv.url, "--api", "openai",
-                                       "--keys", ",".join(KEYS), "--max-tokens", "48",
-                                       "--output", str(tmp_path / "s.json"), timeout=240)
+async def test_eval_against_the_embedded_model(tmp_path, embedded_llama):
+    proc = await asyncio.to_thread(run_cli, "--server", embedded_llama.url, "--api", "openai",
+                                   "--keys", ",".join(KEYS), "--max-tokens", "48",
+                                   "--output", str(tmp_path / "s.json"), timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "s.json").read_text())
     assert (summary["prompts"], summary["answered"], summary["failed_requests"]) == (3, 3, 0)

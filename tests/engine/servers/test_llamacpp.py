@@ -130,11 +130,9 @@ def test_serve_cli_llamacpp(tmp_path):
 
 # ---------------------------------------------------------------- LLMClient against llama-server
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    srv = default_embedded_server(tmp_path_factory.mktemp("llama"), parallel=8).start_sync()
-    yield srv
-    srv.stop_sync()
+@pytest.fixture
+def llama(embedded_llama):
+    return embedded_llama
 
 
 @pytest.fixture
