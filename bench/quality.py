@@ -2,6 +2,7 @@
 
     python -m bench.quality [--quick] [--server URL] [--seeds FILE] [--minimal-pairs]
         [--precision-export] [--backtranslate-rule equivalence] [--compose] [--name NAME]
+        [--families N]
 
 A run of the engine's own stages (verifier generation, cross-validation, back-translation,
 audit, queries, responses, scoring, export; augmentation off) seeded with the constraints of
@@ -239,10 +240,15 @@ def main() -> None:
     p.add_argument("--backtranslate-rule", choices=("contradiction", "equivalence"), default="contradiction")
     p.add_argument("--compose", action="store_true", help="engine setting compose (composed prompts too)")
     p.add_argument("--name", default="quality", help="result file bench/results/NAME.json (default: quality)")
+    p.add_argument("--families", type=int, default=0,
+                   help="only the first N families of the seed file, in file order (default: all)")
     args = p.parse_args()
     mechanisms = {"minimal_pairs": args.minimal_pairs, "precision_export": args.precision_export,
                   "backtranslate_rule": args.backtranslate_rule, "compose": args.compose}
     constraints = load_constraints(args.seeds)
+    if args.families:
+        keep = [c.family for c in first_phrasings(constraints)][:args.families]
+        constraints = [c for c in constraints if c.family in keep]
     if args.quick:
         constraints = first_phrasings(constraints)
     by_id = {c.instruction_id: c for c in constraints}
@@ -375,7 +381,7 @@ def main() -> None:
         "sft_rows_all_unflagged": overall["export_precision_all_unflagged"]["n"],
         "sft_rows_failed": failed_rows, "per_family": families, "per_constraint": per_constraint,
         "totals": rates([p.engine for p in probe_verdicts], [p.official for p in probe_verdicts]),
-        "settings": mechanisms, **({"variant": args.name} if args.name != "quality" else {}),
+        "settings": mechanisms, "families_asked": args.families or None, **({"variant": args.name} if args.name != "quality" else {}),
         "composed_rows": {str(n): share(sum(v), len(v)) for n, v in sorted(composed.items())},
         "funnel": summary.get("funnel", {}), "targets": TARGETS, "machine": machine(),
     }, ratios)

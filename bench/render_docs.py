@@ -298,12 +298,13 @@ def quality_variants(results_dir: Path) -> list[str]:
                      f"{fmt(data.get('constraints_with_kept_verifiers'))} of {fmt(data.get('constraints'))}",
                      fmt(data.get("sft_rows")), share_cell(fam.get("export_precision")),
                      share_cell(fam.get("export_precision_all_unflagged")), share_cell(fam.get("false_accept")),
+                     share_cell(fam.get("audit_false_flag")),
                      fmt(data.get("ratios", {}).get("composed_export_precision")), fmt(data.get("loadavg_at_start"))])
     if not rows:
         return []
     return ["Variants (`--name`): the same seeds with the engine's mechanisms on or off.", ""] + table(
         ["variant", "mode", "settings", "constraints kept", "SFT rows", "export precision", "precision mode",
-         "false accept", "composed precision", "load at start"], rows)
+         "false accept", "audit false flags", "composed precision", "load at start"], rows)
 
 
 def _reward(data: dict) -> list[str]:
