@@ -349,6 +349,11 @@ class Config:
 
     # ------------------------------------------------------------ views
 
+    def request_model(self, role: str) -> str:
+        """The model name the role's requests send: its own; else, on its own servers, "default"
+        (whatever they serve: the run's --model names another server's model); else the run's."""
+        return self.roles.model_for(role) or ("default" if self.roles.servers_for(role) else self.run.model)
+
     def public_dict(self) -> dict[str, Any]:
         """flat() with secrets masked: what summaries, reports and dumps show."""
         return {k: ("***" if v and FIELDS[k].metadata["secret"] else v) for k, v in self.flat().items()}

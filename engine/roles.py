@@ -15,10 +15,7 @@ the run starts).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable
-
-if TYPE_CHECKING:
-    from engine.config import Config
+from typing import Callable, Iterable
 
 WRITER, CODER, RESPONDER, JUDGE = "writer", "coder", "responder", "judge"
 ROLES = (WRITER, CODER, RESPONDER, JUDGE)
@@ -40,12 +37,6 @@ def parse_assignments(entries: Iterable[str], check: Callable[[str], str | None]
             raise ValueError(f"{entry!r}: {problem}")
         out.setdefault(role, []).append(value)
     return out
-
-
-def request_model(cfg: Config, role: str) -> str:
-    """The model name the role's requests send: its own; else, on its own servers, "default"
-    (whatever they serve: the run's --model names another server's model); else the run's."""
-    return cfg.roles.model_for(role) or ("default" if cfg.roles.servers_for(role) else cfg.run.model)
 
 
 def unnamed(model: str) -> bool:

@@ -21,7 +21,7 @@ from engine.client import LLMClient, RetryPolicy, Timeouts
 from engine.config import Config
 from engine.errors import JobError
 from engine.llm import LLM
-from engine.roles import ROLES, request_model, unnamed
+from engine.roles import ROLES, unnamed
 from engine.run.store import RunStore
 from engine.servers import open_backend
 from engine.stage import Context, Executor
@@ -179,7 +179,7 @@ async def open_engine(cfg: Config, backend: str, run_dir: Path, store: RunStore,
     async with contextlib.AsyncExitStack() as stack:
         urls, api = await stack.enter_async_context(open_backend(cfg, backend, run_dir))
         main = (tuple(urls), cfg.run.model)
-        endpoints = {role: (tuple(cfg.roles.servers_for(role) or urls), request_model(cfg, role))
+        endpoints = {role: (tuple(cfg.roles.servers_for(role) or urls), cfg.request_model(role))
                      for role in ROLES}
         clients: dict[tuple, Client] = {}
         served: dict[tuple, str] = {}

@@ -15,7 +15,7 @@ import orjson
 from engine.config import Config
 from engine.errors import JobError
 from engine.records import ConflictPair, Instruction, QueryResult, SampledPrompt, VerifiedInstruction
-from engine.roles import RESPONDER, ROLES, request_model, unnamed
+from engine.roles import RESPONDER, ROLES, unnamed
 from engine.state import StateStore
 
 # Record labels, as older run directories carry them.
@@ -134,7 +134,7 @@ class RunStore:
         served = self.served_models
         names = {}
         for role in ROLES:
-            name = request_model(cfg, role)
+            name = cfg.request_model(role)
             if unnamed(name):
                 on_run_servers = not cfg.roles.servers_for(role)
                 name = served.get(role) or (on_run_servers and self.served_model) or name

@@ -12,7 +12,7 @@ from engine.config import (Config, ConfigError, add_config_arguments, config_fro
                            load_config)
 from engine.job import run_job
 from engine.outcome import EXIT_USAGE
-from engine.roles import CODER, JUDGE, RESPONDER, ROLES, WRITER, request_model
+from engine.roles import CODER, JUDGE, RESPONDER, ROLES, WRITER
 from engine.sim.config import LatencyModel, SimConfig
 from engine.sim.server import SimServer
 from tests.conftest import read_jsonl
@@ -41,7 +41,7 @@ def test_flags_assign_servers_and_models_to_roles():
     assert cfg.roles.model_for(CODER) == "qwen-coder"
     # what each role's requests send: its own name; "default" on its own servers; else the run's
     named = parse(["--model", "small", "--role-server", "judge=http://j:1", "--role-model", "coder=big"])
-    assert {r: request_model(named, r) for r in ROLES} == {
+    assert {r: named.request_model(r) for r in ROLES} == {
         WRITER: "small", CODER: "big", RESPONDER: "small", JUDGE: "default"}
 
 
