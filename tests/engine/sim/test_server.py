@@ -43,8 +43,10 @@ async def timed_batch(max_running: int, count: int = 6, tokens: int = 10) -> flo
 
 
 async def test_queue_beyond_max_running_costs_waves():
-    wide = await timed_batch(max_running=6)     # one wave of 10 steps
-    narrow = await timed_batch(max_running=2)   # three waves of 10 steps
+    # the best of 3: load on a shared machine only adds time, and it inflated one short
+    # batch to nearly 3x its steps in CI-like runs
+    wide = min([await timed_batch(max_running=6) for _ in range(3)])     # one wave of 10 steps
+    narrow = min([await timed_batch(max_running=2) for _ in range(3)])   # three waves of 10 steps
     assert wide >= 0.09 and narrow >= 0.28
     assert narrow > 1.8 * wide
 
