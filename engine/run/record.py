@@ -58,8 +58,8 @@ class Stored:
         self.store.put_conflicts([pair])
 
     def compose_groups(self) -> ComposedGroups:
-        """The groups this run directory composed before, kept in its store as they are made: a
-        rerun composes the same prompts again."""
+        """The groups this run directory composed, kept in its store as they are made (a record:
+        composition in id order makes the same groups again on a rerun)."""
         def keep(groups: list) -> None:
             self.store.compose_groups = groups
         return ComposedGroups(self.store.compose_groups, on_change=keep)
