@@ -164,11 +164,14 @@ def llamacpp_server(run_dir, model: str | os.PathLike | None = None, *, parallel
     if not model_path.is_file():
         raise ServerError(f"llama.cpp model not found: {model_path}")
     name = kw.pop("name", "llamacpp" if replica is None else f"llamacpp-{replica}")
-    # OpenMP's default wait policy (spin a little, then sleep; less when oversubscribed) is
-    # kept: "passive" sleeps between ops and costs a CPU server much of its throughput, and the
-    # default already backs off when the cores are shared. One in the environment is inherited.
-    config = ServerConfig(run_dir, name=name, port=port, health_path="/health",
-                          startup_timeout=startup_timeout, api="openai", model=model_path.stem, **kw)
+    # OpenMP threads sleep between ops ("passive") rather than spin: the server shares the
+    # cores with the engine and the sandbox pool, and a spinning thread waits at every op's
+    # barrier for a sibling the scheduler has parked, which cuts generation several-fold while
+    # other work runs. Quiet, the two policies generate about the same. One set in the
+    # environment (or in kw's env) wins.
+    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive"), **(kw.pop("env", None) or {})}
+    config = ServerConfig(run_dir, name=name, port=port, health_path="/health", startup_timeout=startup_timeout,
+                          api="openai", model=model_path.stem, env=env, **kw)
     return LlamaCppServer(model_path, config, binary=binary, parallel=parallel,
                           ctx_per_slot=ctx_per_slot, threads=threads, extra=extra)
 

@@ -189,6 +189,22 @@ async def test_max_tokens(client, k):
     assert out[0].finish_reason == "length" and out[0].completion_tokens == k
 
 
+def test_openmp_threads_sleep_while_waiting(llama):
+    # a spinning thread waits at each op's barrier for a sibling the scheduler parked: the
+    # server's threads must sleep, since the engine and the pool share its cores
+    environ = Path(f"/proc/{llama.pid}/environ").read_bytes().split(b"\0")
+    assert b"OMP_WAIT_POLICY=passive" in environ
+
+
+def test_a_wait_policy_in_the_environment_wins(tmp_path, monkeypatch):
+    from engine.servers.llamacpp import llamacpp_server
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")
+    assert llamacpp_server(tmp_path).config.env["OMP_WAIT_POLICY"] == "active"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert llamacpp_server(tmp_path, env={"OMP_WAIT_POLICY": "active"}).config.env["OMP_WAIT_POLICY"] == "active"
+    assert llamacpp_server(tmp_path).config.env["OMP_WAIT_POLICY"] == "passive"
+
+
 async def test_16_concurrent_requests(client, llama):
     prompts = [f"Count from {i}: {i}, {i + 1}," for i in range(16)]
     outs = await asyncio.gather(*(client.generate(p, params=params(max_new_tokens=6)) for p in prompts))
