@@ -18,10 +18,10 @@ Each comparison is made two ways, medians of several rounds:
       order. On a quiet machine this is the plain definition; on a busy shared one other jobs'
       load swings it from round to round, so it is kept as a secondary figure.
 Every request asks for exactly max_tokens (ignore_eos), so both sides generate the same text length.
-The servers run with OMP_WAIT_POLICY=passive (unless --spin): llama.cpp's OpenMP threads then
-sleep instead of spinning between ops, which costs some tok/s on an idle machine but keeps
-the numbers steady when other jobs share the cores (spinning threads that get preempted
-stall the whole batch, so spinning figures swing widely from round to round).
+The servers run as the engine starts them, with OMP_WAIT_POLICY=passive (--spin: active, or
+what the environment sets): llama.cpp's OpenMP threads sleep instead of spinning between ops,
+which keeps the numbers steady when other jobs share the cores (spinning threads that get
+preempted stall the whole batch, so spinning figures swing widely from round to round).
 Writes bench/results/realmodel.json (top-level "ratios") and, if matplotlib is installed,
 bench/results/realmodel_slots.png.
 """
@@ -241,7 +241,7 @@ def slots_table(rows: list[dict]) -> str:
 async def main_async(quick: bool, spin: bool) -> int:
     cfg = {
         "quick": quick,
-        "server_env": {} if spin else {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive")},
+        "server_env": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "active")} if spin else {},
         "parallel": 8, "concurrency": 8,
         "requests": 16 if quick else 32,
         "max_tokens": 24 if quick else 48,
@@ -306,7 +306,7 @@ async def main_async(quick: bool, spin: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser("python -m bench.realmodel", __doc__.split("\n")[0])
-    ap.add_argument("--spin", action="store_true", help="keep llama.cpp's default spinning OpenMP threads")
+    ap.add_argument("--spin", action="store_true", help="llama.cpp's OpenMP threads spin between ops (OMP_WAIT_POLICY=active)")
     args = ap.parse_args(argv)
     return asyncio.run(main_async(args.quick, args.spin))
 
