@@ -156,6 +156,13 @@ def parse_case_answers(answers: list[Completion], drops: Counter, case_counts: C
     return out
 
 
+def _seen(task: asyncio.Future) -> None:
+    """A shared plain reply's failure reaches every instruction that awaits it; a run that stops
+    (disk full, Ctrl-C) before any does must not print it as a stray task's traceback."""
+    if not task.cancelled():
+        task.exception()
+
+
 class VerifierStage:
     """Instruction -> VerifierDraft (K functions and the cases pooled); dropped when no function
     or no case is left.
@@ -324,4 +331,5 @@ class VerifierStage:
         task = self._plain.get(query)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             task = self._plain[query] = asyncio.ensure_future(ask_plain(ctx, query, self._one_reply[i]))
+            task.add_done_callback(_seen)
         return task

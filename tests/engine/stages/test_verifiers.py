@@ -179,3 +179,29 @@ async def test_the_shared_plain_replies_are_asked_before_any_instruction_request
     assert len(drafts) == 6
     assert [c[0] for c in llm.calls[:2]] == ["case_plain", "case_plain"], [c[0] for c in llm.calls[:4]]
     assert llm.count("case_plain") == 2 and llm.count("verifier_code") == 6
+
+
+async def test_a_plain_reply_nobody_awaited_fails_silently():
+    """A run that stops (disk full) before any instruction awaits the shared plain replies
+    closes its client under them: their failure is no stray traceback on the way out."""
+    import asyncio
+    import gc
+
+    def script(name, prompt, n):
+        raise RuntimeError("Session is closed")
+    reported = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        stage = VerifierStage.from_config(Config.from_flat(verifier_k=2, verifier_case_samples=2),
+                                          [Query("Name a bakery."), Query("Name a river.")])
+        stage.start(Context(llm=ScriptedLLM(script), executor=None, funnel=Funnel()))
+        tasks = list(stage._plain.values())
+        await asyncio.wait(tasks)
+        assert len(tasks) == 2 and not any(t.cancelled() for t in tasks)
+        del stage, tasks
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert not [c for c in reported if "never retrieved" in c.get("message", "")], reported
