@@ -70,6 +70,8 @@ class RunSettings:
     max_retries: int = _f(3, "max_retries", "retries of a failed LLM request", volatile=True, lo=0)
     max_inflight_requests: int = _f(256, "max_inflight_requests", "LLM requests in flight at once", volatile=True, lo=1)
     stage_concurrency: int = _f(64, "stage_concurrency", "items each stage processes at once", volatile=True, lo=1)
+    sim_speed: float = _f(1.0, "sim_speed", "--backend sim: how many times faster than its timing of an "
+                          "8B model on one H100 the simulator answers (0: at once)", volatile=True, lo=0)
     max_bad_input_share: float = _f(0.1, "max_bad_input_share", "bad lines skipped (with a warning) in a seeds or queries file, as a share of its lines; more refuses the run", volatile=True, lo=0, hi=1)
 
 

@@ -21,7 +21,7 @@ async def open_backend(cfg: Config, backend: str, run_dir: Path) -> AsyncIterato
         return
     if backend == "sim":
         from engine.servers.sim import in_process_sim
-        async with in_process_sim() as url:
+        async with in_process_sim(cfg.run.sim_speed) as url:
             log.info("started the SGLang simulator (a test double) at %s", url)
             yield [url], "sglang"
         return

@@ -25,10 +25,12 @@ def sim_server(run_dir, *, port: int | None = None, replica: int | None = None,
 
 
 @contextlib.asynccontextmanager
-async def in_process_sim() -> AsyncIterator[str]:
-    """The simulator in this process, answering with the AutoIF fixture; yields its URL."""
-    from engine.sim.config import SimConfig
+async def in_process_sim(speed: float = 1.0) -> AsyncIterator[str]:
+    """The simulator in this process, answering with the AutoIF fixture; yields its URL.
+    `speed` divides its delays; 0 answers at once."""
+    from engine.sim.config import LatencyModel, SimConfig
     from engine.sim.responders import AUTOIF_FIXTURE
     from engine.sim.server import SimServer
-    async with SimServer(SimConfig(responder=str(AUTOIF_FIXTURE))) as sim:
+    latency = LatencyModel(speed=speed) if speed > 0 else LatencyModel(zero_latency=True)
+    async with SimServer(SimConfig(responder=str(AUTOIF_FIXTURE), latency=latency)) as sim:
         yield sim.url

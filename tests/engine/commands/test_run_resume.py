@@ -56,8 +56,9 @@ def sim_process(*extra: str):
 
 @pytest.fixture
 def sim_url():
-    """The simulator answering with the scripted model of tests/fixtures/autoif_e2e.py."""
-    with sim_process("--responder", "tests.fixtures.autoif_e2e:respond") as url:
+    """The simulator answering with the scripted model of tests/fixtures/autoif_e2e.py, at four
+    times its H100 pace: a run still lasts seconds, long enough to be killed half way."""
+    with sim_process("--responder", "tests.fixtures.autoif_e2e:respond", "--speed", "4") as url:
         yield url
 
 

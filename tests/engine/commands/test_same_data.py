@@ -36,7 +36,8 @@ def _popen(args: list[str], **kw) -> subprocess.Popen:
 
 
 def demo(run_dir: Path, workers: int, server: str | None = None) -> list[str]:
-    where = ["--server", server] if server else ["--backend", "sim"]
+    # three times the simulator's pace: a run still lasts long enough to be stopped part way
+    where = ["--server", server] if server else ["--backend", "sim", "--sim-speed", "3"]
     return ["run", "--demo", *where, "--output-dir", str(run_dir), "--pool-workers", str(workers),
             "--no-progress"]
 
@@ -108,7 +109,7 @@ def interrupted_then_rerun(run_dir: Path, workers: int, sig: int, sql: str, at: 
 def faulty_then_rerun(run_dir: Path, workers: int) -> int:
     """The demo against a simulator that answers 60% of requests 503, then the same command
     on a sound one. Returns the faulty run's exit status."""
-    with sim_process("--responder", "autoif", "--fail-rate", "0.6", "--seed", "3") as url:
+    with sim_process("--responder", "autoif", "--speed", "3", "--fail-rate", "0.6", "--seed", "3") as url:
         rc, _ = run(demo(run_dir, workers, server=url))
     run_ok(demo(run_dir, workers))
     return rc

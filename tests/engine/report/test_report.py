@@ -42,10 +42,11 @@ def chromium() -> str | None:
 def report(tmp_path_factory):
     """A simulator run (the CLI, built-in simulator, every stage), then `autoif report` on it."""
     run_dir = tmp_path_factory.mktemp("report") / "run"
-    # --stage-concurrency 2: the run lasts a few seconds, so the time series has samples;
-    # --responses-k 4: queries with more passed samples than the judge is asked about (score_until)
-    proc = cli("run", "--backend", "sim", "--demo", "--output-dir", str(run_dir), "--no-progress",
-               "--stage-concurrency", "2", "--responses-k", "4")
+    # --stage-concurrency 2 at four times the simulator's pace: the run lasts a few seconds, so
+    # the time series has samples; --responses-k 4: queries with more passed samples than the
+    # judge is asked about (score_until)
+    proc = cli("run", "--backend", "sim", "--sim-speed", "4", "--demo", "--output-dir", str(run_dir),
+               "--no-progress", "--stage-concurrency", "2", "--responses-k", "4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     made = cli("report", str(run_dir))
     assert made.returncode == 0, made.stderr[-3000:]

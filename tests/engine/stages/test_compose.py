@@ -285,7 +285,8 @@ def test_sim_demo_composes_exports_one_schema_per_file_and_resumes_the_same(tmp_
 
     root = Path(__file__).resolve().parents[3]
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "engine.cli", "run", "--backend", "sim", "--demo", "--compose",
+    # --sim-speed 0: the simulator answers at once; the exports do not depend on its pace
+    cmd = [sys.executable, "-m", "engine.cli", "run", "--backend", "sim", "--sim-speed", "0", "--demo", "--compose",
            "--max-queries", "80", "--output-dir", str(out), "--no-progress", "--no-parquet"]
 
     def run() -> dict[str, bytes]:
