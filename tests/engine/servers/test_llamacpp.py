@@ -197,7 +197,6 @@ def test_openmp_threads_sleep_while_waiting(llama):
 
 
 def test_a_wait_policy_in_the_environment_wins(tmp_path, monkeypatch):
-    from engine.servers.llamacpp import llamacpp_server
     monkeypatch.setenv("OMP_WAIT_POLICY", "active")
     assert llamacpp_server(tmp_path).config.env["OMP_WAIT_POLICY"] == "active"
     monkeypatch.delenv("OMP_WAIT_POLICY")
